@@ -1,0 +1,1 @@
+"""AWS access: the session factory (the only place clients are made), targets and fan-out."""

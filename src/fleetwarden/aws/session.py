@@ -1,0 +1,189 @@
+"""The session factory: the ONLY place boto3 clients are made.
+
+It owns the credential chain, assume-role per account (ExternalId, a session name carrying the run id),
+a credential cache that refreshes before expiry, botocore retries (standard mode by default), connect and
+read timeouts so a dead region fails fast, the endpoint override (`aws.endpoint_url` or `AWS_ENDPOINT_URL`)
+and a client cache per (account, region, service).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import boto3
+import botocore.session
+from botocore.config import Config as BotoConfig
+from botocore.credentials import RefreshableCredentials
+
+from ..config import AwsSettings
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AccountAccess:
+    """How to reach one account: a role to assume, or the current credentials when role_arn is None."""
+
+    account_id: str
+    role_arn: str | None = None
+    external_id: str | None = None
+    name: str | None = None
+
+
+class ApiCallCounter:
+    """Counts API calls per service operation, hooked into every client's `before-call` event."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.calls: dict[str, int] = {}
+
+    def __call__(self, model: Any = None, **_: Any) -> None:
+        if model is None:
+            return
+        key = f"{model.service_model.service_name}:{model.name}"
+        with self._lock:
+            self.calls[key] = self.calls.get(key, 0) + 1
+
+    @property
+    def total(self) -> int:
+        with self._lock:
+            return sum(self.calls.values())
+
+
+class SessionFactory:
+    """Makes and caches boto3 clients per (account, region, service); assumes roles as needed."""
+
+    def __init__(
+        self,
+        settings: AwsSettings | None = None,
+        run_id: str = "local",
+        base_session: boto3.Session | None = None,
+    ) -> None:
+        self.settings = settings or AwsSettings()
+        self.run_id = run_id
+        self.endpoint_url = self.settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
+        self.counter = ApiCallCounter()
+        self._base = base_session or boto3.Session()
+        # One botocore data loader shared by every session, so service models load once per process.
+        self._loader = self._base._session.get_component("data_loader")
+        self._lock = threading.Lock()
+        self._sessions: dict[str, boto3.Session] = {}
+        self._session_locks: dict[str, threading.Lock] = {}
+        self._clients: dict[tuple[str, str, str], Any] = {}
+        self._accounts: dict[str, AccountAccess] = {}
+        self._caller: dict[str, str] | None = None
+        self.boto_config = BotoConfig(
+            retries={"mode": self.settings.retry_mode, "max_attempts": self.settings.max_attempts},
+            connect_timeout=self.settings.connect_timeout,
+            read_timeout=self.settings.read_timeout,
+            max_pool_connections=max(10, min(self.settings.max_concurrency, 64)),
+            user_agent_extra="fleetwarden",
+        )
+
+    # -- accounts -------------------------------------------------------------------------------------
+    def register_account(self, access: AccountAccess) -> None:
+        """Tell the factory how to reach an account (role or current credentials)."""
+        with self._lock:
+            self._accounts[access.account_id] = access
+
+    def access(self, account_id: str) -> AccountAccess:
+        with self._lock:
+            return self._accounts.get(account_id) or AccountAccess(account_id)
+
+    @property
+    def session_name(self) -> str:
+        # RoleSessionName: 2-64 chars of [\w+=,.@-]
+        return f"fleetwarden-{self.run_id}"[:64]
+
+    def caller_identity(self) -> dict[str, str]:
+        """The principal fleetwarden runs as (base credentials), fetched once."""
+        if self._caller is None:
+            sts = self._make_client(self._base, "sts", self.settings.sts_region)
+            ident = sts.get_caller_identity()
+            self._caller = {"account_id": ident["Account"], "arn": ident["Arn"], "user_id": ident["UserId"]}
+        return self._caller
+
+    # -- sessions -------------------------------------------------------------------------------------
+    def _session_for(self, account_id: str) -> tuple[boto3.Session, threading.Lock]:
+        with self._lock:
+            lock = self._session_locks.setdefault(account_id, threading.Lock())
+        # One lock per account: its role is assumed once even when many regions ask at the same time,
+        # while other accounts proceed in parallel.
+        with lock:
+            session = self._sessions.get(account_id)
+            if session is None:
+                access = self.access(account_id)
+                session = self._base if access.role_arn is None else self._assumed_session(access)
+                self._sessions[account_id] = session
+        if session is self._base:
+            return session, self._lock_for_base()
+        return session, lock
+
+    def _assumed_session(self, access: AccountAccess) -> boto3.Session:
+        assert access.role_arn is not None
+        sts = self.client("sts", region=self.settings.sts_region)
+        role_arn = access.role_arn
+
+        def refresh() -> dict[str, str]:
+            kwargs: dict[str, Any] = {"RoleArn": role_arn, "RoleSessionName": self.session_name}
+            if access.external_id:
+                kwargs["ExternalId"] = access.external_id
+            log.debug("assuming %s", role_arn)
+            creds = sts.assume_role(**kwargs)["Credentials"]
+            expiry: datetime = creds["Expiration"]
+            return {
+                "access_key": creds["AccessKeyId"],
+                "secret_key": creds["SecretAccessKey"],
+                "token": creds["SessionToken"],
+                "expiry_time": expiry.isoformat(),
+            }
+
+        # RefreshableCredentials calls refresh() lazily, and again shortly before expiry.
+        credentials = RefreshableCredentials.create_from_metadata(
+            metadata=refresh(), refresh_using=refresh, method="sts-assume-role"
+        )
+        bc_session = botocore.session.get_session()
+        bc_session.register_component("data_loader", self._loader)
+        bc_session._credentials = credentials
+        return boto3.Session(botocore_session=bc_session)
+
+    # -- clients --------------------------------------------------------------------------------------
+    def _make_client(self, session: boto3.Session, service: str, region: str) -> Any:
+        client = session.client(
+            service,
+            region_name=region,
+            endpoint_url=self.endpoint_url,
+            config=self.boto_config,
+        )
+        client.meta.events.register("before-call", self.counter)
+        return client
+
+    def client(self, service: str, *, region: str, account_id: str | None = None) -> Any:
+        """A cached client for `service` in `region`, in `account_id` (None: the base credentials)."""
+        key = (account_id or "", region, service)
+        with self._lock:
+            cached = self._clients.get(key)
+        if cached is not None:
+            return cached
+        if account_id is None:
+            session, lock = self._base, self._lock_for_base()
+        else:
+            session, lock = self._session_for(account_id)
+        # boto3 sessions are not thread-safe for client creation; clients are.
+        with lock:
+            with self._lock:
+                cached = self._clients.get(key)
+            if cached is not None:
+                return cached
+            client = self._make_client(session, service, region)
+        with self._lock:
+            return self._clients.setdefault(key, client)
+
+    def _lock_for_base(self) -> threading.Lock:
+        with self._lock:
+            return self._session_locks.setdefault("", threading.Lock())

@@ -1,0 +1,111 @@
+"""Targets: accounts (explicit list and/or Organizations, ACTIVE only) x regions (list or enabled ones)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from botocore.exceptions import ClientError
+
+from ..config import Config
+from ..model import Target, TargetResult, TargetStatus
+from .session import AccountAccess, SessionFactory
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TargetPlan:
+    """The resolved targets, plus accounts whose regions could not be listed (reported as error targets)."""
+
+    accounts: list[AccountAccess]
+    targets: list[Target]
+    errors: list[TargetResult] = field(default_factory=list)
+
+
+def error_text(exc: BaseException) -> str:
+    """A one-line description of an AWS (or other) error for the RunReport."""
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        op = getattr(exc, "operation_name", "")
+        return f"{op}: {err.get('Code', 'Error')}: {err.get('Message', '')}".strip()
+    return f"{type(exc).__name__}: {exc}"
+
+
+def resolve_accounts(config: Config, factory: SessionFactory) -> list[AccountAccess]:
+    """Explicit accounts, merged with the ACTIVE accounts of the organization (an explicit entry wins)."""
+    accounts: dict[str, AccountAccess] = {
+        a.id: AccountAccess(a.id, a.role_arn, a.external_id, a.name) for a in config.accounts
+    }
+    if config.organization is not None:
+        org = config.organization
+        client = factory.client("organizations", region=config.aws.sts_region)
+        management = client.describe_organization()["Organization"]["MasterAccountId"]
+        for page in client.get_paginator("list_accounts").paginate():
+            for acct in page["Accounts"]:
+                if acct.get("Status") != "ACTIVE" or acct["Id"] in accounts:
+                    continue
+                if acct["Id"] == management:
+                    if org.include_management_account:
+                        accounts[acct["Id"]] = AccountAccess(acct["Id"], None, None, acct.get("Name"))
+                    continue
+                role_arn = f"arn:aws:iam::{acct['Id']}:role/{org.role_name}"
+                accounts[acct["Id"]] = AccountAccess(acct["Id"], role_arn, org.external_id, acct.get("Name"))
+    if not accounts:
+        # No accounts configured: work on the account of the current credentials.
+        ident = factory.caller_identity()
+        accounts[ident["account_id"]] = AccountAccess(ident["account_id"], None, None, "current")
+    for access in accounts.values():
+        factory.register_account(access)
+    return list(accounts.values())
+
+
+def enabled_regions(factory: SessionFactory, account_id: str, home_region: str) -> list[str]:
+    """The regions enabled for an account (opt-in regions only when opted in)."""
+    ec2 = factory.client("ec2", region=home_region, account_id=account_id)
+    regions = ec2.describe_regions(
+        AllRegions=False, Filters=[{"Name": "opt-in-status", "Values": ["opt-in-not-required", "opted-in"]}]
+    )["Regions"]
+    return sorted(r["RegionName"] for r in regions)
+
+
+def resolve_targets(config: Config, factory: SessionFactory, only_accounts: Iterable[str] | None = None) -> TargetPlan:
+    """All (account, region) targets of the config; an account whose region list fails becomes an error."""
+    accounts = resolve_accounts(config, factory)
+    if only_accounts is not None:
+        wanted = set(only_accounts)
+        accounts = [a for a in accounts if a.account_id in wanted]
+    excluded = set(config.exclude_regions)
+    plan = TargetPlan(accounts=accounts, targets=[])
+    if config.regions == "all":
+        from .fanout import fan_out  # fanout imports error_text from here
+
+        # One DescribeRegions per account, concurrently, so set-up does not grow serially with accounts.
+        by_account: dict[str, list[str]] = {}
+        for outcome in fan_out(
+            [a.account_id for a in accounts],
+            lambda account_id: enabled_regions(factory, account_id, config.aws.sts_region),
+            max_concurrency=config.aws.max_concurrency,
+            label="regions",
+        ):
+            if outcome.value is not None:
+                by_account[outcome.key] = outcome.value
+            else:
+                plan.errors.append(
+                    TargetResult(
+                        account_id=outcome.key,
+                        region="*",
+                        status=TargetStatus.ERROR,
+                        error=f"cannot list enabled regions: {outcome.error}",
+                    )
+                )
+    for access in accounts:
+        if config.regions == "all":
+            if access.account_id not in by_account:
+                continue
+            regions = by_account[access.account_id]
+        else:
+            regions = list(config.regions)
+        plan.targets += [Target(access.account_id, r) for r in regions if r not in excluded]
+    return plan

@@ -1,0 +1,103 @@
+"""The state store interface: findings, exceptions, journal, leases and generic records.
+
+Two backends implement it (SQLite, the embedded default; DynamoDB, deployed) and both pass the same test
+suite. The store persists; it does not decide: lifecycle rules live in `fleetwarden.reconcile`.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from ..model import ExceptionRule, Finding, FindingStatus, JournalEntry
+
+
+class VersionConflict(Exception):
+    """A conditional write lost: the record changed (or appeared) since it was read."""
+
+
+class StateStore(ABC):
+    """Where fleetwarden remembers things between runs."""
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+    @abstractmethod
+    def init(self) -> None:
+        """Create the tables if they do not exist (idempotent)."""
+
+    def close(self) -> None:  # noqa: B027 - optional for backends with nothing to release
+        """Release connections."""
+
+    # -- findings -------------------------------------------------------------------------------------
+    @abstractmethod
+    def load_findings(self, check: str, account_id: str, region: str) -> dict[str, Finding]:
+        """Every stored finding of one check in one target that is not resolved, by id."""
+
+    @abstractmethod
+    def save_findings(self, findings: Iterable[Finding]) -> None:
+        """Insert or replace findings by id (status, first_seen and last_seen as given)."""
+
+    @abstractmethod
+    def list_findings(
+        self,
+        check: str | None = None,
+        statuses: Iterable[FindingStatus] | None = None,
+        account_id: str | None = None,
+    ) -> list[Finding]:
+        """Stored findings, optionally filtered."""
+
+    # -- exceptions -----------------------------------------------------------------------------------
+    @abstractmethod
+    def add_exception(self, rule: ExceptionRule) -> None: ...
+
+    @abstractmethod
+    def list_exceptions(self) -> list[ExceptionRule]:
+        """All exceptions, expired ones included (callers filter with ExceptionRule.active)."""
+
+    @abstractmethod
+    def remove_exception(self, exception_id: str) -> bool:
+        """Delete one exception; False if there was none with that id."""
+
+    # -- journal --------------------------------------------------------------------------------------
+    @abstractmethod
+    def journal(self, entry: JournalEntry) -> None:
+        """Record one mutation (append-only; an entry with the same id replaces the earlier record)."""
+
+    @abstractmethod
+    def list_journal(
+        self,
+        *,
+        run_id: str | None = None,
+        account_id: str | None = None,
+        workflow: str | None = None,
+    ) -> list[JournalEntry]:
+        """Journal entries, oldest first, optionally filtered."""
+
+    # -- leases ---------------------------------------------------------------------------------------
+    @abstractmethod
+    def acquire_lease(self, workflow: str, account_id: str, owner: str, now: datetime, ttl_seconds: int) -> bool:
+        """Take the lease on (workflow, account) if it is free, expired or already ours (conditional write)."""
+
+    @abstractmethod
+    def release_lease(self, workflow: str, account_id: str, owner: str) -> None:
+        """Give the lease back if we hold it."""
+
+    # -- records (guard state, window ledger, outbox: later workflows) ------------------------------------
+    @abstractmethod
+    def get_record(self, kind: str, key: str) -> tuple[dict[str, Any], int] | None:
+        """A record and its version, or None."""
+
+    @abstractmethod
+    def put_record(self, kind: str, key: str, data: dict[str, Any], *, expected_version: int | None) -> int:
+        """Write a record if its version is still `expected_version` (None: it must not exist yet).
+
+        Returns the new version; raises VersionConflict otherwise.
+        """
+
+    @abstractmethod
+    def list_records(self, kind: str) -> list[tuple[str, dict[str, Any], int]]:
+        """All records of a kind as (key, data, version)."""
+
+    @abstractmethod
+    def delete_record(self, kind: str, key: str) -> None: ...
