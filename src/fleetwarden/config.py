@@ -297,11 +297,19 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[st
 def problems_from_validation(
     exc: ValidationError, model: type[BaseModel], prefix: tuple[int | str, ...] = ()
 ) -> list[ConfigProblem]:
-    problems = []
-    for err in exc.errors():
-        loc = tuple(prefix) + tuple(err["loc"])
+    def user_path(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
         # pydantic puts union member names into loc; drop them so the path is the user's key path
-        loc = tuple(p for p in loc if not (isinstance(p, str) and (p.startswith("list[") or p.startswith("literal["))))
+        return tuple(p for p in loc if not (isinstance(p, str) and p.startswith(("list[", "literal[", "function-"))))
+
+    problems = []
+    errors = exc.errors()
+    deep = [user_path(tuple(e["loc"])) for e in errors if e["type"] != "literal_error"]
+    for err in errors:
+        loc = user_path(tuple(err["loc"]))
+        # A union like `list[Region] | "all"` reports the literal branch too: drop it when a deeper error says more.
+        if err["type"] == "literal_error" and any(d[: len(loc)] == loc and len(d) > len(loc) for d in deep):
+            continue
+        loc = tuple(prefix) + loc
         if err["type"] == "extra_forbidden":
             allowed = _allowed_keys(model, loc)
             message = "unknown key" + (f" (expected one of: {', '.join(allowed)})" if allowed else "")

@@ -109,3 +109,12 @@ def resolve_targets(config: Config, factory: SessionFactory, only_accounts: Iter
             regions = list(config.regions)
         plan.targets += [Target(access.account_id, r) for r in regions if r not in excluded]
     return plan
+
+
+PERMISSIONS = (
+    "organizations:DescribeOrganization",
+    "organizations:ListAccounts",
+    "ec2:DescribeRegions",
+    "sts:AssumeRole",
+    "sts:GetCallerIdentity",
+)

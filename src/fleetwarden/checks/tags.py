@@ -1,0 +1,119 @@
+"""The tag check: required tags (exact, case-sensitive keys; blank values count as missing), allowed values,
+`created_by` naming a real IAM user of the instance's own account, after a grace period from launch."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Collection
+from datetime import datetime, timedelta
+from typing import Any, ClassVar
+
+from ..config import AuditConfig
+from ..model import Finding, Instance, Severity
+from . import Check, check_registry
+
+CONTROL = "required-tags"
+AUDITED_STATES = frozenset({"pending", "running", "stopping", "stopped"})
+
+
+@check_registry.register("tags")
+class TagCheck(Check):
+    """Every instance carries the required tags with valid values once its grace period is over."""
+
+    name = "tags"
+    config_model = AuditConfig
+    default_severity = Severity.MEDIUM
+    permissions: ClassVar[tuple[str, ...]] = ("ec2:DescribeInstances", "iam:ListUsers")
+    remediation = "Tag the instance with the required keys and allowed values, or stop it."
+
+    def __init__(self, config: AuditConfig) -> None:
+        self.config = config
+        self.grace = timedelta(minutes=config.grace_minutes)
+        self._patterns: dict[str, re.Pattern[str]] = {
+            key: re.compile(rule[3:]) for key, rule in config.tag_values.items() if isinstance(rule, str)
+        }
+
+    def needs_iam_users(self) -> bool:
+        return self.config.created_by_must_be_iam_user
+
+    def problems(self, tags: dict[str, str], iam_users: Collection[str] | None) -> tuple[list[str], dict[str, str]]:
+        """The missing keys and the invalid ones (key -> why) for a tag set."""
+        missing: list[str] = []
+        invalid: dict[str, str] = {}
+        for key in self.config.required_tags:
+            if not tags.get(key, "").strip():
+                missing.append(key)
+        for key, rule in self.config.tag_values.items():
+            value = tags.get(key)
+            if value is None or not value.strip():
+                continue
+            if isinstance(rule, list):
+                if value not in rule:
+                    invalid[key] = f"{value!r} is not one of {', '.join(rule)}"
+            elif not self._patterns[key].fullmatch(value):
+                invalid[key] = f"{value!r} does not match {rule[3:]}"
+        creator_key = self.config.created_by_tag
+        creator = tags.get(creator_key, "").strip()
+        needs_user = self.config.created_by_must_be_iam_user and creator and creator_key not in invalid
+        if needs_user and (iam_users is None or creator not in iam_users):
+            invalid[creator_key] = f"{creator!r} is not an IAM user of this account"
+        return missing, invalid
+
+    def evaluate(self, instance: Instance, iam_users: Collection[str] | None, now: datetime) -> Finding | None:
+        """A finding for this instance, or None if it complies, is within its grace period or is gone."""
+        if instance.state not in AUDITED_STATES:
+            return None
+        if instance.age(now) < self.grace:
+            return None
+        missing, invalid = self.problems(instance.tags, iam_users)
+        if not missing and not invalid:
+            return None
+        details: dict[str, Any] = {
+            "missing": missing,
+            "invalid": invalid,
+            "state": instance.state,
+            "instance_type": instance.instance_type,
+            "launch_time": instance.launch_time.isoformat(),
+            "age_minutes": int(instance.age(now).total_seconds() // 60),
+            "tags": dict(instance.tags),
+        }
+        hints = _case_hints(instance.tags, missing)
+        if hints:
+            details["hints"] = hints
+        parts = []
+        if missing:
+            parts.append("missing " + ", ".join(missing))
+        if invalid:
+            parts.append("invalid " + ", ".join(sorted(invalid)))
+        return Finding.create(
+            check=self.name,
+            account_id=instance.account_id,
+            region=instance.region,
+            resource_id=instance.id,
+            control=CONTROL,
+            title=f"{instance.id} tags: " + "; ".join(parts),
+            now=now,
+            severity=self.config.severity,
+            details=details,
+        )
+
+
+def _case_hints(tags: dict[str, str], missing: list[str]) -> list[str]:
+    """Point out keys that differ only in case: AWS tag keys are case-sensitive."""
+    lowered = {k.lower(): k for k in tags}
+    return [
+        f"found {lowered[key.lower()]!r}, but tag keys are case-sensitive: expected {key!r}"
+        for key in missing
+        if key.lower() in lowered and lowered[key.lower()] != key
+    ]
+
+
+def canary_tags(config: AuditConfig, region: str) -> dict[str, str] | None:
+    """The tags that identify this region's canary ({region} substituted), or None without a canary."""
+    if config.canary is None:
+        return None
+    return {k: v.replace("{region}", region) for k, v in config.canary.tags.items()}
+
+
+def is_canary(instance: Instance, wanted: dict[str, str] | None) -> bool:
+    return wanted is not None and all(instance.tags.get(k) == v for k, v in wanted.items())

@@ -1,0 +1,416 @@
+"""The `fleetwarden` command line: a thin skin over the workflows (DESIGN.md "CLI")."""
+
+from __future__ import annotations
+
+import functools
+import getpass
+import json
+import logging
+import sys
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .config import Config, load_config
+from .errors import EXIT_UNEXPECTED, EXIT_USAGE, FleetwardenError
+from .model import ExceptionKind, ExceptionRule, RunReport, Severity, parse_expiry, utcnow
+from .secrets import RedactingFilter
+
+F = TypeVar("F", bound=Callable[..., Any])
+log = logging.getLogger("fleetwarden")
+SEVERITIES = [s.value for s in Severity]
+
+
+class Options:
+    """The global options, which may come before the command or after it."""
+
+    def __init__(self) -> None:
+        self.config_path = "fleetwarden.yaml"
+        self.json = False
+        self.output_dir: Path | None = None
+        self.verbosity = 0
+
+    def console(self) -> Console:
+        return Console(stderr=True, quiet=self.verbosity < 0)
+
+
+def _set(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    opts = ctx.ensure_object(Options)
+    if value is None or (param.name == "json" and not value):
+        return value
+    if param.name == "config":
+        opts.config_path = value
+    elif param.name == "json":
+        opts.json = True
+    elif param.name == "output_dir":
+        opts.output_dir = Path(value)
+    elif param.name in ("verbose", "quiet") and value:
+        opts.verbosity = value if param.name == "verbose" else -1
+    return value
+
+
+def global_options(func: F) -> F:
+    """Attach the global options, so `fleetwarden audit --json` works as well as `fleetwarden --json audit`."""
+    decorators = [
+        click.option(
+            "--config",
+            "-c",
+            type=click.Path(dir_okay=False),
+            callback=_set,
+            expose_value=False,
+            help="Config file (default ./fleetwarden.yaml).",
+        ),
+        click.option(
+            "--json", is_flag=True, callback=_set, expose_value=False, help="Print the RunReport JSON on stdout."
+        ),
+        click.option(
+            "--output-dir",
+            type=click.Path(file_okay=False),
+            callback=_set,
+            expose_value=False,
+            help="Write run.json, findings.csv and report.html here.",
+        ),
+        click.option("-v", "--verbose", count=True, callback=_set, expose_value=False, help="More log output."),
+        click.option("-q", "--quiet", is_flag=True, callback=_set, expose_value=False, help="Only errors."),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+def _setup_logging(opts: Options) -> None:
+    level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(opts.verbosity, logging.DEBUG)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger("fleetwarden")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+def _load(opts: Options) -> Config:
+    return load_config(opts.config_path)
+
+
+def handle_errors(func: F) -> F:
+    """Map errors to exit codes with a clear one-line message on stderr."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except FleetwardenError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(exc.exit_code)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="fleetwarden")
+@global_options
+@click.pass_context
+def main(ctx: click.Context) -> None:
+    """fleetwarden keeps an AWS organization's EC2 fleet safe and accountable.
+
+    Every command reads one YAML config (--config, default ./fleetwarden.yaml). Commands that change
+    anything are dry runs unless given --apply. Exit codes: 0 ok, 2 usage or config error, 5 refused by a
+    safety rule, 1 unexpected error, 4 partial (some targets or deliveries failed), 3 findings at or above
+    --fail-on.
+    """
+    ctx.ensure_object(Options)
+
+
+def _opts(ctx: click.Context) -> Options:
+    opts = ctx.find_object(Options)
+    assert opts is not None
+    _setup_logging(opts)
+    return opts
+
+
+def _context(config: Config) -> Any:
+    from .workflows.base import RunContext
+
+    run = RunContext.create(config)
+    logging.getLogger("fleetwarden").addFilter(RedactingFilter(run.secrets))
+    for handler in logging.getLogger("fleetwarden").handlers:
+        handler.addFilter(RedactingFilter(run.secrets))
+    return run
+
+
+def _emit(opts: Options, report: RunReport) -> None:
+    from .output import print_report, write_outputs
+
+    print_report(report, opts.console())
+    if opts.output_dir is not None:
+        written = write_outputs(report, opts.output_dir)
+        opts.console().print("wrote " + ", ".join(str(p) for p in written))
+    if opts.json:
+        click.echo(report.to_json())
+
+
+@main.command()
+@global_options
+@click.pass_context
+@handle_errors
+def validate(ctx: click.Context) -> None:
+    """Check the config file and print a short summary. Makes no AWS call."""
+    opts = _opts(ctx)
+    config = _load(opts)
+    accounts = len(config.accounts)
+    regions = config.regions if config.regions == "all" else len(config.regions)
+    org = " + organization accounts" if config.organization else ""
+    summary = {
+        "config": opts.config_path,
+        "valid": True,
+        "accounts": accounts,
+        "organization": config.organization is not None,
+        "regions": config.regions,
+        "sinks": sorted(config.sinks),
+        "audit_action": config.audit.action,
+    }
+    if opts.json:
+        click.echo(json.dumps(summary, indent=2))
+    opts.console().print(
+        f"[green]ok[/green] {opts.config_path}: {accounts} account(s){org}, regions: {regions}, "
+        f"sinks: {', '.join(sorted(config.sinks)) or 'none'}, audit action: {config.audit.action}"
+    )
+
+
+@main.command()
+@click.option("--apply", is_flag=True, help="Carry out the configured action (stop / terminate). Default: dry run.")
+@click.option("--confirm-terminate", is_flag=True, help="Confirm terminations (needed with action: terminate).")
+@click.option(
+    "--fail-on",
+    type=click.Choice(SEVERITIES, case_sensitive=False),
+    help="Exit 3 if an open finding is at or above this severity.",
+)
+@global_options
+@click.pass_context
+@handle_errors
+def audit(ctx: click.Context, apply: bool, confirm_terminate: bool, fail_on: str | None) -> None:
+    """Audit every instance's tags in every account and region; report, stop or terminate violators.
+
+    Without --apply nothing is changed on the fleet: findings are recorded and the report is delivered to
+    `audit.notify`, and the planned actions are listed. With --apply the configured `audit.action` runs
+    (terminate also needs --confirm-terminate, or typing the account ids at an interactive prompt).
+    """
+    from .workflows.audit import AuditOptions, run_audit
+    from .workflows.base import exit_code
+
+    opts = _opts(ctx)
+    config = _load(opts)
+    prompt = _terminate_prompt if sys.stdin.isatty() and not opts.json else None
+    run = _context(config)
+    try:
+        report = run_audit(run, AuditOptions(apply=apply, confirm_terminate=confirm_terminate, confirm_prompt=prompt))
+    finally:
+        run.store.close()
+    _emit(opts, report)
+    sys.exit(exit_code(report, Severity(fail_on.upper()) if fail_on else None))
+
+
+def _terminate_prompt(accounts: list[str]) -> bool:
+    click.echo(f"About to TERMINATE instances in account(s): {', '.join(accounts)}", err=True)
+    typed = click.prompt("Type the account id(s), comma-separated, to confirm", err=True, default="")
+    return sorted(a.strip() for a in typed.split(",") if a.strip()) == accounts
+
+
+@main.group()
+def exceptions() -> None:
+    """Manage exceptions: do-not-start, do-not-stop, do-not-terminate, lockout-exempt, snooze.
+
+    Scope fields you leave out match everything. Changes take effect at once (they only touch the state store).
+    """
+
+
+@exceptions.command("add")
+@click.option("--kind", required=True, type=click.Choice([k.value for k in ExceptionKind]), help="What it affects.")
+@click.option("--account", "account_id", help="12-digit account id (default: all accounts).")
+@click.option("--region", help="Region (default: all regions).")
+@click.option("--resource-id", help="Resource, e.g. an instance id or IAM user name (default: all).")
+@click.option("--check", help="Check name, for snooze (tags, compliance, ...).")
+@click.option("--item", help="Item or control, for snooze.")
+@click.option("--reason", required=True, help="Why: shown in reports and journals.")
+@click.option("--owner", help="Who owns it (default: your AWS identity).")
+@click.option("--expires", help="Expiry: a date (2027-01-31), a timestamp, or a duration (7d, 12h).")
+@global_options
+@click.pass_context
+@handle_errors
+def exceptions_add(
+    ctx: click.Context,
+    kind: str,
+    account_id: str | None,
+    region: str | None,
+    resource_id: str | None,
+    check: str | None,
+    item: str | None,
+    reason: str,
+    owner: str | None,
+    expires: str | None,
+) -> None:
+    """Add an exception."""
+    from .errors import UsageError
+
+    opts = _opts(ctx)
+    config = _load(opts)
+    now = utcnow()
+    try:
+        expires_at = parse_expiry(expires, now) if expires else None
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if expires_at is not None and expires_at <= now:
+        raise UsageError(f"--expires {expires} is in the past")
+    if account_id is not None and not (account_id.isdigit() and len(account_id) == 12):
+        raise UsageError(f"--account must be a 12-digit account id, got {account_id!r}")
+    run = _context(config)
+    rule = ExceptionRule(
+        id="exc-" + uuid.uuid4().hex[:12],
+        kind=ExceptionKind(kind),
+        account_id=account_id,
+        region=region,
+        resource_id=resource_id,
+        check=check,
+        item=item,
+        reason=reason,
+        owner=owner or _caller(run),
+        created_at=now,
+        expires_at=expires_at,
+    )
+    run.store.add_exception(rule)
+    run.store.close()
+    if opts.json:
+        click.echo(rule.model_dump_json(indent=2))
+    opts.console().print(f"added {rule.id} ({rule.kind.value}) owned by {rule.owner}")
+
+
+def _caller(run: Any) -> str:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    try:
+        return str(run.factory.caller_identity()["arn"])
+    except (ClientError, BotoCoreError):
+        return getpass.getuser()
+
+
+@exceptions.command("list")
+@click.option("--all", "show_all", is_flag=True, help="Include expired exceptions.")
+@global_options
+@click.pass_context
+@handle_errors
+def exceptions_list(ctx: click.Context, show_all: bool) -> None:
+    """List exceptions (active ones unless --all)."""
+    opts = _opts(ctx)
+    run = _context(_load(opts))
+    now = utcnow()
+    rules = [r for r in run.store.list_exceptions() if show_all or r.active(now)]
+    run.store.close()
+    if opts.json:
+        click.echo(json.dumps([r.model_dump(mode="json") for r in rules], indent=2))
+        return
+    table = Table(title=f"{len(rules)} exception(s)")
+    for column in ("id", "kind", "account", "region", "resource", "check/item", "owner", "expires", "reason"):
+        table.add_column(column)
+    for r in rules:
+        table.add_row(
+            r.id,
+            r.kind.value,
+            r.account_id or "*",
+            r.region or "*",
+            r.resource_id or "*",
+            "/".join(x for x in (r.check, r.item) if x) or "*",
+            r.owner,
+            r.expires_at.isoformat() if r.expires_at else "never",
+            r.reason,
+        )
+    Console().print(table)
+
+
+@exceptions.command("remove")
+@click.argument("exception_id")
+@global_options
+@click.pass_context
+@handle_errors
+def exceptions_remove(ctx: click.Context, exception_id: str) -> None:
+    """Remove an exception by id."""
+    from .errors import UsageError
+
+    opts = _opts(ctx)
+    run = _context(_load(opts))
+    removed = run.store.remove_exception(exception_id)
+    run.store.close()
+    if not removed:
+        raise UsageError(f"no exception with id {exception_id}")
+    opts.console().print(f"removed {exception_id}")
+
+
+@main.group()
+def state() -> None:
+    """The state store (findings, exceptions, journal, leases)."""
+
+
+@state.command("init")
+@global_options
+@click.pass_context
+@handle_errors
+def state_init(ctx: click.Context) -> None:
+    """Create the state store's tables (the DynamoDB table, or the SQLite file). Safe to run again."""
+    from .aws.session import SessionFactory
+    from .state import open_store
+
+    opts = _opts(ctx)
+    config = _load(opts)
+    store = open_store(config.state, SessionFactory(config.aws), create=True)
+    store.init()
+    store.close()
+    opts.console().print(f"state store ready: {config.state}")
+
+
+@main.command()
+@global_options
+@click.pass_context
+@handle_errors
+def permissions(ctx: click.Context) -> None:
+    """Print the IAM policies fleetwarden needs (hub principal and member-account role), from its plugins."""
+    from .permissions import policy_documents
+
+    opts = _opts(ctx)
+    config = load_config(opts.config_path) if Path(opts.config_path).exists() else None
+    click.echo(json.dumps(policy_documents(config), indent=2))
+
+
+@main.command()
+@click.option("--apply", is_flag=True, help="Also run the audit with --apply (stops violators in the emulator).")
+@global_options
+@click.pass_context
+@handle_errors
+def demo(ctx: click.Context, apply: bool) -> None:
+    """Run the tag audit end to end on an embedded AWS emulator (no AWS account needed).
+
+    Seeds a small organization (several accounts and regions, a few hundred instances with good and bad tags,
+    IAM users, canaries) and writes demo-output/report.html, run.json and findings.csv.
+    """
+    opts = _opts(ctx)
+    try:
+        from .demo import run_demo
+    except ImportError as exc:
+        raise FleetwardenError(f"the demo needs the emulator: pip install 'fleetwarden[demo]' ({exc})") from None
+    sys.exit(run_demo(opts.output_dir or Path("demo-output"), apply=apply))
+
+
+def run() -> None:
+    """Console-script entry point."""
+    try:
+        main(standalone_mode=True)
+    except KeyboardInterrupt:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+__all__ = ["EXIT_UNEXPECTED", "EXIT_USAGE", "main", "run"]

@@ -1,0 +1,1 @@
+"""Collectors: read inventory from AWS into typed objects (paginated, streamed)."""

@@ -1,0 +1,68 @@
+"""The IAM permissions fleetwarden needs, gathered from what each part declares (STYLE.md habit 3)."""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .config import Config
+
+# Where a part declares its permissions: (module, attribute). A dict attribute maps action names to tuples.
+DECLARATIONS: dict[str, tuple[str, str]] = {
+    "targets": ("fleetwarden.aws.targets", "PERMISSIONS"),
+    "collect.ec2": ("fleetwarden.collect.ec2", "PERMISSIONS"),
+    "collect.iam": ("fleetwarden.collect.iam", "PERMISSIONS"),
+    "actions.ec2": ("fleetwarden.actions.ec2", "PERMISSIONS"),
+    "state.dynamodb": ("fleetwarden.state.dynamodb", "PERMISSIONS"),
+}
+# Parts that run with the hub's own credentials rather than the member-account role.
+HUB_PARTS = {"targets", "state.dynamodb"}
+
+
+def declared() -> dict[str, list[str]]:
+    """Every part's declared IAM actions, by part name (sinks and checks included)."""
+    from .checks import load_checks
+    from .sinks import sink_registry
+
+    parts: dict[str, list[str]] = {}
+    for part, (module_name, attr) in DECLARATIONS.items():
+        value: Any = getattr(importlib.import_module(module_name), attr)
+        actions = [a for group in value.values() for a in group] if isinstance(value, dict) else list(value)
+        parts[part] = sorted(set(actions))
+    for name, plugin in sink_registry.items():
+        parts[f"sinks.{name}"] = sorted(plugin.permissions)
+    for name, check in load_checks().items():
+        parts[f"checks.{name}"] = sorted(check.permissions)
+    return parts
+
+
+def policy_documents(config: Config | None = None) -> dict[str, Any]:
+    """Two IAM policy documents: for the principal fleetwarden runs as (hub) and for the member-account role.
+
+    With a config, sinks not used by it are left out of the hub policy.
+    """
+    parts = declared()
+    used_sinks = {f"sinks.{raw.get('type')}" for raw in config.sinks.values()} if config else None
+    hub: set[str] = {"sts:AssumeRole", "sts:GetCallerIdentity"}
+    member: set[str] = set()
+    for part, actions in parts.items():
+        if part.startswith("sinks."):
+            if used_sinks is None or part in used_sinks:
+                hub.update(actions)
+        elif part in HUB_PARTS:
+            hub.update(actions)
+        else:
+            member.update(actions)
+    # With no role to assume (single account), the hub principal does the member's work too.
+    return {
+        "hub": _document(sorted(hub | member) if config is not None and not _uses_roles(config) else sorted(hub)),
+        "member_role": _document(sorted(member)),
+    }
+
+
+def _uses_roles(config: Config) -> bool:
+    return config.organization is not None or any(a.role_arn for a in config.accounts)
+
+
+def _document(actions: list[str]) -> dict[str, Any]:
+    return {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}]}

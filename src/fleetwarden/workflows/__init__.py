@@ -1,0 +1,1 @@
+"""Workflows: each job (audit, guard, window, compliance, report) as one function over a RunContext."""

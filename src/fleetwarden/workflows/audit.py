@@ -1,0 +1,286 @@
+"""`fleetwarden audit`: the tag audit across every account and region, and what to do with violators.
+
+collect (per target, streamed) -> evaluate (TagCheck) -> reconcile (state store) -> plan (exceptions,
+canaries, blast radius) -> execute (only with --apply) -> deliver (audit.notify) -> RunReport.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from ..actions.ec2 import Ec2Actions
+from ..aws.fanout import fan_out
+from ..aws.targets import resolve_targets
+from ..checks.tags import TagCheck, canary_tags, is_canary
+from ..collect.ec2 import iter_instances
+from ..collect.iam import PerAccount, list_users
+from ..errors import FleetwardenError, SafetyRefusal
+from ..model import (
+    ActionOutcome,
+    ActionResult,
+    ExceptionKind,
+    ExceptionSet,
+    Finding,
+    FindingStatus,
+    Instance,
+    RunReport,
+    Target,
+    TargetResult,
+    TargetStatus,
+)
+from ..reconcile import reconcile
+from ..sinks import Notification, deliver
+from .base import RunContext
+
+log = logging.getLogger(__name__)
+
+WORKFLOW = "audit"
+STOPPABLE = frozenset({"pending", "running"})
+
+
+class CanaryMissing(FleetwardenError):
+    """The region's canary instance was not found: its (possibly empty) answer is not trusted."""
+
+
+@dataclass
+class AuditOptions:
+    apply: bool = False
+    confirm_terminate: bool = False
+    # Called with the account ids about to see terminations; returns True if the user confirmed them.
+    confirm_prompt: Callable[[list[str]], bool] | None = None
+
+
+@dataclass
+class TargetAudit:
+    """One target's evaluation: its findings and the violating instances (nothing else is kept)."""
+
+    target: Target
+    findings: list[Finding] = field(default_factory=list)
+    violators: dict[str, Instance] = field(default_factory=dict)
+    canaries: set[str] = field(default_factory=set)
+    instances_seen: int = 0
+
+
+def _audit_target(ctx: RunContext, check: TagCheck, users: PerAccount, target: Target) -> TargetAudit:
+    now = ctx.clock()
+    names: set[str] | None = None
+    if check.needs_iam_users():
+        names = {u.name for u in users.get(target.account_id)}
+    wanted_canary = canary_tags(ctx.config.audit, target.region)
+    result = TargetAudit(target)
+    ec2 = ctx.factory.client("ec2", region=target.region, account_id=target.account_id)
+    for instance in iter_instances(ec2, target.account_id, target.region):
+        result.instances_seen += 1
+        if is_canary(instance, wanted_canary):
+            result.canaries.add(instance.id)
+        finding = check.evaluate(instance, names, now)
+        if finding is not None:
+            result.findings.append(finding)
+            result.violators[instance.id] = instance
+    if wanted_canary is not None and not result.canaries:
+        shown = ", ".join(f"{k}={v}" for k, v in wanted_canary.items())
+        raise CanaryMissing(f"canary instance ({shown}) not found: this region's answer is not trusted")
+    return result
+
+
+def _plan(
+    ctx: RunContext, audits: list[TargetAudit], findings: list[Finding], exceptions: ExceptionSet
+) -> tuple[dict[Target, list[Instance]], list[ActionResult]]:
+    """Which violators the configured action applies to; everything else is reported as skipped."""
+    action = ctx.config.audit.action
+    plan: dict[Target, list[Instance]] = {}
+    results: list[ActionResult] = []
+    if action == "report":
+        return plan, results
+    by_target = {a.target: a for a in audits}
+    blocking_kind = ExceptionKind.DO_NOT_STOP if action == "stop" else ExceptionKind.DO_NOT_TERMINATE
+    for finding in findings:
+        if finding.status not in (FindingStatus.NEW, FindingStatus.ONGOING):
+            continue
+        target = Target(finding.account_id, finding.region)
+        audit = by_target[target]
+        instance = audit.violators[finding.resource_id]
+
+        def skip(reason: str, instance: Instance = instance) -> None:
+            results.append(
+                ActionResult(
+                    action=action,
+                    account_id=instance.account_id,
+                    region=instance.region,
+                    resource_id=instance.id,
+                    outcome=ActionOutcome.SKIPPED,
+                    reason=reason,
+                )
+            )
+
+        rule = exceptions.find(
+            blocking_kind, account_id=instance.account_id, region=instance.region, resource_id=instance.id
+        )
+        if instance.id in audit.canaries:
+            skip("canary instances are never acted on")
+        elif rule is not None:
+            skip(f"{blocking_kind.value} exception {rule.id}: {rule.reason}")
+        elif action == "stop" and instance.state not in STOPPABLE:
+            skip(f"already {instance.state}")
+        else:
+            plan.setdefault(target, []).append(instance)
+    return plan, results
+
+
+def _confirm_terminate(options: AuditOptions, plan: dict[Target, list[Instance]]) -> None:
+    if options.confirm_terminate or not plan:
+        return
+    accounts = sorted({t.account_id for t in plan})
+    if options.confirm_prompt is not None and options.confirm_prompt(accounts):
+        return
+    raise SafetyRefusal(
+        f"terminating {sum(len(v) for v in plan.values())} instance(s) in account(s) {', '.join(accounts)} "
+        "needs --confirm-terminate (or typing the account ids at the prompt); nothing was done"
+    )
+
+
+def _execute(ctx: RunContext, plan: dict[Target, list[Instance]]) -> list[ActionResult]:
+    audit_cfg = ctx.config.audit
+    reason = f"fleetwarden audit {ctx.run_id}: required tags missing or invalid"
+
+    def act(target: Target) -> list[ActionResult]:
+        client = ctx.factory.client("ec2", region=target.region, account_id=target.account_id)
+        actions = Ec2Actions(
+            client,
+            account_id=target.account_id,
+            region=target.region,
+            run_id=ctx.run_id,
+            workflow=WORKFLOW,
+            journal=ctx.store.journal,
+            clock=ctx.clock,
+        )
+        instances = plan[target]
+        if audit_cfg.action == "stop":
+            return actions.stop(instances, reason=reason, override_stop_protection=audit_cfg.override_stop_protection)
+        return actions.terminate(instances, reason=reason, snapshot=audit_cfg.snapshot_before_terminate)
+
+    results: list[ActionResult] = []
+    for outcome in fan_out(list(plan), act, max_concurrency=ctx.config.aws.max_concurrency, label="acting"):
+        if outcome.value is not None:
+            results += outcome.value
+        else:
+            target = outcome.key
+            results += [
+                ActionResult(
+                    action=audit_cfg.action,
+                    account_id=target.account_id,
+                    region=target.region,
+                    resource_id=i.id,
+                    outcome=ActionOutcome.FAILED,
+                    reason=outcome.error or "failed",
+                )
+                for i in plan[target]
+            ]
+    return results
+
+
+def run_audit(ctx: RunContext, options: AuditOptions) -> RunReport:
+    """Run the tag audit; raises SafetyRefusal (exit 5) before doing anything a safety rule forbids."""
+    config = ctx.config
+    report = RunReport(run_id=ctx.run_id, workflow=WORKFLOW, dry_run=not options.apply, started_at=ctx.clock())
+    check = TagCheck(config.audit)
+    target_plan = resolve_targets(config, ctx.factory)
+    report.targets += target_plan.errors
+    iam_region = config.aws.sts_region
+    users = PerAccount(lambda acct: list_users(ctx.factory.client("iam", region=iam_region, account_id=acct), acct))
+
+    with ctx.account_leases(WORKFLOW, [a.account_id for a in target_plan.accounts]):
+        audits: list[TargetAudit] = []
+        for outcome in fan_out(
+            target_plan.targets,
+            lambda t: _audit_target(ctx, check, users, t),
+            max_concurrency=config.aws.max_concurrency,
+            label="auditing",
+        ):
+            target = outcome.key
+            if outcome.value is not None:
+                audits.append(outcome.value)
+                report.targets.append(TargetResult(account_id=target.account_id, region=target.region))
+            else:
+                report.targets.append(
+                    TargetResult(
+                        account_id=target.account_id,
+                        region=target.region,
+                        status=TargetStatus.ERROR,
+                        error=outcome.error,
+                    )
+                )
+        audits.sort(key=lambda a: (a.target.account_id, a.target.region))
+        report.targets.sort(key=lambda t: (t.account_id, t.region))
+
+        now = ctx.clock()
+        exceptions = ExceptionSet(ctx.store.list_exceptions(), now)
+        findings: list[Finding] = []
+        # Only healthy targets reconcile: a target in error never resolves anything.
+        for audit in audits:
+            previous = ctx.store.load_findings(check.name, audit.target.account_id, audit.target.region)
+            findings += reconcile(previous, audit.findings, now, exceptions)
+
+        plan, skipped = _plan(ctx, audits, findings, exceptions)
+        planned = sum(len(v) for v in plan.values())
+        limit = config.audit.max_actions
+        over_limit = planned > limit
+        if options.apply:
+            if over_limit:
+                raise SafetyRefusal(
+                    f"the plan would {config.audit.action} {planned} instances, over audit.max_actions={limit}; "
+                    "nothing was done (raise audit.max_actions to allow it)"
+                )
+            if config.audit.action == "terminate":
+                _confirm_terminate(options, plan)
+
+        ctx.store.save_findings(findings)
+        report.findings = findings
+        report.actions = skipped
+        if options.apply and plan:
+            report.actions += _execute(ctx, plan)
+        else:
+            report.actions += [
+                ActionResult(
+                    action=config.audit.action,
+                    account_id=i.account_id,
+                    region=i.region,
+                    resource_id=i.id,
+                    outcome=ActionOutcome.PLANNED,
+                    reason="dry run: use --apply to act" if not over_limit else f"over max_actions={limit}",
+                )
+                for instances in plan.values()
+                for i in instances
+            ]
+
+    report.summary = _summary(report, audits, over_limit, limit)
+    if config.audit.notify:
+        from ..output import summary_subject, summary_text
+
+        notification = Notification(subject=summary_subject(report), text=summary_text(report))
+        report.deliveries = deliver(config.audit.notify, config.sinks, notification, report, ctx.sink_context)
+    report.finished_at = ctx.clock()
+    return report
+
+
+def _summary(report: RunReport, audits: list[TargetAudit], over_limit: bool, limit: int) -> dict[str, object]:
+    by_status: dict[str, int] = {}
+    for f in report.findings:
+        by_status[f.status.value] = by_status.get(f.status.value, 0) + 1
+    by_outcome: dict[str, int] = {}
+    for a in report.actions:
+        by_outcome[a.outcome.value] = by_outcome.get(a.outcome.value, 0) + 1
+    summary: dict[str, object] = {
+        "instances_audited": sum(a.instances_seen for a in audits),
+        "accounts": len({t.account_id for t in report.targets}),
+        "targets_ok": sum(1 for t in report.targets if t.status == TargetStatus.OK),
+        "targets_error": sum(1 for t in report.targets if t.status == TargetStatus.ERROR),
+        "violators": sum(1 for f in report.findings if f.status in (FindingStatus.NEW, FindingStatus.ONGOING)),
+        "findings_by_status": by_status,
+        "actions_by_outcome": by_outcome,
+    }
+    if over_limit:
+        summary["warning"] = f"the plan exceeds audit.max_actions={limit}: --apply would be refused"
+    return summary

@@ -1,0 +1,121 @@
+"""Config validation: each malformed config gets a message naming the file, the key path and the expectation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fleetwarden.config import load_config, parse_config
+from fleetwarden.errors import ConfigError
+
+FULL = """
+apply: false
+aws: {endpoint_url: null, max_attempts: 8, max_concurrency: 32}
+accounts:
+  - id: "111111111111"
+    name: dev
+    role_arn: "arn:aws:iam::111111111111:role/FleetWarden"
+    external_id: "abc"
+    guard: {max_running_instances: 10}
+organization:
+  role_name: FleetWarden
+  external_id: "abc"
+  include_management_account: true
+regions: [us-east-1, eu-west-1]
+exclude_regions: []
+state: "sqlite:///state.db"
+sinks:
+  ops: {type: sns, topic_arn: "arn:aws:sns:us-east-1:123456789012:fleetwarden-alerts"}
+audit:
+  required_tags: [created_by, department, project]
+  tag_values: {department: [sysops, eng, finance], project: "re:^[a-z0-9-]+$"}
+  created_by_tag: created_by
+  created_by_must_be_iam_user: true
+  grace_minutes: 45
+  action: report
+  snapshot_before_terminate: true
+  max_actions: 100
+  canary: {tags: {Name: "api-canary-{region}"}}
+  notify: [ops]
+guard:
+  max_running_instances: 4
+  max_running_instances_org: null
+  spend:
+    max_usd: 500
+    window_hours: 6
+    sources: [burn-rate, {type: cloudwatch}, {type: cur, bucket: B, prefix: P}]
+    billing_account: {role_arn: "arn:aws:iam::999999999999:role/FleetWardenBilling"}
+  lockout: {mode: deactivate, exempt_users: [breakglass], exempt_roles: [], revoke_role_sessions: []}
+  on_unstoppable: leave
+  notify: [ops]
+window:
+  settle_minutes: 3
+  wait_for_inspector: true
+  timeout_minutes: 90
+  select_tags: {}
+  discovery: {type: ec2}
+compliance:
+  types: ["Custom:InSpec"]
+  association_ids: []
+  document_names: [AWS-RunInspecChecks]
+  notify: [ops]
+"""
+
+
+def test_the_design_contract_parses_as_written() -> None:
+    config = parse_config(FULL, "fleetwarden.yaml")
+    assert config.accounts[0].guard is not None and config.accounts[0].guard.max_running_instances == 10
+    assert config.audit.tag_values["project"] == "re:^[a-z0-9-]+$"
+    assert config.guard.spend is not None and len(config.guard.spend.sources) == 3
+
+
+def problems(text: str) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "my.yaml")
+    assert info.value.exit_code == 2
+    message = str(info.value)
+    assert message.startswith("invalid config my.yaml")
+    return message
+
+
+def test_unknown_key_names_its_path_and_the_allowed_keys() -> None:
+    message = problems("audit:\n  grace_minuts: 5\n")
+    assert "audit.grace_minuts: unknown key" in message
+    assert "grace_minutes" in message
+
+
+def test_wrong_type() -> None:
+    message = problems("audit:\n  grace_minutes: soon\n")
+    assert "audit.grace_minutes" in message and "integer" in message
+
+
+def test_bad_regex() -> None:
+    message = problems('audit:\n  tag_values: {project: "re:^[a-z"}\n')
+    assert "audit.tag_values" in message and "bad regex" in message
+
+
+def test_literal_secret_refused() -> None:
+    message = problems("sinks:\n  chat: {type: sns, topic_arn: nope}\n")
+    assert "sinks.chat.topic_arn" in message
+
+
+def test_unknown_sink_type_and_dangling_reference() -> None:
+    assert "unknown sink type 'pager'" in problems("sinks:\n  p: {type: pager}\n")
+    assert "names sink 'ops'" in problems("audit:\n  notify: [ops]\n")
+
+
+def test_bad_account_id_and_region() -> None:
+    message = problems('accounts: [{id: "1234"}]\nregions: [mars-east-1]\n')
+    assert "accounts[0].id" in message and "12 digits" in message
+    assert "regions[0]" in message
+
+
+def test_not_yaml_names_the_line() -> None:
+    assert "line 3, column 1" in problems("audit:\n  required_tags: [a\n")
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_config(tmp_path / "absent.yaml")
+    assert "file not found" in str(info.value)
