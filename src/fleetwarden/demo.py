@@ -1,0 +1,207 @@
+"""`fleetwarden demo`: the tag audit end to end on the embedded AWS emulator, no AWS account needed.
+
+Starts the emulator (moto server in-process on 127.0.0.1), seeds a small organization through boto3, writes a
+demo config next to the outputs, and runs `fleetwarden audit` in-process against it. Needs the `demo` extra.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+
+DEMO_ACCOUNTS = (("111111111111", "dev"), ("222222222222", "prod"), ("333333333333", "data"))
+DEMO_REGIONS = ("us-east-1", "eu-west-1", "ap-southeast-2")
+
+# The emulator accepts any credentials; these keep the demo from ever touching a real account or profile.
+_DEMO_ENV = {
+    "AWS_ACCESS_KEY_ID": "fleetwarden-demo",
+    "AWS_SECRET_ACCESS_KEY": "fleetwarden-demo",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_EC2_METADATA_DISABLED": "true",
+    "AWS_CONFIG_FILE": os.devnull,
+    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+}
+_UNSET_ENV = ("AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ROLE_ARN", "AWS_WEB_IDENTITY_TOKEN_FILE")
+
+
+@contextmanager
+def _environment(values: Mapping[str, str], unset: tuple[str, ...] = ()) -> Iterator[None]:
+    """Set (and unset) environment variables for the duration; restore them afterwards."""
+    keys = [*values, *unset]
+    saved = {key: os.environ.get(key) for key in keys}
+    try:
+        for key in unset:
+            os.environ.pop(key, None)
+        os.environ.update(values)
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def demo_config(output_dir: Path, topic_arn: str, role_name: str = "FleetWarden") -> dict[str, Any]:
+    """The demo's fleetwarden.yaml, as data (DESIGN.md config contract v1)."""
+    return {
+        "aws": {"max_attempts": 4, "max_concurrency": 16},
+        "accounts": [
+            {"id": account_id, "name": name, "role_arn": f"arn:aws:iam::{account_id}:role/{role_name}"}
+            for account_id, name in DEMO_ACCOUNTS
+        ],
+        "regions": list(DEMO_REGIONS),
+        "state": f"sqlite:///{(output_dir / 'state.db').resolve()}",
+        "sinks": {"ops": {"type": "sns", "topic_arn": topic_arn}},
+        "audit": {
+            "required_tags": ["created_by", "department", "project"],
+            "tag_values": {"department": ["sysops", "eng", "finance"], "project": "re:^[a-z0-9-]+$"},
+            "created_by_tag": "created_by",
+            "created_by_must_be_iam_user": True,
+            "grace_minutes": 45,
+            "action": "stop",
+            "max_actions": 200,
+            "canary": {"tags": {"Name": "api-canary-{region}"}},
+            "notify": ["ops"],
+        },
+    }
+
+
+def _cli_audit(config_path: Path, output_dir: Path, apply: bool) -> int:
+    """Run `fleetwarden audit` in-process; its exit code."""
+    import click
+
+    from .cli import main
+
+    args = ["--config", str(config_path), "--output-dir", str(output_dir), "audit"]
+    if apply:
+        args.append("--apply")
+    try:
+        result = main(args, standalone_mode=False)
+    except SystemExit as exc:  # the CLI's commands end with sys.exit(code)
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    return result if isinstance(result, int) else 0
+
+
+def _found(run_json: Path) -> tuple[set[str], int] | None:
+    """(flagged instance ids, open findings) from the audit's run.json, if it was written."""
+    try:
+        report = json.loads(run_json.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+    open_findings = [
+        f for f in report.get("findings", []) if f.get("check") == "tags" and f.get("status") in ("new", "ongoing")
+    ]
+    return {str(f.get("resource_id")) for f in open_findings}, len(open_findings)
+
+
+def run_demo(
+    output_dir: Path,
+    apply: bool = False,
+    *,
+    instances_per_target: int = 40,
+    stream: TextIO | None = None,
+) -> int:
+    """Seed the emulator, run the audit against it, write outputs under `output_dir`; the audit's exit code."""
+    from .emulator.seed import FleetSpec, SeedAccount, seed_fleet
+    from .emulator.server import EmulatorServer
+
+    out = stream or sys.stdout
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    config_path = output_dir / "fleetwarden.yaml"
+    # Each demo seeds a fresh emulator (new instance ids): start from an empty state store too.
+    (output_dir / "state.db").unlink(missing_ok=True)
+    spec = FleetSpec(
+        accounts=[SeedAccount(account_id, name) for account_id, name in DEMO_ACCOUNTS],
+        regions=list(DEMO_REGIONS),
+        instances_per_target=instances_per_target,
+    )
+    server = EmulatorServer(log_requests=False)
+    print("fleetwarden demo: starting the embedded AWS emulator (moto) on 127.0.0.1 ...", file=out, flush=True)
+    server.start()
+    try:
+        with _environment({**_DEMO_ENV, "AWS_ENDPOINT_URL": server.url}, _UNSET_ENV):
+            seeded = seed_fleet(server.url, spec)
+            counts = seeded.summary()
+            print(
+                f"seeded {counts['instances']} instances in {counts['accounts']} accounts x {counts['regions']} "
+                f"regions ({counts['violators']} violators past grace, {counts['in_grace']} still in grace, "
+                f"{counts['stopped']} stopped, {counts['canaries']} canaries)",
+                file=out,
+                flush=True,
+            )
+            assert seeded.topic_arn is not None
+            config_path.write_text(
+                "# Written by `fleetwarden demo`: the emulator's accounts, regions and alert topic.\n"
+                + yaml.safe_dump(demo_config(output_dir, seeded.topic_arn), sort_keys=False),
+                encoding="utf-8",
+            )
+            print(
+                f"running: fleetwarden --config {config_path} audit{' --apply' if apply else ''}", file=out, flush=True
+            )
+            code = _cli_audit(config_path, output_dir, apply)
+            notifications = _drain(seeded.queue_url)
+    finally:
+        server.stop()
+    _summary(out, output_dir, config_path, seeded.violators, _found(output_dir / "run.json"), notifications, code)
+    return code
+
+
+def _drain(queue_url: str | None) -> int:
+    """How many alerts reached the SNS topic (read back from its SQS inbox)."""
+    if queue_url is None:
+        return 0
+    import boto3
+
+    sqs = boto3.client("sqs", region_name="us-east-1", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    count = 0
+    while True:
+        messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10).get("Messages", [])
+        if not messages:
+            return count
+        count += len(messages)
+        sqs.delete_message_batch(
+            QueueUrl=queue_url,
+            Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)],
+        )
+
+
+def _summary(
+    out: TextIO,
+    output_dir: Path,
+    config_path: Path,
+    expected: set[str],
+    found: tuple[set[str], int] | None,
+    notifications: int,
+    code: int,
+) -> None:
+    lines = ["", "fleetwarden demo finished" + (f" (audit exit code {code})" if code else "")]
+    if found is not None:
+        flagged, total = found
+        match = "exactly the seeded violators" if flagged == expected else "differs from the seed's expectation"
+        lines.append(f"  audit flagged {len(flagged)} instances ({total} open tag findings): {match}")
+        if flagged != expected:
+            lines.append(f"    missed {len(expected - flagged)}, unexpected {len(flagged - expected)}")
+    lines.append(f"  alerts published to the SNS topic: {notifications}")
+    lines.append(f"  config:   {config_path}")
+    for name, what in (
+        ("report.html", "open this in a browser"),
+        ("findings.csv", "one row per finding"),
+        ("run.json", "the RunReport"),
+    ):
+        path = output_dir / name
+        if path.exists():
+            lines.append(f"  {name + ':':<13} {path.resolve()}  ({what})")
+    lines.append("  add --apply to stop the violators in the emulator (the audit action is `stop`).")
+    print("\n".join(lines), file=out, flush=True)
