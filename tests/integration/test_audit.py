@@ -1,0 +1,312 @@
+"""`fleetwarden audit` end to end against the emulator: three accounts by assume-role, several regions."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from fleet import ACCOUNTS, GOOD_TAGS, cli, ec2, launch, states, users, write_config
+
+from fleetwarden.aws.session import SessionFactory
+from fleetwarden.emulator.server import EmulatorServer
+
+A, B, C = ACCOUNTS
+REGIONS = ["us-east-1", "eu-west-1"]
+
+
+@pytest.fixture
+def fleet(factory: SessionFactory) -> dict[str, list[str]]:
+    """Good and bad instances in three accounts x two regions; returns ids by what the audit should say."""
+    for account in ACCOUNTS:
+        users(factory, account, "alice")
+    out: dict[str, list[str]] = {"good": [], "bad": [], "fresh": []}
+    for account in ACCOUNTS:
+        for region in REGIONS:
+            ids = launch(factory, account, region, GOOD_TAGS, 3)
+            out[f"good:{account}:{region}"] = ids
+            out["good"] += ids
+    out["missing"] = launch(factory, A, "us-east-1", {"created_by": "alice", "department": "eng"}, 2)
+    out["blank"] = launch(factory, A, "eu-west-1", {**GOOD_TAGS, "project": "  "})
+    out["case"] = launch(factory, B, "us-east-1", {"created_by": "alice", "Department": "eng", "project": "web"})
+    out["badvalue"] = launch(factory, B, "eu-west-1", {**GOOD_TAGS, "department": "marketing"})
+    # bob exists in account C only: created_by must name a user of the instance's own account
+    users(factory, C, "bob")
+    out["notuser"] = launch(factory, B, "eu-west-1", {**GOOD_TAGS, "created_by": "bob"})
+    out["stopped"] = launch(factory, C, "us-east-1", {}, state="stopped")
+    out["fresh"] = launch(factory, C, "eu-west-1", {}, age_minutes=10)
+    out["bad"] = out["missing"] + out["blank"] + out["case"] + out["badvalue"] + out["notuser"] + out["stopped"]
+    return out
+
+
+def test_audit_finds_exactly_the_violators(
+    aws: EmulatorServer, tmp_path: Path, fleet: dict[str, list[str]], factory: SessionFactory
+) -> None:
+    config = write_config(tmp_path, aws.url, ACCOUNTS, REGIONS)
+    result = cli("--config", str(config), "--json", "--output-dir", str(tmp_path / "out"), "audit")
+    assert result.exit_code == 0, result.stderr
+    report = result.report
+    assert report["schema"] == "fleetwarden.run/v1" and report["dry_run"] is True
+    assert {(t["account_id"], t["region"], t["status"]) for t in report["targets"]} == {
+        (a, r, "ok") for a in ACCOUNTS for r in REGIONS
+    }
+    found = {f["resource_id"]: f for f in report["findings"]}
+    assert set(found) == set(fleet["bad"])
+    assert {f["status"] for f in found.values()} == {"new"}
+    assert found[fleet["missing"][0]]["details"]["missing"] == ["project"]
+    assert found[fleet["blank"][0]]["details"]["missing"] == ["project"]
+    assert found[fleet["case"][0]]["details"]["missing"] == ["department"]
+    assert "department" in found[fleet["badvalue"][0]]["details"]["invalid"]
+    assert "created_by" in found[fleet["notuser"][0]]["details"]["invalid"]
+    assert report["summary"]["instances_audited"] == len(fleet["good"]) + len(fleet["bad"]) + len(fleet["fresh"])
+    assert report["actions"] == []  # action: report
+    assert (tmp_path / "out" / "run.json").exists() and (tmp_path / "out" / "findings.csv").exists()
+    # a report-only dry run changed nothing on the fleet
+    assert set(states(factory, A, "us-east-1", fleet["missing"]).values()) == {"running"}
+
+    # Second run: the same findings are ongoing with first_seen kept; a fixed instance is resolved.
+    ec2(factory, B, "eu-west-1").create_tags(
+        Resources=fleet["badvalue"], Tags=[{"Key": "department", "Value": "finance"}]
+    )
+    again = cli("--config", str(config), "--json", "audit").report
+    statuses = {f["resource_id"]: f["status"] for f in again["findings"]}
+    assert statuses[fleet["badvalue"][0]] == "resolved"
+    assert statuses[fleet["missing"][0]] == "ongoing"
+    first = {f["resource_id"]: f["first_seen"] for f in report["findings"]}
+    assert all(f["first_seen"] == first[f["resource_id"]] for f in again["findings"])
+
+
+def test_pagination_over_more_than_one_page(aws: EmulatorServer, tmp_path: Path, factory: SessionFactory) -> None:
+    users(factory, A, "alice")
+    client = ec2(factory, A, "us-east-1")
+    # 105 one-instance reservations: more than moto's default page of 100 reservations
+    ids = [
+        client.run_instances(ImageId="ami-12345678", MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+        for _ in range(105)
+    ]
+    from fleet import backdate
+
+    backdate(A, "us-east-1", ids, 120)
+    config = write_config(tmp_path, aws.url, (A,), ["us-east-1"])
+    report = cli("--config", str(config), "--json", "audit").report
+    assert {f["resource_id"] for f in report["findings"]} == set(ids)
+
+
+def test_stop_only_with_apply(
+    aws: EmulatorServer, tmp_path: Path, fleet: dict[str, list[str]], factory: SessionFactory
+) -> None:
+    config = write_config(tmp_path, aws.url, ACCOUNTS, REGIONS, action="stop")
+    dry = cli("--config", str(config), "--json", "audit").report
+    planned = {a["resource_id"] for a in dry["actions"] if a["outcome"] == "planned"}
+    running_bad = set(fleet["bad"]) - set(fleet["stopped"])
+    assert planned == running_bad
+    assert set(states(factory, A, "us-east-1", fleet["missing"]).values()) == {"running"}
+
+    applied = cli("--config", str(config), "--json", "audit", "--apply")
+    assert applied.exit_code == 0, applied.stderr
+    done = {a["resource_id"] for a in applied.report["actions"] if a["outcome"] == "done"}
+    assert done == running_bad
+    assert set(states(factory, A, "us-east-1", fleet["missing"]).values()) == {"stopped"}
+    assert set(states(factory, B, "eu-west-1", fleet["badvalue"] + fleet["notuser"]).values()) == {"stopped"}
+    good_states = {}
+    for account in ACCOUNTS:
+        for region in REGIONS:
+            good_states.update(states(factory, account, region, fleet[f"good:{account}:{region}"]))
+    assert set(good_states.values()) == {"running"}
+    assert set(states(factory, C, "eu-west-1", fleet["fresh"]).values()) == {"running"}
+
+
+def test_do_not_stop_exception_and_snooze(
+    aws: EmulatorServer, tmp_path: Path, fleet: dict[str, list[str]], factory: SessionFactory
+) -> None:
+    config = write_config(tmp_path, aws.url, ACCOUNTS, REGIONS, action="stop")
+    keep = fleet["missing"][0]
+    snoozed = fleet["badvalue"][0]
+    added = cli(
+        "--config",
+        str(config),
+        "exceptions",
+        "add",
+        "--kind",
+        "do-not-stop",
+        "--resource-id",
+        keep,
+        "--reason",
+        "database primary",
+        "--owner",
+        "dba",
+        "--expires",
+        "7d",
+    )
+    assert added.exit_code == 0, added.stderr
+    cli(
+        "--config",
+        str(config),
+        "exceptions",
+        "add",
+        "--kind",
+        "snooze",
+        "--check",
+        "tags",
+        "--resource-id",
+        snoozed,
+        "--reason",
+        "migrating",
+        "--expires",
+        "2d",
+    )
+    listed = cli("--config", str(config), "--json", "exceptions", "list")
+    assert {e["kind"] for e in __import__("json").loads(listed.stdout)} == {"do-not-stop", "snooze"}
+
+    report = cli("--config", str(config), "--json", "audit", "--apply").report
+    by_id = {a["resource_id"]: a for a in report["actions"]}
+    assert by_id[keep]["outcome"] == "skipped" and "do-not-stop" in by_id[keep]["reason"]
+    assert states(factory, A, "us-east-1", [keep])[keep] == "running"
+    assert states(factory, A, "us-east-1", [fleet["missing"][1]])[fleet["missing"][1]] == "stopped"
+    status = {f["resource_id"]: f["status"] for f in report["findings"]}
+    assert status[snoozed] == "suppressed"
+    assert snoozed not in by_id
+    assert states(factory, B, "eu-west-1", [snoozed])[snoozed] == "running"
+
+
+def test_canary_missing_makes_only_that_target_an_error(
+    aws: EmulatorServer, tmp_path: Path, factory: SessionFactory
+) -> None:
+    users(factory, A, "alice")
+    for region in ("us-east-1",):
+        launch(factory, A, region, {**GOOD_TAGS, "Name": f"api-canary-{region}"}, state="stopped")
+    bad_east = launch(factory, A, "us-east-1", {})
+    bad_west = launch(factory, A, "eu-west-1", {})
+    config = write_config(
+        tmp_path, aws.url, (A,), REGIONS, action="stop", canary={"tags": {"Name": "api-canary-{region}"}}
+    )
+    result = cli("--config", str(config), "--json", "audit", "--apply")
+    assert result.exit_code == 4
+    targets = {t["region"]: t for t in result.report["targets"]}
+    assert targets["us-east-1"]["status"] == "ok"
+    assert targets["eu-west-1"]["status"] == "error" and "canary" in targets["eu-west-1"]["error"]
+    assert states(factory, A, "us-east-1", bad_east)[bad_east[0]] == "stopped"
+    assert states(factory, A, "eu-west-1", bad_west)[bad_west[0]] == "running"  # error target: no action
+
+
+def test_terminate_needs_confirmation_and_snapshots_first(
+    aws: EmulatorServer, tmp_path: Path, factory: SessionFactory
+) -> None:
+    users(factory, A, "alice")
+    bad = launch(factory, A, "us-east-1", {"created_by": "alice"}, 2, volumes=2)
+    client = ec2(factory, A, "us-east-1")
+    client.modify_instance_attribute(InstanceId=bad[0], DisableApiTermination={"Value": True})
+    config = write_config(tmp_path, aws.url, (A,), ["us-east-1"], action="terminate")
+
+    refused = cli("--config", str(config), "--json", "audit", "--apply")
+    assert refused.exit_code == 5 and "--confirm-terminate" in refused.stderr
+    assert set(states(factory, A, "us-east-1", bad).values()) == {"running"}
+
+    done = cli("--config", str(config), "--json", "audit", "--apply", "--confirm-terminate")
+    assert done.exit_code == 0, done.stderr
+    assert set(states(factory, A, "us-east-1", bad).values()) == {"terminated"}
+    snaps = client.describe_snapshots(
+        Filters=[{"Name": "tag:fleetwarden:instance-id", "Values": bad}], OwnerIds=["self"]
+    )["Snapshots"]
+    assert len(snaps) == 4  # two instances x (root + one extra volume)
+    assert {t["Value"] for s in snaps for t in s["Tags"] if t["Key"] == "fleetwarden:run-id"} == {done.report["run_id"]}
+
+
+def test_blast_radius_refuses_a_larger_plan(
+    aws: EmulatorServer, tmp_path: Path, fleet: dict[str, list[str]], factory: SessionFactory
+) -> None:
+    config = write_config(tmp_path, aws.url, ACCOUNTS, REGIONS, action="stop", max_actions=2)
+    result = cli("--config", str(config), "--json", "audit", "--apply")
+    assert result.exit_code == 5 and "max_actions" in result.stderr
+    assert set(states(factory, A, "us-east-1", fleet["missing"]).values()) == {"running"}
+
+
+def test_unknown_config_key_makes_no_aws_call(aws: EmulatorServer, tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text("audit:\n  required_tag: [a]\n")
+    result = cli("--config", str(config), "audit")
+    assert result.exit_code == 2
+    assert "bad.yaml" in result.stderr and "audit.required_tag: unknown key" in result.stderr
+
+
+def test_unreachable_region_is_isolated(aws: EmulatorServer, tmp_path: Path, factory: SessionFactory) -> None:
+    users(factory, A, "alice")
+    east = launch(factory, A, "us-east-1", {})
+    west = launch(factory, A, "eu-west-1", {})
+    aws.client.set_faults([{"region": "eu-west-1", "service": "ec2", "mode": "unavailable"}])
+    config = write_config(tmp_path, aws.url, (A,), REGIONS, action="stop")
+    result = cli("--config", str(config), "--json", "audit", "--apply")
+    aws.client.set_faults([])
+    assert result.exit_code == 4
+    targets = {t["region"]: t for t in result.report["targets"]}
+    assert targets["eu-west-1"]["status"] == "error" and "Unavailable" in targets["eu-west-1"]["error"]
+    assert targets["us-east-1"]["status"] == "ok"
+    assert states(factory, A, "us-east-1", east)[east[0]] == "stopped"
+    assert states(factory, A, "eu-west-1", west)[west[0]] == "running"
+
+
+def test_error_target_never_resolves(aws: EmulatorServer, tmp_path: Path, factory: SessionFactory) -> None:
+    users(factory, A, "alice")
+    west = launch(factory, A, "eu-west-1", {})
+    config = write_config(tmp_path, aws.url, (A,), ["eu-west-1"])
+    assert cli("--config", str(config), "--json", "audit").report["findings"][0]["status"] == "new"
+    aws.client.set_faults([{"region": "eu-west-1", "service": "ec2"}])
+    broken = cli("--config", str(config), "--json", "audit")
+    aws.client.set_faults([])
+    assert broken.exit_code == 4 and broken.report["findings"] == []
+    after = cli("--config", str(config), "--json", "audit").report
+    assert [(f["resource_id"], f["status"]) for f in after["findings"]] == [(west[0], "ongoing")]
+
+
+def test_summary_notification_via_sns(aws: EmulatorServer, tmp_path: Path, factory: SessionFactory) -> None:
+    users(factory, A, "alice")
+    bad = launch(factory, A, "us-east-1", {"created_by": "alice"})
+    sns = factory.client("sns", region="us-east-1")
+    sqs = factory.client("sqs", region="us-east-1")
+    topic = sns.create_topic(Name="fleetwarden-alerts")["TopicArn"]
+    queue = sqs.create_queue(QueueName="alerts")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn, Attributes={"RawMessageDelivery": "true"})
+    config = write_config(
+        tmp_path,
+        aws.url,
+        (A,),
+        ["us-east-1"],
+        notify=["ops"],
+        top={"sinks": {"ops": {"type": "sns", "topic_arn": topic}}},
+    )
+    report = cli("--config", str(config), "--json", "audit").report
+    assert report["deliveries"] == [{"sink": "ops", "outcome": "sent", "error": None}]
+    messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]
+    assert len(messages) == 1
+    assert bad[0] in messages[0]["Body"]
+
+
+def test_dynamodb_state_backend(aws: EmulatorServer, tmp_path: Path, factory: SessionFactory) -> None:
+    users(factory, A, "alice")
+    bad = launch(factory, A, "us-east-1", {})
+    config = write_config(
+        tmp_path, aws.url, (A,), ["us-east-1"], top={"state": "dynamodb://fleetwarden-state?region=us-east-1"}
+    )
+    missing = cli("--config", str(config), "audit")
+    assert missing.exit_code != 0 and "state init" in missing.stderr
+    assert cli("--config", str(config), "state", "init").exit_code == 0
+    assert cli("--config", str(config), "--json", "audit").report["findings"][0]["status"] == "new"
+    again = cli("--config", str(config), "--json", "audit").report
+    assert [(f["resource_id"], f["status"]) for f in again["findings"]] == [(bad[0], "ongoing")]
+
+
+def test_run_lock_held_refuses(aws: EmulatorServer, tmp_path: Path, factory: SessionFactory) -> None:
+    from datetime import UTC, datetime
+
+    from fleetwarden.config import load_config
+    from fleetwarden.state import open_store
+
+    users(factory, A, "alice")
+    launch(factory, A, "us-east-1", {})
+    config = write_config(tmp_path, aws.url, (A,), ["us-east-1"], action="stop")
+    store = open_store(load_config(config).state)
+    assert store.acquire_lease("audit", A, "another-run", datetime.now(UTC), 600)
+    result = cli("--config", str(config), "--json", "audit", "--apply")
+    assert result.exit_code == 5 and "lock" in result.stderr
+    store.release_lease("audit", A, "another-run")
+    assert cli("--config", str(config), "--json", "audit", "--apply").exit_code == 0
