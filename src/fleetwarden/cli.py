@@ -255,7 +255,7 @@ def exceptions_add(
     owner: str | None,
     expires: str | None,
 ) -> None:
-    """Add an exception."""
+    """Add an exception; omitted scope fields (account, region, resource, check, item) match everything."""
     from .errors import UsageError
 
     opts = _opts(ctx)
@@ -338,7 +338,7 @@ def exceptions_list(ctx: click.Context, show_all: bool) -> None:
 @click.pass_context
 @handle_errors
 def exceptions_remove(ctx: click.Context, exception_id: str) -> None:
-    """Remove an exception by id."""
+    """Remove an exception by its id (see `exceptions list`)."""
     from .errors import UsageError
 
     opts = _opts(ctx)

@@ -310,3 +310,19 @@ def test_run_lock_held_refuses(aws: EmulatorServer, tmp_path: Path, factory: Ses
     assert result.exit_code == 5 and "lock" in result.stderr
     store.release_lease("audit", A, "another-run")
     assert cli("--config", str(config), "--json", "audit", "--apply").exit_code == 0
+
+
+def test_declared_permissions_cover_every_call(
+    aws: EmulatorServer, tmp_path: Path, fleet: dict[str, list[str]], factory: SessionFactory
+) -> None:
+    """`fleetwarden permissions` is generated from declarations: they must cover every call a run makes."""
+    from fleetwarden.permissions import declared
+
+    config = write_config(tmp_path, aws.url, ACCOUNTS, REGIONS, action="terminate")
+    aws.client.reset_calls()
+    result = cli("--config", str(config), "--json", "audit", "--apply", "--confirm-terminate")
+    assert result.exit_code == 0, result.stderr
+    allowed = {action for actions in declared().values() for action in actions}
+    made = {f"{c['service']}:{c['action']}" for c in aws.client.calls()["calls"]}
+    assert "ec2:TerminateInstances" in made
+    assert made <= allowed, f"undeclared: {sorted(made - allowed)}"
