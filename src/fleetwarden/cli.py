@@ -147,7 +147,7 @@ def _context(config: Config) -> Any:
 def _emit(opts: Options, report: RunReport) -> None:
     from .output import print_report, write_outputs
 
-    print_report(report, opts.console())
+    print_report(report, opts.console(), output_dir=opts.output_dir)
     if opts.output_dir is not None:
         written = write_outputs(report, opts.output_dir)
         opts.console().print("wrote " + ", ".join(str(p) for p in written))
