@@ -326,3 +326,16 @@ def test_declared_permissions_cover_every_call(
     made = {f"{c['service']}:{c['action']}" for c in aws.client.calls()["calls"]}
     assert "ec2:TerminateInstances" in made
     assert made <= allowed, f"undeclared: {sorted(made - allowed)}"
+
+
+def test_fail_on_and_quiet(aws: EmulatorServer, tmp_path: Path, factory: SessionFactory) -> None:
+    users(factory, A, "alice")
+    launch(factory, A, "us-east-1", {"created_by": "alice"})
+    config = write_config(tmp_path, aws.url, (A,), ["us-east-1"])
+    assert cli("--config", str(config), "-q", "audit", "--fail-on", "MEDIUM").exit_code == 3
+    high = cli("--config", str(config), "audit", "--fail-on", "high", "-q")
+    assert high.exit_code == 0
+    assert high.stderr == "" and high.stdout == ""  # -q: nothing but errors
+    loud = cli("--config", str(config), "audit", "--json")
+    assert loud.report["workflow"] == "audit"  # stdout is the JSON alone
+    assert "Summary" in loud.stderr or "summary" in loud.stderr.lower()

@@ -67,7 +67,9 @@ def enabled_regions(factory: SessionFactory, account_id: str, home_region: str) 
     regions = ec2.describe_regions(
         AllRegions=False, Filters=[{"Name": "opt-in-status", "Values": ["opt-in-not-required", "opted-in"]}]
     )["Regions"]
-    return sorted(r["RegionName"] for r in regions)
+    # The filter is repeated client-side: some endpoints (emulators, older partitions) ignore it.
+    enabled = ("opt-in-not-required", "opted-in")
+    return sorted(r["RegionName"] for r in regions if r.get("OptInStatus", "opt-in-not-required") in enabled)
 
 
 def resolve_targets(config: Config, factory: SessionFactory, only_accounts: Iterable[str] | None = None) -> TargetPlan:
