@@ -93,8 +93,8 @@ def _cli_audit(config_path: Path, output_dir: Path, apply: bool) -> int:
     return result if isinstance(result, int) else 0
 
 
-def _found(run_json: Path) -> tuple[set[str], int] | None:
-    """(flagged instance ids, open findings) from the audit's run.json, if it was written."""
+def _found(run_json: Path) -> tuple[set[str], int, dict[str, int]] | None:
+    """(flagged instance ids, open findings, actions per outcome) from the audit's run.json, if written."""
     try:
         report = json.loads(run_json.read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError):
@@ -102,7 +102,11 @@ def _found(run_json: Path) -> tuple[set[str], int] | None:
     open_findings = [
         f for f in report.get("findings", []) if f.get("check") == "tags" and f.get("status") in ("new", "ongoing")
     ]
-    return {str(f.get("resource_id")) for f in open_findings}, len(open_findings)
+    actions: dict[str, int] = {}
+    for action in report.get("actions", []):
+        outcome = str(action.get("outcome"))
+        actions[outcome] = actions.get(outcome, 0) + 1
+    return {str(f.get("resource_id")) for f in open_findings}, len(open_findings), actions
 
 
 def run_demo(
@@ -151,20 +155,22 @@ def run_demo(
                 f"running: fleetwarden --config {config_path} audit{' --apply' if apply else ''}", file=out, flush=True
             )
             code = _cli_audit(config_path, output_dir, apply)
-            notifications = _drain(seeded.queue_url)
+            notifications = _drain(server.url, seeded.queue_url, seeded.topic_arn.split(":")[3])
     finally:
         server.stop()
-    _summary(out, output_dir, config_path, seeded.violators, _found(output_dir / "run.json"), notifications, code)
+    found = _found(output_dir / "run.json")
+    _summary(out, output_dir, config_path, seeded.violators, found, notifications, code, apply)
     return code
 
 
-def _drain(queue_url: str | None) -> int:
+def _drain(url: str, queue_url: str | None, region: str) -> int:
     """How many alerts reached the SNS topic (read back from its SQS inbox)."""
     if queue_url is None:
         return 0
-    import boto3
+    from .aws.session import SessionFactory
+    from .config import AwsSettings
 
-    sqs = boto3.client("sqs", region_name="us-east-1", endpoint_url=os.environ["AWS_ENDPOINT_URL"])
+    sqs = SessionFactory(AwsSettings(endpoint_url=url), run_id="demo").client("sqs", region=region)
     count = 0
     while True:
         messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10).get("Messages", [])
@@ -182,17 +188,21 @@ def _summary(
     output_dir: Path,
     config_path: Path,
     expected: set[str],
-    found: tuple[set[str], int] | None,
+    found: tuple[set[str], int, dict[str, int]] | None,
     notifications: int,
     code: int,
+    apply: bool,
 ) -> None:
     lines = ["", "fleetwarden demo finished" + (f" (audit exit code {code})" if code else "")]
     if found is not None:
-        flagged, total = found
+        flagged, total, actions = found
         match = "exactly the seeded violators" if flagged == expected else "differs from the seed's expectation"
         lines.append(f"  audit flagged {len(flagged)} instances ({total} open tag findings): {match}")
         if flagged != expected:
             lines.append(f"    missed {len(expected - flagged)}, unexpected {len(flagged - expected)}")
+        if actions:
+            shown = ", ".join(f"{n} {outcome}" for outcome, n in sorted(actions.items()))
+            lines.append(f"  stop actions: {shown}")
     lines.append(f"  alerts published to the SNS topic: {notifications}")
     lines.append(f"  config:   {config_path}")
     for name, what in (
@@ -203,5 +213,6 @@ def _summary(
         path = output_dir / name
         if path.exists():
             lines.append(f"  {name + ':':<13} {path.resolve()}  ({what})")
-    lines.append("  add --apply to stop the violators in the emulator (the audit action is `stop`).")
+    if not apply:
+        lines.append("  add --apply to stop the violators in the emulator (the audit action is `stop`).")
     print("\n".join(lines), file=out, flush=True)
