@@ -339,3 +339,19 @@ def test_fail_on_and_quiet(aws: EmulatorServer, tmp_path: Path, factory: Session
     loud = cli("--config", str(config), "audit", "--json")
     assert loud.report["workflow"] == "audit"  # stdout is the JSON alone
     assert "Summary" in loud.stderr or "summary" in loud.stderr.lower()
+
+
+def test_throttling_is_retried(aws: EmulatorServer, tmp_path: Path, factory: SessionFactory) -> None:
+    users(factory, A, "alice")
+    bad = launch(factory, A, "us-east-1", {})
+    # Throttle the first two DescribeInstances calls: botocore's standard retries absorb them.
+    aws.client.set_faults([{"service": "ec2", "action": "DescribeInstances", "mode": "throttle", "limit": 2}])
+    config = write_config(
+        tmp_path, aws.url, (A,), ["us-east-1"], top={"aws": {"endpoint_url": aws.url, "max_attempts": 4}}
+    )
+    result = cli("--config", str(config), "--json", "audit")
+    calls = aws.client.calls()
+    aws.client.set_faults([])
+    assert result.exit_code == 0, result.stderr
+    assert [f["resource_id"] for f in result.report["findings"]] == bad
+    assert calls["faults"] == 2
