@@ -1,0 +1,328 @@
+"""The Lambda events fleetwarden accepts, as pydantic models, and `parse_event` that maps one to an action.
+
+Our own action events (`{"action": "guard", "apply": true}`) forbid unknown keys, so a typo such as `"aply"`
+fails loudly instead of silently running a dry run. AWS's events (EventBridge scheduled events, CloudWatch
+alarm state changes, SSM association state changes) allow extra keys: AWS adds fields over time.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal, TypeVar, get_args
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, ValidationError
+
+from .errors import UsageError
+
+Action = Literal[
+    "audit",
+    "guard",
+    "guard-release",
+    "window-open",
+    "window-status",
+    "window-close",
+    "compliance-sync",
+    "compliance-report",
+    "list-targets",
+    "pass",
+]
+ACTIONS: tuple[str, ...] = get_args(Action)
+M = TypeVar("M", bound=BaseModel)
+Trigger = Literal["invoke", "schedule", "alarm", "ssm-association"]
+
+SCHEDULED = "Scheduled Event"
+ALARM_CHANGE = "CloudWatch Alarm State Change"
+SSM_ASSOCIATION_CHANGE = "EC2 State Manager Association State Change"
+_ACCOUNT_ID = re.compile(r"^\d{12}$")
+
+
+class EventError(UsageError):
+    """The Lambda event is malformed or unknown: nothing was done (exit 2)."""
+
+
+def _account_id(value: str) -> str:
+    if not _ACCOUNT_ID.match(value):
+        raise ValueError(f"an AWS account id is 12 digits, got {value!r}")
+    return value
+
+
+AccountId = Annotated[str, Field(strict=True), AfterValidator(_account_id)]
+
+
+# -- our action events ---------------------------------------------------------------------------------
+class ActionEvent(BaseModel):
+    """`{"action": A, "apply": bool}`: `apply` omitted (or null) leaves the decision to the config's `apply`."""
+
+    # Strict booleans: "apply": "false" must not become a truthy string, nor be coerced either way.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    action: Action
+    apply: StrictBool | None = None
+
+    def params(self) -> dict[str, Any]:
+        """The action's own parameters (everything but `action` and `apply`)."""
+        return self.model_dump(exclude={"action", "apply"})
+
+
+class AuditEvent(ActionEvent):
+    """Run the tag audit; `confirm_terminate` is the event's equivalent of `--confirm-terminate`."""
+
+    action: Literal["audit"]
+    confirm_terminate: StrictBool = False
+
+
+class GuardEvent(ActionEvent):
+    """Run the runaway guard (`guard run`)."""
+
+    action: Literal["guard"]
+
+
+class GuardReleaseEvent(ActionEvent):
+    """Release one account's guard trip (`guard release --account ID [--start-instances]`)."""
+
+    action: Literal["guard-release"]
+    account: AccountId
+    start_instances: StrictBool = False
+
+
+class WindowEvent(ActionEvent):
+    """Open, inspect or close a scan window."""
+
+    action: Literal["window-open", "window-status", "window-close"]
+    window_id: str | None = None
+
+
+class ComplianceEvent(ActionEvent):
+    """Sync SSM compliance results, or send the periodic compliance report."""
+
+    action: Literal["compliance-sync", "compliance-report"]
+
+
+class ListTargetsEvent(ActionEvent):
+    """List the (account, region) targets the config resolves to; changes nothing."""
+
+    action: Literal["list-targets"]
+
+
+class PassEvent(ActionEvent):
+    """Do nothing, and say so (a way to park a schedule without deleting it)."""
+
+    action: Literal["pass"]
+
+
+ACTION_MODELS: dict[str, type[ActionEvent]] = {
+    "audit": AuditEvent,
+    "guard": GuardEvent,
+    "guard-release": GuardReleaseEvent,
+    "window-open": WindowEvent,
+    "window-status": WindowEvent,
+    "window-close": WindowEvent,
+    "compliance-sync": ComplianceEvent,
+    "compliance-report": ComplianceEvent,
+    "list-targets": ListTargetsEvent,
+    "pass": PassEvent,
+}
+
+
+# -- AWS events ----------------------------------------------------------------------------------------
+class AwsEvent(BaseModel):
+    """The EventBridge envelope; AWS adds fields over time, so unknown keys are allowed."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
+
+    detail_type: str = Field(alias="detail-type")
+    source: str
+    id: str | None = None
+    account: str | None = None
+    region: str | None = None
+    time: str | None = None
+    resources: list[str] = Field(default_factory=list)
+
+
+class ScheduledEvent(AwsEvent):
+    """A raw EventBridge scheduled event (a rule without a constant input): it runs the guard."""
+
+    detail_type: Literal["Scheduled Event"] = Field(alias="detail-type")
+    source: Literal["aws.events"]
+
+
+class AlarmState(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    value: str
+    reason: str | None = None
+    timestamp: str | None = None
+
+
+class AlarmDetail(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    alarmName: str
+    state: AlarmState
+    previousState: AlarmState | None = None
+
+
+class AlarmEvent(AwsEvent):
+    """A CloudWatch alarm state change delivered by an EventBridge rule."""
+
+    detail_type: Literal["CloudWatch Alarm State Change"] = Field(alias="detail-type")
+    source: Literal["aws.cloudwatch"]
+    detail: AlarmDetail
+
+
+class AlarmActionEvent(BaseModel):
+    """A CloudWatch alarm that invokes the function directly as its alarm action (no EventBridge envelope)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    source: Literal["aws.cloudwatch"]
+    alarmArn: str
+    alarmData: AlarmDetail
+
+
+class AssociationDetail(BaseModel):
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
+
+    association_id: str = Field(alias="association-id")
+    document_name: str | None = Field(default=None, alias="document-name")
+    status: str | None = None
+
+
+class AssociationEvent(AwsEvent):
+    """An SSM State Manager association state change: a compliance sync if the association is ours."""
+
+    detail_type: Literal["EC2 State Manager Association State Change"] = Field(alias="detail-type")
+    source: Literal["aws.ssm"]
+    detail: AssociationDetail
+
+
+# -- parsing -------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ParsedEvent:
+    """What an event asks for: an action, the event's own `apply` (None: the config decides), parameters."""
+
+    action: Action
+    apply: bool | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    trigger: Trigger = "invoke"
+    # Why this action: shown in the result and the log (for `pass`, why nothing is done).
+    reason: str = ""
+
+
+def parse_event(event: object) -> ParsedEvent:
+    """Map a Lambda event to the action it asks for; raises EventError for unknown or malformed events."""
+    if isinstance(event, str | bytes):
+        # A console test invocation or a CLI payload sometimes arrives double-encoded.
+        try:
+            event = json.loads(event)
+        except ValueError:
+            raise EventError("the event is a string that is not JSON; expected a JSON object") from None
+    if not isinstance(event, Mapping):
+        raise EventError(f"the event must be a JSON object, got {_json_type(event)}")
+    if "action" in event:
+        return _parse_action(event)
+    if "detail-type" in event:
+        return _parse_eventbridge(event)
+    if event.get("source") == "aws.cloudwatch" and "alarmData" in event:
+        return _from_alarm(_validate(AlarmActionEvent, event, "CloudWatch alarm action").alarmData, "alarm action")
+    expected = ", ".join(ACTIONS)
+    raise EventError(
+        'unrecognized event: expected {"action": ...} with an action among '
+        f"{expected}, or an EventBridge scheduled, CloudWatch alarm or SSM association event"
+    )
+
+
+def _parse_action(event: Mapping[str, Any]) -> ParsedEvent:
+    action = event["action"]
+    if not isinstance(action, str) or action not in ACTION_MODELS:
+        raise EventError(f"unknown action {action!r}; expected one of: {', '.join(ACTIONS)}")
+    model = _validate(ACTION_MODELS[action], event, f"{action!r} event")
+    reason = 'the event is {"action": "pass"}' if action == "pass" else f"the event asks for {action}"
+    return ParsedEvent(action=model.action, apply=model.apply, params=model.params(), reason=reason)
+
+
+def _parse_eventbridge(event: Mapping[str, Any]) -> ParsedEvent:
+    kind = event.get("detail-type")
+    if kind == SCHEDULED:
+        scheduled = _validate(ScheduledEvent, event, "scheduled event")
+        rule = scheduled.resources[0] if scheduled.resources else "an EventBridge rule"
+        # A rule with a constant input delivers our action event instead; a raw scheduled event means the guard.
+        return ParsedEvent(action="guard", trigger="schedule", reason=f"scheduled event from {rule}")
+    if kind == ALARM_CHANGE:
+        return _from_alarm(_validate(AlarmEvent, event, "CloudWatch alarm event").detail, "alarm state change")
+    if kind == SSM_ASSOCIATION_CHANGE:
+        detail = _validate(AssociationEvent, event, "SSM association event").detail
+        params = {"association_id": detail.association_id, "document_name": detail.document_name}
+        return ParsedEvent(
+            action="compliance-sync",
+            params=params,
+            trigger="ssm-association",
+            reason=f"SSM association {detail.association_id} ({detail.document_name}) changed state",
+        )
+    raise EventError(
+        f"unsupported EventBridge event detail-type {kind!r}; expected {SCHEDULED!r}, {ALARM_CHANGE!r} "
+        f"or {SSM_ASSOCIATION_CHANGE!r}"
+    )
+
+
+def _from_alarm(detail: AlarmDetail, how: str) -> ParsedEvent:
+    state = detail.state.value
+    if state != "ALARM":
+        return ParsedEvent(
+            action="pass",
+            trigger="alarm",
+            reason=f"alarm {detail.alarmName!r} changed to {state}: the guard runs only when an alarm enters ALARM",
+        )
+    return ParsedEvent(action="guard", trigger="alarm", reason=f"alarm {detail.alarmName!r} entered ALARM ({how})")
+
+
+def association_matches(parsed: ParsedEvent, association_ids: list[str], document_names: list[str]) -> str | None:
+    """Why an SSM association event concerns us (`compliance.association_ids` / `document_names`), or None."""
+    association_id = parsed.params.get("association_id")
+    document_name = parsed.params.get("document_name")
+    if association_id in association_ids:
+        return f"association {association_id} is in compliance.association_ids"
+    if document_name is not None and document_name in document_names:
+        return f"document {document_name} is in compliance.document_names"
+    return None
+
+
+def _validate(model: type[M], event: Mapping[str, Any], what: str) -> M:
+    try:
+        return model.model_validate(dict(event))
+    except ValidationError as exc:
+        raise EventError(f"malformed {what}: {_problems(exc, model)}") from None
+
+
+def _problems(exc: ValidationError, model: type[BaseModel]) -> str:
+    keys = ", ".join(f.alias or name for name, f in model.model_fields.items())
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err["loc"]) or "(event)"
+        if err["type"] == "extra_forbidden":
+            parts.append(f"{where}: unknown key (expected: {keys})")
+        elif err["type"] == "missing":
+            parts.append(f"{where}: required")
+        elif err["type"] == "value_error":
+            parts.append(f"{where}: {str(err['msg']).removeprefix('Value error, ')}")
+        else:
+            parts.append(f"{where}: {err['msg']} (got {err.get('input')!r})")
+    return "; ".join(parts)
+
+
+def _json_type(value: object) -> str:
+    names = {list: "an array", int: "a number", float: "a number", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+__all__ = [
+    "ACTIONS",
+    "Action",
+    "EventError",
+    "ParsedEvent",
+    "association_matches",
+    "parse_event",
+]

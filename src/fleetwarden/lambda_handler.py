@@ -1,0 +1,318 @@
+"""The AWS Lambda entry point: parse the event, load the config, call a workflow, return a JSON-safe result.
+
+`handler(event, context)` never raises for an expected failure (a bad event, a bad config, a safety refusal,
+a failed target): a raised exception makes Lambda retry asynchronous invocations, and those failures would only
+fail again. It returns `{"status": "ok" | "partial" | "error" | "noop" | "refused", "exit_code": N, ...}` with
+DESIGN.md's exit codes. Only a bug (an unexpected exception) propagates, so Lambda's Errors metric sees it.
+See docs/lambda.md.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .config import Config
+from .config_source import load_config_from
+from .errors import EXIT_OK, EXIT_PARTIAL, EXIT_REFUSED, EXIT_USAGE, ConfigError, ConfigProblem, FleetwardenError
+from .events import EventError, ParsedEvent, association_matches, parse_event
+from .model import FindingStatus, RunReport, Severity, TargetStatus, utcnow
+from .secrets import RedactingFilter, SecretResolver
+
+if TYPE_CHECKING:
+    from .workflows.base import RunContext
+
+log = logging.getLogger("fleetwarden.lambda")
+
+CONFIG_ENV = "FLEETWARDEN_CONFIG"
+DISABLED_ENV = "FLEETWARDEN_DISABLED"
+CONFIG_FILE_NAME = "fleetwarden.yaml"
+# Lambda's synchronous response limit is 6 MB; keep a margin for the envelope.
+MAX_RESPONSE_BYTES = 5_000_000
+DEFAULT_MAX_ITEMS = 1000
+# Actions whose workflows are not in this version yet.
+UNAVAILABLE = frozenset({"window-open", "window-status", "window-close", "compliance-sync", "compliance-report"})
+
+Workflow = Callable[["RunContext"], RunReport]
+
+
+class Unavailable(FleetwardenError):
+    """The event names an action this version cannot run."""
+
+    exit_code = EXIT_USAGE
+
+    def __init__(self, action: str) -> None:
+        super().__init__(f"action {action} is not available in this version")
+
+
+def handler(event: Any, context: Any = None) -> dict[str, Any]:
+    """Lambda entry point: run the action the event asks for and return the result (see docs/lambda.md)."""
+    _setup_logging()
+    try:
+        if _disabled():
+            return _noop(f"{DISABLED_ENV}=true: fleetwarden is switched off, nothing was read or done")
+        parsed = parse_event(event)
+    except EventError as exc:
+        return _error(str(exc), EXIT_USAGE)
+    if parsed.action == "pass":
+        return _noop(parsed.reason, parsed)
+    request_id = getattr(context, "aws_request_id", None)
+    log.info("event: %s (%s)%s", parsed.action, parsed.reason, f" request {request_id}" if request_id else "")
+    try:
+        config = load_config_from(config_reference())
+    except ConfigError as exc:
+        return _error(str(exc), exc.exit_code, parsed)
+    if parsed.trigger == "ssm-association":
+        why = association_matches(parsed, config.compliance.association_ids, config.compliance.document_names)
+        if why is None:
+            reason = (
+                f"{parsed.reason}, but it is neither in compliance.association_ids nor in compliance.document_names: "
+                "ignored"
+            )
+            log.info("%s", reason)
+            return _noop(reason, parsed)
+        parsed = ParsedEvent(parsed.action, parsed.apply, parsed.params, parsed.trigger, f"{parsed.reason}; {why}")
+    apply = parsed.apply if parsed.apply is not None else config.apply
+    apply_from = "event" if parsed.apply is not None else "config"
+    try:
+        if parsed.action == "list-targets":
+            return _list_targets(config, parsed)
+        workflow = _workflow(parsed, apply)
+    except FleetwardenError as exc:
+        return _error(str(exc), exc.exit_code, parsed)
+    return _run(config, parsed, apply, apply_from, workflow)
+
+
+def config_reference() -> str:
+    """FLEETWARDEN_CONFIG, else fleetwarden.yaml at the package root ($LAMBDA_TASK_ROOT, /var/task) if it exists."""
+    ref = os.environ.get(CONFIG_ENV, "").strip()
+    if ref:
+        return ref
+    default = Path(os.environ.get("LAMBDA_TASK_ROOT") or "/var/task") / CONFIG_FILE_NAME
+    if default.is_file():
+        return str(default)
+    problem = f"not set, and there is no {default}: set it to a path, s3://BUCKET/KEY or ssm:/NAME"
+    raise ConfigError(CONFIG_ENV, [ConfigProblem("", problem)])
+
+
+def _disabled() -> bool:
+    raw = os.environ.get(DISABLED_ENV, "").strip().lower()
+    if raw in ("true", "1", "yes", "on"):
+        return True
+    if raw in ("", "false", "0", "no", "off"):
+        return False
+    # A typo must neither switch the guard off silently nor ignore an operator who meant to.
+    raise EventError(f"{DISABLED_ENV} must be true or false, got {os.environ[DISABLED_ENV]!r}; nothing was done")
+
+
+# -- routes --------------------------------------------------------------------------------------------
+def _workflow(parsed: ParsedEvent, apply: bool) -> Workflow:
+    """The workflow call for an action; imports lazily so each invocation loads only what it runs."""
+    if parsed.action in UNAVAILABLE:
+        raise Unavailable(parsed.action)
+    if parsed.action == "audit":
+        from .workflows.audit import AuditOptions, run_audit
+
+        # Terminate needs the event's own opt-in, never the config's `apply` alone.
+        confirm = bool(parsed.params.get("confirm_terminate", False))
+        audit_options = AuditOptions(apply=apply, confirm_terminate=confirm)
+        return lambda run: run_audit(run, audit_options)
+    if parsed.action == "guard":
+        guard = _guard_module(parsed.action)
+        guard_options = guard.GuardOptions(apply=apply)
+        return lambda run: guard.run_guard(run, guard_options)
+    if parsed.action == "guard-release":
+        guard = _guard_module(parsed.action)
+        release_options = guard.ReleaseOptions(
+            account_id=parsed.params["account"],
+            apply=apply,
+            start_instances=bool(parsed.params.get("start_instances", False)),
+        )
+        return lambda run: guard.release_guard(run, release_options)
+    raise Unavailable(parsed.action)
+
+
+def _guard_module(action: str) -> Any:
+    name = "fleetwarden.workflows.guard"
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        # Only the guard's own absence means "not in this version"; a broken import inside it is a bug.
+        if exc.name != name:
+            raise
+        raise Unavailable(action) from None
+
+
+def _list_targets(config: Config, parsed: ParsedEvent) -> dict[str, Any]:
+    """The resolved (account, region) targets; reads Organizations/EC2 regions, changes nothing."""
+    from .aws.session import SessionFactory
+    from .aws.targets import resolve_targets
+    from .workflows.base import new_run_id
+
+    run_id = new_run_id(utcnow())
+    plan = resolve_targets(config, SessionFactory(config.aws, run_id=run_id))
+    in_error = [{"account_id": t.account_id, "region": t.region, "error": t.error} for t in plan.errors]
+    code = EXIT_PARTIAL if in_error else EXIT_OK
+    result: dict[str, Any] = {
+        "status": "partial" if in_error else "ok",
+        "exit_code": code,
+        **_event_fields(parsed),
+        "run_id": run_id,
+        "workflow": "list-targets",
+        "dry_run": True,
+        "summary": {"accounts": len(plan.accounts), "targets": len(plan.targets), "targets_error": len(in_error)},
+        "accounts": [{"account_id": a.account_id, "name": a.name, "role_arn": a.role_arn} for a in plan.accounts],
+        "targets": [{"account_id": t.account_id, "region": t.region} for t in plan.targets],
+        "targets_in_error": in_error,
+    }
+    log.info("%s", json.dumps({k: result[k] for k in ("status", "run_id", "workflow", "summary")}))
+    return result
+
+
+def _run(config: Config, parsed: ParsedEvent, apply: bool, apply_from: str, workflow: Workflow) -> dict[str, Any]:
+    from .errors import SafetyRefusal
+    from .workflows.base import RunContext, exit_code
+
+    try:
+        run = RunContext.create(config)
+    except FleetwardenError as exc:  # e.g. the state store cannot be opened
+        return _error(str(exc), exc.exit_code, parsed)
+    base: dict[str, Any] = {
+        **_event_fields(parsed),
+        "run_id": run.run_id,
+        "workflow": parsed.action,
+        "dry_run": not apply,
+        "apply_from": apply_from,
+    }
+    with _redacting(run.secrets):
+        try:
+            report = workflow(run)
+        except SafetyRefusal as exc:
+            result = {"status": "refused", "exit_code": EXIT_REFUSED, "error": str(exc), **base}
+            log.warning("%s", json.dumps(result))
+            return _redact(run.secrets, result)
+        except FleetwardenError as exc:
+            result = {"status": "error", "exit_code": exc.exit_code, "error": str(exc), **base}
+            log.error("%s", json.dumps(result))
+            return _redact(run.secrets, result)
+        finally:
+            run.store.close()
+        code = exit_code(report)
+        result = {
+            "status": "partial" if code == EXIT_PARTIAL else "ok",
+            "exit_code": code,
+            **base,
+            "workflow": report.workflow,
+            "dry_run": report.dry_run,
+            "summary": report.summary,
+            "targets_in_error": [
+                {"account_id": t.account_id, "region": t.region, "error": t.error}
+                for t in report.targets
+                if t.status == TargetStatus.ERROR
+            ],
+        }
+        line = {k: v for k, v in result.items() if k != "targets_in_error"}
+        line["targets_in_error"] = len(result["targets_in_error"])
+        log.info("%s", run.secrets.redact(json.dumps(line, default=str)))
+        result = _redact(run.secrets, result)
+        return _attach_report(result, _redact(run.secrets, report.to_dict()), _max_items())
+
+
+# -- results -------------------------------------------------------------------------------------------
+def _event_fields(parsed: ParsedEvent | None) -> dict[str, Any]:
+    if parsed is None:
+        return {}
+    return {"action": parsed.action, "trigger": parsed.trigger, "reason": parsed.reason}
+
+
+def _noop(reason: str, parsed: ParsedEvent | None = None) -> dict[str, Any]:
+    log.info("no-op: %s", reason)
+    return {"status": "noop", "exit_code": EXIT_OK, **_event_fields(parsed), "reason": reason}
+
+
+def _error(message: str, code: int, parsed: ParsedEvent | None = None) -> dict[str, Any]:
+    log.error("%s", message)
+    return {"status": "error", "error": message, "exit_code": code, **_event_fields(parsed)}
+
+
+def _redact(secrets: SecretResolver, value: dict[str, Any]) -> dict[str, Any]:
+    if not secrets.values():
+        return value
+    redacted: dict[str, Any] = json.loads(secrets.redact(json.dumps(value, default=str)))
+    return redacted
+
+
+def _max_items() -> int:
+    raw = os.environ.get("FLEETWARDEN_MAX_REPORT_ITEMS", "")
+    return int(raw) if raw.isdigit() and int(raw) > 0 else DEFAULT_MAX_ITEMS
+
+
+def _attach_report(result: dict[str, Any], report: dict[str, Any], max_items: int) -> dict[str, Any]:
+    """Put the RunReport in the result, trimming findings and actions so the response fits Lambda's limit."""
+    totals = {key: len(report.get(key) or []) for key in ("findings", "actions")}
+    limits = {key: min(total, max_items) for key, total in totals.items()}
+    findings_sorted = False
+    while True:
+        if limits["findings"] < totals["findings"] and not findings_sorted:
+            # Keep what matters most: open findings first, most severe first.
+            report["findings"] = sorted(report["findings"], key=_finding_priority)
+            findings_sorted = True
+        for key, limit in limits.items():
+            report[key] = (report.get(key) or [])[:limit]
+        result["report"] = report
+        if len(json.dumps(result, default=str)) <= MAX_RESPONSE_BYTES or not any(limits.values()):
+            break
+        largest = max(limits, key=lambda k: limits[k])
+        limits[largest] //= 2
+    truncated = {key: {"kept": limits[key], "total": totals[key]} for key in totals if limits[key] < totals[key]}
+    if truncated:
+        result["truncated"] = truncated
+        kept = ", ".join(f"{v['kept']} of {v['total']} {k}" for k, v in truncated.items())
+        result["note"] = (
+            f"report trimmed to {kept} to fit Lambda's response limit (open and most severe findings first); "
+            "the summary still counts everything"
+        )
+    return result
+
+
+def _finding_priority(finding: dict[str, Any]) -> tuple[bool, int]:
+    open_statuses = (FindingStatus.NEW.value, FindingStatus.ONGOING.value)
+    ranks = {s.value: s.rank for s in Severity}
+    return (finding.get("status") not in open_statuses, -ranks.get(str(finding.get("severity")), 0))
+
+
+# -- logging -------------------------------------------------------------------------------------------
+def _setup_logging() -> None:
+    """INFO by default (FLEETWARDEN_LOG_LEVEL); the Lambda runtime's root handler writes to CloudWatch Logs."""
+    level = os.environ.get("FLEETWARDEN_LOG_LEVEL", "INFO").upper()
+    logging.getLogger("fleetwarden").setLevel(level if level in logging.getLevelNamesMapping() else "INFO")
+
+
+@contextmanager
+def _redacting(secrets: SecretResolver) -> Iterator[None]:
+    """Redact resolved secrets from every fleetwarden log record during one invocation, then remove the filter.
+
+    Records of fleetwarden.* loggers propagate to the handlers of the root logger (the Lambda runtime's), so the
+    filter goes on those handlers; removing it afterwards keeps warm containers from accumulating filters.
+    """
+    redacting = RedactingFilter(secrets)
+    logger = logging.getLogger("fleetwarden")
+    handlers = [*logging.getLogger().handlers, *logger.handlers]
+    logger.addFilter(redacting)
+    for h in handlers:
+        h.addFilter(redacting)
+    try:
+        yield
+    finally:
+        logger.removeFilter(redacting)
+        for h in handlers:
+            h.removeFilter(redacting)
+
+
+__all__ = ["config_reference", "handler"]
