@@ -223,6 +223,102 @@ def _terminate_prompt(accounts: list[str]) -> bool:
 
 
 @main.group()
+def guard() -> None:
+    """The runaway guard: halt accounts whose running instances or spend pass a limit; release them after.
+
+    A trip latches per account until `guard release`. While tripped, every `guard run --apply` stops anything
+    running again, and notifies only when it had to act.
+    """
+
+
+@guard.command("run")
+@click.option("--apply", is_flag=True, help="Halt tripped accounts, lock users out, record the trip, notify.")
+@global_options
+@click.pass_context
+@handle_errors
+def guard_run(ctx: click.Context, apply: bool) -> None:
+    """Evaluate the count and spend triggers per account and org-wide; halt the tripped accounts.
+
+    Without --apply the triggers are evaluated and shown and the halt is planned: nothing is recorded, nothing
+    is sent. With --apply: every running and pending instance of a tripped account is stopped in every region,
+    its Auto Scaling processes are suspended, IAM users are locked out (reversibly by default), the trip is
+    recorded and the `guard.notify` sinks are told.
+    """
+    from .workflows.base import exit_code
+    from .workflows.guard import GuardOptions, run_guard
+
+    opts = _opts(ctx)
+    run = _context(_load(opts))
+    try:
+        report = run_guard(run, GuardOptions(apply=apply))
+    finally:
+        run.store.close()
+    _emit(opts, report)
+    sys.exit(exit_code(report))
+
+
+@guard.command("status")
+@global_options
+@click.pass_context
+@handle_errors
+def guard_status_cmd(ctx: click.Context) -> None:
+    """Show which accounts are tripped, since when, and why."""
+    from .workflows.guard import guard_status
+
+    opts = _opts(ctx)
+    run = _context(_load(opts))
+    states = guard_status(run)
+    run.store.close()
+    if opts.json:
+        click.echo(json.dumps([{"account_id": s.account_id, **s.to_data()} for s in states], indent=2))
+        return
+    table = Table(title="guard status")
+    for column in ("account", "state", "since", "scope", "triggers", "released"):
+        table.add_column(column)
+    for s in states:
+        table.add_row(
+            s.account_id,
+            "[red]TRIPPED[/red]" if s.tripped else "released",
+            s.since or "",
+            s.scope,
+            "; ".join(str(t.get("text", "")) for t in s.triggers),
+            s.released_at or "",
+        )
+    if not states:
+        opts.console().print("no account has tripped the guard")
+    else:
+        Console().print(table)
+
+
+@guard.command("release")
+@click.option("--account", "account_id", required=True, help="The 12-digit account to release.")
+@click.option("--apply", is_flag=True, help="Restore from the journal. Default: list the planned restore.")
+@click.option("--start-instances", is_flag=True, help="Also start the instances the guard stopped (off by default).")
+@global_options
+@click.pass_context
+@handle_errors
+def guard_release(ctx: click.Context, account_id: str, apply: bool, start_instances: bool) -> None:
+    """Undo a trip exactly as journaled: re-activate the keys that were Active, remove the deny policies,
+    resume the suspended Auto Scaling processes and, with --start-instances, start what the guard stopped."""
+    from .errors import UsageError
+    from .workflows.base import exit_code
+    from .workflows.guard import ReleaseOptions, release_guard
+
+    if not (account_id.isdigit() and len(account_id) == 12):
+        raise UsageError(f"--account must be a 12-digit account id, got {account_id!r}")
+    opts = _opts(ctx)
+    run = _context(_load(opts))
+    try:
+        report = release_guard(run, ReleaseOptions(account_id=account_id, apply=apply, start_instances=start_instances))
+    finally:
+        run.store.close()
+    _emit(opts, report)
+    if report.summary.get("reason"):
+        opts.console().print(f"nothing to release: account {account_id}: {report.summary['reason']}")
+    sys.exit(exit_code(report))
+
+
+@main.group()
 def exceptions() -> None:
     """Manage exceptions: do-not-start, do-not-stop, do-not-terminate, lockout-exempt, snooze.
 

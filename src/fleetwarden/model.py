@@ -90,6 +90,7 @@ class Instance:
     asg_name: str | None = None
     lifecycle: str = "on-demand"
     root_device_type: str = "ebs"
+    spot_request_id: str | None = None
 
     def age(self, now: datetime) -> timedelta:
         return now - self.launch_time

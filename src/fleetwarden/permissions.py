@@ -13,10 +13,15 @@ DECLARATIONS: dict[str, tuple[str, str]] = {
     "collect.ec2": ("fleetwarden.collect.ec2", "PERMISSIONS"),
     "collect.iam": ("fleetwarden.collect.iam", "PERMISSIONS"),
     "actions.ec2": ("fleetwarden.actions.ec2", "PERMISSIONS"),
+    "actions.iam_lockout": ("fleetwarden.actions.iam_lockout", "PERMISSIONS"),
+    "actions.asg": ("fleetwarden.actions.asg", "PERMISSIONS"),
+    "collect.spend": ("fleetwarden.collect.spend", "PERMISSIONS"),
     "state.dynamodb": ("fleetwarden.state.dynamodb", "PERMISSIONS"),
 }
 # Parts that run with the hub's own credentials rather than the member-account role.
 HUB_PARTS = {"targets", "state.dynamodb"}
+# Billing sources read through the payer account's billing role (`guard.spend.billing_account`).
+BILLING_PARTS = {"collect.spend"}
 
 
 def declared() -> dict[str, list[str]]:
@@ -37,7 +42,8 @@ def declared() -> dict[str, list[str]]:
 
 
 def policy_documents(config: Config | None = None) -> dict[str, Any]:
-    """Two IAM policy documents: for the principal fleetwarden runs as (hub) and for the member-account role.
+    """IAM policy documents: the principal fleetwarden runs as (hub), the member-account role, and the payer
+    account's billing role (spend sources).
 
     With a config, sinks not used by it are left out of the hub policy.
     """
@@ -45,8 +51,12 @@ def policy_documents(config: Config | None = None) -> dict[str, Any]:
     used_sinks = {f"sinks.{raw.get('type')}" for raw in config.sinks.values()} if config else None
     hub: set[str] = {"sts:AssumeRole", "sts:GetCallerIdentity"}
     member: set[str] = set()
+    billing: set[str] = set()
     for part, actions in parts.items():
-        if part.startswith("sinks."):
+        if part in BILLING_PARTS:
+            billing.update(a for a in actions if not a.startswith("ec2:"))
+            member.update(a for a in actions if a.startswith("ec2:"))
+        elif part.startswith("sinks."):
             if used_sinks is None or part in used_sinks:
                 hub.update(actions)
         elif part in HUB_PARTS:
@@ -57,6 +67,7 @@ def policy_documents(config: Config | None = None) -> dict[str, Any]:
     return {
         "hub": _document(sorted(hub | member) if config is not None and not _uses_roles(config) else sorted(hub)),
         "member_role": _document(sorted(member)),
+        "billing_role": _document(sorted(billing)),
     }
 
 

@@ -10,7 +10,7 @@ from ..model import Instance
 
 # Terminated and shutting-down instances are gone for every purpose of fleetwarden.
 LIVE_STATES = ("pending", "running", "stopping", "stopped")
-PERMISSIONS = ("ec2:DescribeInstances",)
+PERMISSIONS = ("ec2:DescribeInstances", "ec2:DescribeSpotInstanceRequests")
 PAGE_SIZE = 1000
 
 
@@ -39,6 +39,7 @@ def instance_from_api(raw: dict[str, Any], account_id: str, region: str) -> Inst
         asg_name=tags.get("aws:autoscaling:groupName"),
         lifecycle=raw.get("InstanceLifecycle", "on-demand"),
         root_device_type=raw.get("RootDeviceType", "ebs"),
+        spot_request_id=raw.get("SpotInstanceRequestId"),
     )
 
 
@@ -55,3 +56,17 @@ def iter_instances(
         for reservation in page.get("Reservations", []):
             for raw in reservation.get("Instances", []):
                 yield instance_from_api(raw, account_id, region)
+
+
+def one_time_spot_ids(client: Any, instances: Sequence[Instance]) -> set[str]:
+    """Ids of spot instances whose request is one-time: EC2 cannot stop them (only terminate)."""
+    requests = {i.spot_request_id: i.id for i in instances if i.lifecycle == "spot" and i.spot_request_id}
+    if not requests:
+        return set()
+    one_time: set[str] = set()
+    paginator = client.get_paginator("describe_spot_instance_requests")
+    for page in paginator.paginate(SpotInstanceRequestIds=sorted(requests)):
+        for request in page.get("SpotInstanceRequests", []):
+            if request.get("Type", "one-time") == "one-time":
+                one_time.add(requests.get(request["SpotInstanceRequestId"], request.get("InstanceId", "")))
+    return one_time - {""}

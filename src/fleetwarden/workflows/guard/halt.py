@@ -1,0 +1,186 @@
+"""The halt: stop every running and pending instance of a tripped account, region by region, as soon as each
+region's inventory arrives; suspend its Auto Scaling processes in parallel; deal with unstoppable instances."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ...actions.asg import AsgProcesses
+from ...actions.ec2 import Ec2Actions
+from ...aws.targets import error_text
+from ...collect.ec2 import one_time_spot_ids
+from ...model import ActionOutcome, ActionResult, ExceptionKind, ExceptionSet, Instance, Target
+from ..base import LEASE_TTL_SECONDS, RunContext
+
+log = logging.getLogger(__name__)
+
+WORKFLOW = "guard"
+
+
+@dataclass
+class _Job:
+    target: Target
+    action: str
+    instance_ids: list[str]
+
+
+class Halter:
+    """Runs halt work on its own pool while the inventory is still streaming in."""
+
+    def __init__(self, ctx: RunContext, exceptions: ExceptionSet, *, apply: bool) -> None:
+        self.ctx = ctx
+        self.exceptions = exceptions
+        self.apply = apply
+        self.reason = f"fleetwarden guard {ctx.run_id}: runaway limit passed"
+        self._pool = ThreadPoolExecutor(max_workers=ctx.config.aws.max_concurrency, thread_name_prefix="halt")
+        self._lock = threading.Lock()
+        self._jobs: list[tuple[_Job, Future[list[ActionResult]]]] = []
+        self._asg_done: set[Target] = set()
+        self.claimed: set[str] = set()
+        self.refused: dict[str, str] = {}
+
+    # -- accounts ----------------------------------------------------------------------------------------
+    def claim(self, account_id: str) -> bool:
+        """Take the (guard, account) lease before acting; a lease held elsewhere makes the account an error."""
+        if account_id in self.claimed:
+            return True
+        if account_id in self.refused:
+            return False
+        if not self.apply:
+            self.claimed.add(account_id)
+            return True
+        if self.ctx.store.acquire_lease(WORKFLOW, account_id, self.ctx.run_id, self.ctx.clock(), LEASE_TTL_SECONDS):
+            self.claimed.add(account_id)
+            return True
+        self.refused[account_id] = "another guard run holds the lock on this account; it was not halted by this run"
+        return False
+
+    def release_leases(self) -> None:
+        if self.apply:
+            for account_id in self.claimed:
+                self.ctx.store.release_lease(WORKFLOW, account_id, self.ctx.run_id)
+
+    # -- work --------------------------------------------------------------------------------------------
+    def submit(self, target: Target, instances: list[Instance]) -> None:
+        """Halt one region of a claimed account: stop its instances and (once) suspend its ASG processes."""
+        with self._lock:
+            if instances:
+                job = _Job(target, "stop", [i.id for i in instances])
+                self._jobs.append((job, self._pool.submit(self._stop, target, instances)))
+            if target not in self._asg_done:
+                self._asg_done.add(target)
+                job = _Job(target, "suspend-processes", [])
+                self._jobs.append((job, self._pool.submit(self._suspend, target)))
+
+    def wait(self) -> list[ActionResult]:
+        """Every result; a region whose work raised reports each of its instances as failed."""
+        results: list[ActionResult] = []
+        with self._lock:
+            jobs = list(self._jobs)
+        for job, future in jobs:
+            try:
+                results += future.result()
+            except (ClientError, BotoCoreError) as exc:
+                message = error_text(exc)
+                log.warning("%s: %s failed: %s", job.target, job.action, message)
+                ids = job.instance_ids or [f"asg:{job.target.region}"]
+                results += [
+                    ActionResult(
+                        action=job.action,
+                        account_id=job.target.account_id,
+                        region=job.target.region,
+                        resource_id=i,
+                        outcome=ActionOutcome.FAILED,
+                        reason=message,
+                    )
+                    for i in ids
+                ]
+        self._pool.shutdown(wait=True)
+        return results
+
+    def _stop(self, target: Target, instances: list[Instance]) -> list[ActionResult]:
+        client = self.ctx.factory.client("ec2", region=target.region, account_id=target.account_id)
+        results: list[ActionResult] = []
+        stoppable: list[Instance] = []
+        unstoppable: list[tuple[Instance, str]] = []
+        one_time = one_time_spot_ids(client, instances)
+        for instance in instances:
+            rule = self.exceptions.find(
+                ExceptionKind.DO_NOT_STOP,
+                account_id=instance.account_id,
+                region=instance.region,
+                resource_id=instance.id,
+            )
+            if rule is not None:
+                results.append(
+                    self._result(instance, "stop", ActionOutcome.SKIPPED, f"do-not-stop {rule.id}: {rule.reason}")
+                )
+            elif instance.root_device_type == "instance-store":
+                unstoppable.append((instance, "instance-store root volume"))
+            elif instance.id in one_time:
+                unstoppable.append((instance, "one-time spot instance"))
+            else:
+                stoppable.append(instance)
+        if not self.apply:
+            results += [
+                self._result(i, "stop", ActionOutcome.PLANNED, "dry run: use --apply to halt") for i in stoppable
+            ]
+            results += [self._unstoppable_plan(i, why) for i, why in unstoppable]
+            return results
+        actions = Ec2Actions(
+            client,
+            account_id=target.account_id,
+            region=target.region,
+            run_id=self.ctx.run_id,
+            workflow=WORKFLOW,
+            journal=self.ctx.store.journal,
+            clock=self.ctx.clock,
+            batch_size=1000,
+        )
+        if stoppable:
+            results += actions.stop(stoppable, reason=self.reason, override_stop_protection=True)
+        if unstoppable:
+            if self.ctx.config.guard.on_unstoppable == "terminate":
+                results += actions.terminate([i for i, _ in unstoppable], reason=self.reason, snapshot=True)
+            else:
+                results += [
+                    self._result(i, "stop", ActionOutcome.SKIPPED, f"cannot be stopped ({why}); on_unstoppable: leave")
+                    for i, why in unstoppable
+                ]
+        return results
+
+    def _unstoppable_plan(self, instance: Instance, why: str) -> ActionResult:
+        if self.ctx.config.guard.on_unstoppable == "terminate":
+            return self._result(instance, "terminate", ActionOutcome.PLANNED, f"cannot be stopped ({why})")
+        return self._result(
+            instance, "stop", ActionOutcome.SKIPPED, f"cannot be stopped ({why}); on_unstoppable: leave"
+        )
+
+    def _suspend(self, target: Target) -> list[ActionResult]:
+        client = self.ctx.factory.client("autoscaling", region=target.region, account_id=target.account_id)
+        processes = AsgProcesses(
+            client,
+            account_id=target.account_id,
+            region=target.region,
+            run_id=self.ctx.run_id,
+            workflow=WORKFLOW,
+            journal=self.ctx.store.journal,
+            clock=self.ctx.clock,
+        )
+        return processes.suspend() if self.apply else processes.plan()
+
+    @staticmethod
+    def _result(instance: Instance, action: str, outcome: ActionOutcome, reason: str) -> ActionResult:
+        return ActionResult(
+            action=action,
+            account_id=instance.account_id,
+            region=instance.region,
+            resource_id=instance.id,
+            outcome=outcome,
+            reason=reason,
+        )

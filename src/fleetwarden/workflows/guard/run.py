@@ -1,0 +1,297 @@
+"""`fleetwarden guard run`: evaluate the runaway triggers per account and org-wide; halt tripped accounts.
+
+Dry run: triggers evaluated and shown, the halt planned; nothing recorded, nothing sent. With --apply: halt
+(stop everything, suspend Auto Scaling processes), lock IAM users out reversibly, record the trip (it latches
+until `guard release`), notify on change only.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import datetime
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from ...actions.iam_lockout import IamLockout
+from ...aws.fanout import fan_out
+from ...aws.targets import error_text, resolve_targets
+from ...checks.runaway import Evaluation, RunawayCheck, Trigger, count_trigger, org_trigger, spend_triggers
+from ...collect.ec2 import iter_instances
+from ...collect.spend import SpendSourceError, measure_spend, normalize_source
+from ...model import (
+    ActionOutcome,
+    ActionResult,
+    ExceptionSet,
+    Finding,
+    Instance,
+    RunReport,
+    Target,
+    TargetResult,
+    TargetStatus,
+)
+from ...reconcile import reconcile
+from ...sinks import Notification, deliver
+from ..base import RunContext
+from .halt import WORKFLOW, Halter
+from .state import TripState, load_states, save_state
+
+log = logging.getLogger(__name__)
+ACTIVE_STATES = ("pending", "running")
+
+
+@dataclass
+class GuardOptions:
+    apply: bool = False
+
+
+def _inventory(ctx: RunContext, target: Target) -> list[Instance]:
+    client = ctx.factory.client("ec2", region=target.region, account_id=target.account_id)
+    return list(iter_instances(client, target.account_id, target.region, states=ACTIVE_STATES))
+
+
+def run_guard(ctx: RunContext, options: GuardOptions) -> RunReport:
+    config = ctx.config
+    now = ctx.clock()
+    report = RunReport(run_id=ctx.run_id, workflow=WORKFLOW, dry_run=not options.apply, started_at=now)
+    plan = resolve_targets(config, ctx.factory)
+    report.targets += plan.errors
+    accounts = [a.account_id for a in plan.accounts]
+    states = load_states(ctx.store)
+    latched = {a for a in accounts if a in states and states[a].tripped}
+    exceptions = ExceptionSet(ctx.store.list_exceptions(), now)
+    halter = Halter(ctx, exceptions, apply=options.apply)
+    inventory: dict[Target, list[Instance]] = {}
+    running: dict[str, int] = defaultdict(int)
+    halting: set[str] = set()
+
+    def start_halt(account_id: str) -> None:
+        if account_id in halting or not halter.claim(account_id):
+            return
+        halting.add(account_id)
+        for target, instances in inventory.items():
+            if target.account_id == account_id:
+                halter.submit(target, instances)
+
+    try:
+        # Each region is halted as soon as its inventory arrives once its account is known to be tripped:
+        # latched from an earlier run, or already over its count limit with the regions seen so far.
+        for outcome in fan_out(
+            plan.targets, lambda t: _inventory(ctx, t), max_concurrency=config.aws.max_concurrency, label="counting"
+        ):
+            target = outcome.key
+            if outcome.value is None:
+                report.targets.append(
+                    TargetResult(
+                        account_id=target.account_id,
+                        region=target.region,
+                        status=TargetStatus.ERROR,
+                        error=outcome.error,
+                    )
+                )
+                continue
+            report.targets.append(TargetResult(account_id=target.account_id, region=target.region))
+            inventory[target] = outcome.value
+            running[target.account_id] += len(outcome.value)
+            if target.account_id in halting:
+                halter.submit(target, outcome.value)
+            elif target.account_id in latched or count_trigger(config, target.account_id, running[target.account_id]):
+                start_halt(target.account_id)
+
+        evaluation = _evaluate(ctx, report, accounts, inventory, running)
+        tripped = evaluation.tripped | latched
+        for account_id in sorted(tripped):
+            start_halt(account_id)
+        report.actions += halter.wait()
+        for account_id, why in halter.refused.items():
+            report.targets.append(
+                TargetResult(account_id=account_id, region="global", status=TargetStatus.ERROR, error=why)
+            )
+        newly = sorted(a for a in evaluation.tripped if a not in latched and a in halter.claimed)
+        for account_id in sorted(halter.claimed):
+            state = states.get(account_id)
+            if state is None or not state.tripped or not state.lockout_done:
+                report.actions += _lockout(ctx, account_id, exceptions, apply=options.apply)
+        report.findings = _findings(ctx, evaluation, apply=options.apply)
+        if options.apply:
+            _record(ctx, states, evaluation, newly, latched & halter.claimed, since=now)
+    finally:
+        halter.release_leases()
+
+    report.summary = _summary(report, evaluation, latched, newly)
+    if options.apply and config.guard.notify and _worth_telling(report, newly, latched):
+        from .notify import guard_notification
+
+        notification: Notification = guard_notification(report, evaluation, newly, latched)
+        report.deliveries = deliver(config.guard.notify, config.sinks, notification, report, ctx.sink_context)
+    report.finished_at = ctx.clock()
+    return report
+
+
+def _evaluate(
+    ctx: RunContext,
+    report: RunReport,
+    accounts: list[str],
+    inventory: dict[Target, list[Instance]],
+    running: dict[str, int],
+) -> Evaluation:
+    config = ctx.config
+    evaluation = Evaluation()
+    for account_id in accounts:
+        evaluation.running[account_id] = running.get(account_id, 0)
+        evaluation.add(account_id, count_trigger(config, account_id, running.get(account_id, 0)))
+    org = org_trigger(config, running)
+    if org is not None:
+        for account_id in accounts:
+            evaluation.add(account_id, org)
+    spend = config.guard.spend
+    if spend is None:
+        return evaluation
+    by_account: dict[str, list[Instance]] = defaultdict(list)
+    for target, instances in inventory.items():
+        by_account[target.account_id] += instances
+    for spec in spend.sources:
+        source = normalize_source(spec)
+        try:
+            readings = measure_spend(
+                source,
+                factory=ctx.factory,
+                account_ids=accounts,
+                window_hours=spend.window_hours,
+                now=ctx.clock(),
+                instances=by_account,
+                billing=spend.billing_account,
+            )
+        except SpendSourceError as exc:
+            # A source that cannot be read is reported (exit 4), never taken as zero spend.
+            report.targets.append(
+                TargetResult(account_id="*", region="global", status=TargetStatus.ERROR, error=f"spend source: {exc}")
+            )
+            readings = dict(exc.readings)  # the accounts that could be read still count
+        for account_id, reading in readings.items():
+            evaluation.spend.setdefault(account_id, []).append((reading.source, reading.usd, reading.detail))
+    for account_id, figures in evaluation.spend.items():
+        for trigger in spend_triggers(config, account_id, figures):
+            evaluation.add(account_id, trigger)
+    return evaluation
+
+
+def _lockout(ctx: RunContext, account_id: str, exceptions: ExceptionSet, *, apply: bool) -> list[ActionResult]:
+    lockout_cfg = ctx.config.guard.lockout
+    if lockout_cfg.mode == "off":
+        return []
+    client = ctx.factory.client("iam", region=ctx.config.aws.sts_region, account_id=account_id)
+    lockout = IamLockout(
+        client,
+        account_id=account_id,
+        run_id=ctx.run_id,
+        workflow=WORKFLOW,
+        journal=ctx.store.journal,
+        clock=ctx.clock,
+        mode=lockout_cfg.mode,
+        exempt_users=lockout_cfg.exempt_users,
+        exempt_roles=lockout_cfg.exempt_roles,
+        revoke_role_sessions=lockout_cfg.revoke_role_sessions,
+        self_arn=_self_arn(ctx, account_id),
+        exceptions=exceptions,
+    )
+    try:
+        return lockout.lock() if apply else lockout.plan()
+    except (ClientError, BotoCoreError) as exc:  # e.g. ListUsers denied: reported, the other accounts go on
+        log.warning("lockout of %s failed: %s", account_id, error_text(exc))
+        return [
+            ActionResult(
+                action="lockout",
+                account_id=account_id,
+                region="global",
+                resource_id=account_id,
+                outcome=ActionOutcome.FAILED,
+                reason=error_text(exc),
+            )
+        ]
+
+
+def _self_arn(ctx: RunContext, account_id: str) -> str | None:
+    """The principal fleetwarden acts as in this account (the assumed role, or the base identity)."""
+    try:
+        sts = ctx.factory.client("sts", region=ctx.config.aws.sts_region, account_id=account_id)
+        return str(sts.get_caller_identity()["Arn"])
+    except (ClientError, BotoCoreError) as exc:
+        log.warning("cannot tell which principal fleetwarden runs as: %s", exc)
+        return None
+
+
+def _findings(ctx: RunContext, evaluation: Evaluation, *, apply: bool) -> list[Finding]:
+    now = ctx.clock()
+    current = {a: RunawayCheck.finding(a, t, now) for a, t in evaluation.triggers.items() if t}
+    if not apply:
+        return list(current.values())
+    exceptions = ExceptionSet(ctx.store.list_exceptions(), now)
+    findings: list[Finding] = []
+    for account_id in evaluation.running:
+        previous = ctx.store.load_findings("runaway", account_id, "global")
+        findings += reconcile(previous, [current[account_id]] if account_id in current else [], now, exceptions)
+    ctx.store.save_findings(findings)
+    return findings
+
+
+def _record(
+    ctx: RunContext,
+    states: dict[str, TripState],
+    evaluation: Evaluation,
+    newly: list[str],
+    enforced: set[str],
+    *,
+    since: datetime,
+) -> None:
+    """Latch new trips. `since` is the run's start, so release finds every journal entry of the halt."""
+    for account_id in newly:
+        triggers: list[Trigger] = evaluation.triggers[account_id]
+        previous = states.get(account_id)
+        state = TripState(
+            account_id=account_id,
+            tripped=True,
+            since=since.isoformat(),
+            run_id=ctx.run_id,
+            scope="org" if all(t.kind == "org-count" for t in triggers) else "account",
+            triggers=[t.as_dict() for t in triggers],
+            lockout_done=True,
+            version=previous.version if previous else None,
+        )
+        save_state(ctx.store, state)
+    for account_id in enforced:
+        state = states[account_id]
+        if not state.lockout_done:
+            state.lockout_done = True
+            save_state(ctx.store, state)
+
+
+def _worth_telling(report: RunReport, newly: list[str], latched: set[str]) -> bool:
+    """Notify only on change: a new trip, a latched account that had to be halted again, or a failure."""
+    if newly:
+        return True
+    acted = any(a.outcome == ActionOutcome.DONE and a.account_id in latched for a in report.actions)
+    failed = any(a.outcome == ActionOutcome.FAILED for a in report.actions) or any(
+        t.status == TargetStatus.ERROR for t in report.targets
+    )
+    return acted or failed
+
+
+def _summary(report: RunReport, evaluation: Evaluation, latched: set[str], newly: list[str]) -> dict[str, object]:
+    outcomes: dict[str, int] = defaultdict(int)
+    for action in report.actions:
+        outcomes[f"{action.action}:{action.outcome.value}"] += 1
+    return {
+        "running_by_account": dict(sorted(evaluation.running.items())),
+        "spend_by_account": {
+            a: {source: round(usd, 2) for source, usd, _ in readings}
+            for a, readings in sorted(evaluation.spend.items())
+        },
+        "tripped": sorted(evaluation.tripped | latched),
+        "newly_tripped": newly,
+        "latched": sorted(latched),
+        "triggers": {a: [t.describe() for t in ts] for a, ts in sorted(evaluation.triggers.items()) if ts},
+        "actions": dict(sorted(outcomes.items())),
+        "targets_error": sum(1 for t in report.targets if t.status == TargetStatus.ERROR),
+    }

@@ -1,0 +1,274 @@
+"""`fleetwarden guard` end to end against the emulator: trips, halt across regions, lockout, notify, release."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from fleet import ACCOUNTS, cli, ec2, launch, role, states
+
+from fleetwarden.aws.session import SessionFactory
+from fleetwarden.emulator.server import EmulatorServer
+
+A, B, C = ACCOUNTS
+REGIONS = ["us-east-1", "eu-west-1"]
+
+
+def guard_config(tmp_path: Path, endpoint: str, topic: str | None = None, **guard: Any) -> Path:
+    config: dict[str, Any] = {
+        "aws": {"endpoint_url": endpoint, "max_attempts": 2, "max_concurrency": 8},
+        "accounts": [{"id": a, "role_arn": role(a)} for a in (A, B)],
+        "regions": REGIONS,
+        "state": f"sqlite:///{tmp_path / 'state.db'}",
+        "guard": {"max_running_instances": 4, "lockout": {"exempt_users": ["breakglass"]}, **guard},
+    }
+    if topic:
+        config["sinks"] = {"ops": {"type": "sns", "topic_arn": topic}}
+        config["guard"]["notify"] = ["ops"]
+    path = tmp_path / "fleetwarden.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture
+def inbox(factory: SessionFactory) -> tuple[str, Any, str]:
+    """An SNS topic with an SQS queue subscribed (raw delivery): (topic arn, sqs client, queue url)."""
+    sns = factory.client("sns", region="us-east-1")
+    sqs = factory.client("sqs", region="us-east-1")
+    topic = sns.create_topic(Name="fleetwarden-alerts")["TopicArn"]
+    queue = sqs.create_queue(QueueName="alerts")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn, Attributes={"RawMessageDelivery": "true"})
+    return topic, sqs, queue
+
+
+def messages(inbox: tuple[str, Any, str]) -> list[str]:
+    _, sqs, queue = inbox
+    out = []
+    while True:
+        got = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", [])
+        if not got:
+            return out
+        for m in got:
+            out.append(m["Body"])
+            sqs.delete_message(QueueUrl=queue, ReceiptHandle=m["ReceiptHandle"])
+
+
+def iam_user(factory: SessionFactory, account: str, name: str, keys: int = 1) -> list[str]:
+    iam = factory.client("iam", region="us-east-1", account_id=account)
+    iam.create_user(UserName=name)
+    return [iam.create_access_key(UserName=name)["AccessKey"]["AccessKeyId"] for _ in range(keys)]
+
+
+def key_status(factory: SessionFactory, account: str, user: str) -> dict[str, str]:
+    iam = factory.client("iam", region="us-east-1", account_id=account)
+    return {k["AccessKeyId"]: k["Status"] for k in iam.list_access_keys(UserName=user)["AccessKeyMetadata"]}
+
+
+def user_policies(factory: SessionFactory, account: str, user: str) -> list[str]:
+    iam = factory.client("iam", region="us-east-1", account_id=account)
+    return list(iam.list_user_policies(UserName=user)["PolicyNames"])
+
+
+@pytest.fixture
+def tripping(factory: SessionFactory) -> dict[str, Any]:
+    """Account A runs 5 instances over two regions (limit 4); account B runs exactly 4 (at the limit)."""
+    out: dict[str, Any] = {
+        "a_east": launch(factory, A, "us-east-1", {}, 3),
+        "a_west": launch(factory, A, "eu-west-1", {}, 2),
+        "b_east": launch(factory, B, "us-east-1", {}, 4),
+    }
+    out["a_keys"] = iam_user(factory, A, "dev", keys=2)
+    iam = factory.client("iam", region="us-east-1", account_id=A)
+    iam.update_access_key(UserName="dev", AccessKeyId=out["a_keys"][1], Status="Inactive")
+    out["glass_keys"] = iam_user(factory, A, "breakglass")
+    out["b_keys"] = iam_user(factory, B, "dev")
+    return out
+
+
+def test_dry_run_evaluates_and_plans_only(
+    aws: EmulatorServer, tmp_path: Path, tripping: dict[str, Any], factory: SessionFactory, inbox: Any
+) -> None:
+    config = guard_config(tmp_path, aws.url, topic=inbox[0])
+    result = cli("--config", str(config), "--json", "guard", "run")
+    assert result.exit_code == 0, result.stderr
+    report = result.report
+    assert report["summary"]["tripped"] == [A]
+    assert report["summary"]["running_by_account"] == {A: 5, B: 4}
+    planned = {a["resource_id"] for a in report["actions"] if a["action"] == "stop" and a["outcome"] == "planned"}
+    assert planned == set(tripping["a_east"] + tripping["a_west"])
+    assert set(states(factory, A, "us-east-1", tripping["a_east"]).values()) == {"running"}
+    assert key_status(factory, A, "dev")[tripping["a_keys"][0]] == "Active"
+    assert messages(inbox) == []  # nothing sent
+    status = cli("--config", str(config), "--json", "guard", "status")
+    assert json.loads(status.stdout) == []  # nothing recorded
+
+
+def test_trip_halts_locks_out_notifies_once_and_release_restores(
+    aws: EmulatorServer, tmp_path: Path, tripping: dict[str, Any], factory: SessionFactory, inbox: Any
+) -> None:
+    config = guard_config(tmp_path, aws.url, topic=inbox[0])
+    result = cli("--config", str(config), "--json", "guard", "run", "--apply")
+    assert result.exit_code == 0, result.stderr
+    # A is halted in both regions; B, at its limit, is untouched
+    assert set(states(factory, A, "us-east-1", tripping["a_east"]).values()) == {"stopped"}
+    assert set(states(factory, A, "eu-west-1", tripping["a_west"]).values()) == {"stopped"}
+    assert set(states(factory, B, "us-east-1", tripping["b_east"]).values()) == {"running"}
+    # lockout: the active key is deactivated, the already-inactive one stays as it was, the deny policy is on
+    assert set(key_status(factory, A, "dev").values()) == {"Inactive"}
+    assert user_policies(factory, A, "dev") != []
+    assert key_status(factory, A, "breakglass") == {tripping["glass_keys"][0]: "Active"}  # exempt
+    assert user_policies(factory, A, "breakglass") == []
+    assert key_status(factory, B, "dev") == {tripping["b_keys"][0]: "Active"}
+    sent = messages(inbox)
+    assert len(sent) == 1 and A in sent[0] and "5 running+pending instances > limit 4" in sent[0]
+    assert result.report["findings"][0]["check"] == "runaway" and result.report["findings"][0]["resource_id"] == A
+
+    # A repeat run while tripped and with nothing running: no new message.
+    again = cli("--config", str(config), "--json", "guard", "run", "--apply")
+    assert again.exit_code == 0 and messages(inbox) == []
+    # Someone starts an instance while tripped: the halt is enforced again, and that is worth a message.
+    ec2(factory, A, "eu-west-1").start_instances(InstanceIds=tripping["a_west"][:1])
+    enforce = cli("--config", str(config), "--json", "guard", "run", "--apply")
+    assert states(factory, A, "eu-west-1", tripping["a_west"][:1])[tripping["a_west"][0]] == "stopped"
+    assert len(messages(inbox)) == 1 and enforce.exit_code == 0
+
+    status = json.loads(cli("--config", str(config), "--json", "guard", "status").stdout)
+    assert [(s["account_id"], s["tripped"]) for s in status] == [(A, True)]
+
+    dry = cli("--config", str(config), "--json", "guard", "release", "--account", A)
+    assert dry.exit_code == 0 and set(key_status(factory, A, "dev").values()) == {"Inactive"}
+    released = cli(
+        "--config", str(config), "--json", "guard", "release", "--account", A, "--apply", "--start-instances"
+    )
+    assert released.exit_code == 0, released.stderr
+    keys = key_status(factory, A, "dev")
+    assert keys == {tripping["a_keys"][0]: "Active", tripping["a_keys"][1]: "Inactive"}
+    assert user_policies(factory, A, "dev") == []
+    assert set(states(factory, A, "us-east-1", tripping["a_east"]).values()) == {"running"}
+    status = json.loads(cli("--config", str(config), "--json", "guard", "status").stdout)
+    assert [(s["account_id"], s["tripped"]) for s in status] == [(A, False)]
+    assert any(f"guard release of account {A}" in m for m in messages(inbox))
+
+
+def test_nothing_over_the_limit_does_nothing(
+    aws: EmulatorServer, tmp_path: Path, factory: SessionFactory, inbox: Any
+) -> None:
+    ids = launch(factory, A, "us-east-1", {}, 4)
+    keys = iam_user(factory, A, "dev")
+    config = guard_config(tmp_path, aws.url, topic=inbox[0])
+    result = cli("--config", str(config), "--json", "guard", "run", "--apply")
+    assert result.exit_code == 0
+    assert result.report["summary"]["tripped"] == [] and result.report["actions"] == []
+    assert set(states(factory, A, "us-east-1", ids).values()) == {"running"}
+    assert key_status(factory, A, "dev") == {keys[0]: "Active"}
+    assert messages(inbox) == []
+
+
+def test_per_account_override_and_org_limit(aws: EmulatorServer, tmp_path: Path, factory: SessionFactory) -> None:
+    launch(factory, A, "us-east-1", {}, 3)
+    launch(factory, B, "us-east-1", {}, 3)
+    config = guard_config(tmp_path, aws.url, max_running_instances=10, max_running_instances_org=5)
+    report = cli("--config", str(config), "--json", "guard", "run").report
+    assert report["summary"]["tripped"] == [A, B]  # 6 in the organization > 5
+    data = yaml.safe_load(config.read_text())
+    data["guard"]["max_running_instances_org"] = None
+    data["accounts"][0]["guard"] = {"max_running_instances": 2}
+    config.write_text(yaml.safe_dump(data))
+    report = cli("--config", str(config), "--json", "guard", "run").report
+    assert report["summary"]["tripped"] == [A]
+
+
+def test_region_failing_mid_halt_does_not_stop_the_others(
+    aws: EmulatorServer, tmp_path: Path, tripping: dict[str, Any], factory: SessionFactory
+) -> None:
+    aws.client.set_faults([{"region": "eu-west-1", "service": "ec2", "action": "StopInstances"}])
+    config = guard_config(tmp_path, aws.url)
+    result = cli("--config", str(config), "--json", "guard", "run", "--apply")
+    aws.client.set_faults([])
+    assert result.exit_code == 4
+    assert set(states(factory, A, "us-east-1", tripping["a_east"]).values()) == {"stopped"}
+    assert set(states(factory, A, "eu-west-1", tripping["a_west"]).values()) == {"running"}
+    failed = {a["resource_id"] for a in result.report["actions"] if a["outcome"] == "failed"}
+    assert failed == set(tripping["a_west"])
+
+
+def test_throttled_stop_is_retried(
+    aws: EmulatorServer, tmp_path: Path, tripping: dict[str, Any], factory: SessionFactory
+) -> None:
+    aws.client.set_faults([{"service": "ec2", "action": "StopInstances", "mode": "throttle", "limit": 1}])
+    config = guard_config(tmp_path, aws.url)
+    result = cli("--config", str(config), "--json", "guard", "run", "--apply")
+    faults = aws.client.calls()["faults"]
+    aws.client.set_faults([])
+    assert result.exit_code == 0, result.stderr
+    assert faults == 1
+    assert set(states(factory, A, "eu-west-1", tripping["a_west"]).values()) == {"stopped"}
+
+
+def test_asg_processes_suspended_and_resumed(aws: EmulatorServer, tmp_path: Path, factory: SessionFactory) -> None:
+    client = ec2(factory, A, "us-east-1")
+    autoscaling = factory.client("autoscaling", region="us-east-1", account_id=A)
+    template = client.create_launch_template(
+        LaunchTemplateName="web", LaunchTemplateData={"ImageId": "ami-12345678", "InstanceType": "t3.micro"}
+    )["LaunchTemplate"]["LaunchTemplateId"]
+    autoscaling.create_auto_scaling_group(
+        AutoScalingGroupName="web",
+        LaunchTemplate={"LaunchTemplateId": template},
+        MinSize=5,
+        MaxSize=5,
+        DesiredCapacity=5,
+        AvailabilityZones=["us-east-1a"],
+    )
+    autoscaling.suspend_processes(AutoScalingGroupName="web", ScalingProcesses=["AZRebalance"])
+    config = guard_config(tmp_path, aws.url)
+    assert cli("--config", str(config), "--json", "guard", "run", "--apply").exit_code == 0
+
+    def suspended() -> set[str]:
+        group = autoscaling.describe_auto_scaling_groups(AutoScalingGroupNames=["web"])["AutoScalingGroups"][0]
+        return {p["ProcessName"] for p in group["SuspendedProcesses"]}
+
+    assert suspended() == {"Launch", "HealthCheck", "ReplaceUnhealthy", "AZRebalance"}
+    released = cli("--config", str(config), "--json", "guard", "release", "--account", A, "--apply")
+    assert released.exit_code == 0, released.stderr
+    assert [a["outcome"] for a in released.report["actions"]] == ["done"]
+    assert suspended() == {"AZRebalance"}  # only what the guard suspended is resumed
+
+
+def test_burn_rate_spend_trip(aws: EmulatorServer, tmp_path: Path, factory: SessionFactory) -> None:
+    client = ec2(factory, A, "us-east-1")
+    ids = [
+        i["InstanceId"]
+        for i in client.run_instances(ImageId="ami-12345678", MinCount=2, MaxCount=2, InstanceType="p4d.24xlarge")[
+            "Instances"
+        ]
+    ]
+    launch(factory, B, "us-east-1", {}, 2)  # t2.micro: cheap
+    config = guard_config(
+        tmp_path,
+        aws.url,
+        max_running_instances=100,
+        spend={"max_usd": 100, "window_hours": 6, "sources": ["burn-rate"]},
+    )
+    report = cli("--config", str(config), "--json", "guard", "run", "--apply").report
+    assert report["summary"]["tripped"] == [A]
+    assert report["summary"]["spend_by_account"][A]["burn-rate"] > 100
+    assert set(states(factory, A, "us-east-1", ids).values()) == {"stopped"}
+
+
+def test_unreadable_spend_source_is_reported_not_zero(
+    aws: EmulatorServer, tmp_path: Path, factory: SessionFactory
+) -> None:
+    launch(factory, A, "us-east-1", {}, 1)
+    config = guard_config(
+        tmp_path,
+        aws.url,
+        spend={"max_usd": 100, "sources": [{"type": "cur", "bucket": "no-such-bucket", "prefix": "cur"}]},
+    )
+    result = cli("--config", str(config), "--json", "guard", "run")
+    assert result.exit_code == 4
+    errors = [t["error"] for t in result.report["targets"] if t["status"] == "error"]
+    assert errors and "cur" in errors[0]
