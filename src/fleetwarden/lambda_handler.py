@@ -9,7 +9,6 @@ See docs/lambda.md.
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import os
@@ -124,29 +123,20 @@ def _workflow(parsed: ParsedEvent, apply: bool) -> Workflow:
         audit_options = AuditOptions(apply=apply, confirm_terminate=confirm)
         return lambda run: run_audit(run, audit_options)
     if parsed.action == "guard":
-        guard = _guard_module(parsed.action)
-        guard_options = guard.GuardOptions(apply=apply)
-        return lambda run: guard.run_guard(run, guard_options)
+        from .workflows.guard import GuardOptions, run_guard
+
+        guard_options = GuardOptions(apply=apply)
+        return lambda run: run_guard(run, guard_options)
     if parsed.action == "guard-release":
-        guard = _guard_module(parsed.action)
-        release_options = guard.ReleaseOptions(
-            account_id=parsed.params["account"],
+        from .workflows.guard import ReleaseOptions, release_guard
+
+        release_options = ReleaseOptions(
+            account_id=str(parsed.params["account"]),
             apply=apply,
             start_instances=bool(parsed.params.get("start_instances", False)),
         )
-        return lambda run: guard.release_guard(run, release_options)
+        return lambda run: release_guard(run, release_options)
     raise Unavailable(parsed.action)
-
-
-def _guard_module(action: str) -> Any:
-    name = "fleetwarden.workflows.guard"
-    try:
-        return importlib.import_module(name)
-    except ModuleNotFoundError as exc:
-        # Only the guard's own absence means "not in this version"; a broken import inside it is a bug.
-        if exc.name != name:
-            raise
-        raise Unavailable(action) from None
 
 
 def _list_targets(config: Config, parsed: ParsedEvent) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import subprocess
@@ -26,16 +25,6 @@ A, B, _ = ACCOUNTS
 REGION = "us-east-1"
 BAD_TAGS = {"created_by": "alice", "department": "eng"}  # no project tag
 
-
-def _guard_ready() -> bool:
-    try:
-        importlib.import_module("fleetwarden.workflows.guard")
-    except ImportError:
-        return False
-    return True
-
-
-guard_workflow = pytest.mark.xfail(not _guard_ready(), reason="guard workflow not yet merged", strict=False)
 
 # What each sample event asks for; None: parse_event rejects it. Every fixture must be listed here.
 EXPECTED_ACTION: dict[str, str | None] = {
@@ -279,15 +268,6 @@ def test_state_store_that_cannot_be_opened_is_an_error_result(
     assert "unknown parameter(s) colour" in result["error"]
 
 
-def test_guard_missing_from_the_package_is_an_error_result(
-    aws: EmulatorServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    use_config(monkeypatch, tmp_path, aws)
-    monkeypatch.setitem(sys.modules, "fleetwarden.workflows.guard", None)
-    result = handler(event("guard_apply"), None)
-    assert result["status"] == "error" and result["error"] == "action guard is not available in this version"
-
-
 # -- SSM association events ----------------------------------------------------------------------------
 def test_ssm_association_of_another_document_is_ignored(
     aws: EmulatorServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
@@ -452,7 +432,6 @@ def guard_config(monkeypatch: pytest.MonkeyPatch, tmp_path: Path, aws: EmulatorS
     use_config(monkeypatch, tmp_path, aws, top=top)
 
 
-@guard_workflow
 def test_guard_dry_run_changes_nothing(
     aws: EmulatorServer, factory: SessionFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -463,7 +442,6 @@ def test_guard_dry_run_changes_nothing(
     assert running(factory, ids) == {"running"}
 
 
-@guard_workflow
 def test_guard_apply_halts_the_account(
     aws: EmulatorServer, factory: SessionFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -474,7 +452,6 @@ def test_guard_apply_halts_the_account(
     assert running(factory, ids) == {"stopped"}
 
 
-@guard_workflow
 @pytest.mark.parametrize("name", ["scheduled_event", "alarm_alarm", "alarm_action_alarm"])
 def test_schedule_and_alarm_run_the_guard_with_the_configs_apply(
     name: str, aws: EmulatorServer, factory: SessionFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -486,11 +463,6 @@ def test_schedule_and_alarm_run_the_guard_with_the_configs_apply(
     assert running(factory, ids) == {"stopped"}
 
 
-@pytest.mark.xfail(
-    reason="guard release does not restore yet: the trip's `since` is stamped after the halt's journal entries, "
-    "so release finds none (tests/integration/test_guard.py's release test fails the same way)",
-    strict=False,
-)
 def test_guard_release_restarts_what_the_guard_stopped(
     aws: EmulatorServer, factory: SessionFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
