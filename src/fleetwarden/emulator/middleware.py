@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
+from .ext import Extension, Request, default_extensions
+
 WsgiApp = Callable[..., Any]
 StartResponse = Callable[..., Any]
 Latency = float | tuple[float, float] | Sequence[float] | None
@@ -158,8 +160,10 @@ class FleetwardenMiddleware:
         faults: Iterable[FaultRule | Mapping[str, Any]] = (),
         seed: int | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        extensions: Sequence[Extension] | None = None,
     ) -> None:
         self.app = app
+        self.extensions = list(default_extensions() if extensions is None else extensions)
         self._sleep = sleep
         self._lock = threading.Lock()
         self._random = random.Random(seed)
@@ -189,7 +193,9 @@ class FleetwardenMiddleware:
             self._injected.clear()
 
     def reset(self) -> None:
-        """Back to the constructor's latency and faults; counters cleared."""
+        """Back to the constructor's latency and faults; counters cleared; extensions emptied."""
+        for extension in self.extensions:
+            extension.reset()
         with self._lock:
             self._latency = self._initial_latency
             self._faults = list(self._initial_faults)
@@ -239,7 +245,27 @@ class FleetwardenMiddleware:
             self._sleep((lo if lo == hi else self._random.uniform(lo, hi)) / 1000.0)
         if fault is not None:
             return _fault_response(fault, call, start_response)
+        if self.extensions:
+            answered = self._extend(call, environ, start_response)
+            if answered is not None:
+                return answered
         return self.app(environ, start_response)  # type: ignore[no-any-return]
+
+    def _extend(self, call: CallInfo, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes] | None:
+        """Offer the request to each extension; the body is buffered and handed on to moto unchanged."""
+        try:
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+        except ValueError:
+            length = 0
+        body = environ["wsgi.input"].read(length) if length > 0 else b""
+        environ["wsgi.input"] = io.BytesIO(body)
+        request = Request(call.service, call.region, call.action, _account_of(environ), body, environ)
+        for extension in self.extensions:
+            answered = extension.handle(request, start_response)
+            if answered is not None:
+                return answered
+        environ["wsgi.input"] = io.BytesIO(body)
+        return None
 
     def _pick_fault(self, call: CallInfo) -> FaultRule | None:
         # Called under the lock: hit counts and the random generator are shared.
@@ -306,6 +332,10 @@ class FleetwardenMiddleware:
         return _json_response(start_response, 200, result)
 
     def _dispatch(self, name: str, method: str, body: Any) -> dict[str, Any] | None:
+        head, _, rest = name.partition("/")
+        for extension in self.extensions:
+            if extension.name == head:
+                return extension.admin(rest, method, body)
         if method == "GET":
             if name == "calls":
                 return self.calls()
@@ -335,6 +365,16 @@ class FleetwardenMiddleware:
         if name == "launch-time":
             return _backdate(body)
         return None
+
+
+def _account_of(environ: dict[str, Any]) -> str:
+    """The account moto maps the request's access key to (assumed-role keys map to their account)."""
+    match = re.search(r"Credential=([^/,\s]+)/", str(environ.get("HTTP_AUTHORIZATION", "")))
+    if match:
+        from moto.iam.models import get_account_id_from
+
+        return str(get_account_id_from(match.group(1)))
+    return "123456789012"
 
 
 def _backdate(body: Any) -> dict[str, Any]:
