@@ -319,6 +319,103 @@ def guard_release(ctx: click.Context, account_id: str, apply: bool, start_instan
 
 
 @main.group()
+def window() -> None:
+    """The scan window: power stopped instances on so Amazon Inspector can scan them, then stop them again.
+
+    Only instances the window started are ever stopped by it; each is recorded in the ledger before it starts,
+    so a close in a later process (after a crash) finds every open window in the state store.
+    """
+
+
+@window.command("open")
+@click.option("--apply", is_flag=True, help="Write the ledger and start the instances. Default: list the plan.")
+@global_options
+@click.pass_context
+@handle_errors
+def window_open(ctx: click.Context, apply: bool) -> None:
+    """Start the eligible stopped instances (no do-not-start exception, not in an Auto Scaling group)."""
+    from .workflows.window import OpenOptions, open_window
+
+    _run_workflow(ctx, lambda run: open_window(run, OpenOptions(apply=apply)))
+
+
+@window.command("close")
+@click.option("--apply", is_flag=True, help="Stop the window's instances and mark it closed. Default: list the plan.")
+@click.option("--window-id", help="One window (default: every open window).")
+@global_options
+@click.pass_context
+@handle_errors
+def window_close(ctx: click.Context, apply: bool, window_id: str | None) -> None:
+    """Stop exactly the ledger's instances that the window started and that still run; verify states after."""
+    from .workflows.window import CloseOptions, close_window
+
+    _run_workflow(ctx, lambda run: close_window(run, CloseOptions(apply=apply, window_id=window_id)))
+
+
+@window.command("run")
+@click.option("--apply", is_flag=True, help="Open, wait for Inspector, collect findings, close. Default: the plan.")
+@global_options
+@click.pass_context
+@handle_errors
+def window_run(ctx: click.Context, apply: bool) -> None:
+    """Open a window, let it settle, wait for Inspector coverage (or the timeout), collect findings, close."""
+    from .workflows.window import RunOptions, run_window
+
+    _run_workflow(ctx, lambda run: run_window(run, RunOptions(apply=apply)))
+
+
+@window.command("status")
+@click.option("--window-id", help="One window (default: every open window).")
+@click.option("--coverage", is_flag=True, help="Also ask Inspector which started instances are scanned.")
+@global_options
+@click.pass_context
+@handle_errors
+def window_status_cmd(ctx: click.Context, window_id: str | None, coverage: bool) -> None:
+    """Show open windows and their instances (prior state, start and stop outcome)."""
+    from .workflows.window import window_status
+
+    opts = _opts(ctx)
+    run = _context(_load(opts))
+    try:
+        status = window_status(run, window_id, check_coverage=coverage)
+    finally:
+        run.store.close()
+    if opts.json:
+        click.echo(json.dumps(status, indent=2, default=str))
+        return
+    if not status["windows"]:
+        opts.console().print("no open scan window")
+    for item in status["windows"]:
+        table = Table(title=f"window {item['window_id']} ({item['status']}, opened {item['opened_at']})")
+        for column in ("account", "region", "instance", "prior", "start", "stop", "final"):
+            table.add_column(column)
+        for e in item["instances"]:
+            table.add_row(
+                e["account_id"],
+                e["region"],
+                e["instance_id"],
+                e["prior_state"],
+                e["start"],
+                e["stop"] or "",
+                e["final_state"] or "",
+            )
+        Console(stderr=True).print(table)
+
+
+def _run_workflow(ctx: click.Context, work: Callable[[Any], RunReport]) -> None:
+    from .workflows.base import exit_code
+
+    opts = _opts(ctx)
+    run = _context(_load(opts))
+    try:
+        report = work(run)
+    finally:
+        run.store.close()
+    _emit(opts, report)
+    sys.exit(exit_code(report))
+
+
+@main.group()
 def exceptions() -> None:
     """Manage exceptions: do-not-start, do-not-stop, do-not-terminate, lockout-exempt, snooze.
 
@@ -500,6 +597,40 @@ def demo(ctx: click.Context, apply: bool) -> None:
     sys.exit(run_demo(opts.output_dir or Path("demo-output"), apply=apply))
 
 
+@main.group()
+def findings() -> None:
+    """Findings from AWS security services across every account and region (read-only on the fleet)."""
+
+
+@findings.command("inspector")
+@click.option(
+    "--fail-on",
+    type=click.Choice(SEVERITIES, case_sensitive=False),
+    help="Exit 3 if an open finding is at or above this severity.",
+)
+@global_options
+@click.pass_context
+@handle_errors
+def findings_inspector(ctx: click.Context, fail_on: str | None) -> None:
+    """List the fleet's Amazon Inspector (v2) findings on EC2 instances, by severity and account.
+
+    Reads ListFindings in every account and region of the config (ACTIVE findings on EC2 instances), records
+    them in the state store as check `inspector` (new / ongoing / resolved; snoozes apply) and prints them;
+    --json prints the RunReport, --output-dir writes run.json, findings.csv and report.html.
+    """
+    from .workflows.base import exit_code
+    from .workflows.findings import run_inspector_findings
+
+    opts = _opts(ctx)
+    run = _context(_load(opts))
+    try:
+        report = run_inspector_findings(run)
+    finally:
+        run.store.close()
+    _emit(opts, report)
+    sys.exit(exit_code(report, Severity(fail_on.upper()) if fail_on else None))
+
+
 def run() -> None:
     """Console-script entry point."""
     try:
@@ -510,3 +641,7 @@ def run() -> None:
 
 
 __all__ = ["EXIT_UNEXPECTED", "EXIT_USAGE", "main", "run"]
+
+
+if __name__ == "__main__":
+    run()

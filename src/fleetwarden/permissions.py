@@ -16,10 +16,11 @@ DECLARATIONS: dict[str, tuple[str, str]] = {
     "actions.iam_lockout": ("fleetwarden.actions.iam_lockout", "PERMISSIONS"),
     "actions.asg": ("fleetwarden.actions.asg", "PERMISSIONS"),
     "collect.spend": ("fleetwarden.collect.spend", "PERMISSIONS"),
+    "config_source": ("fleetwarden.config_source", "PERMISSIONS"),
     "state.dynamodb": ("fleetwarden.state.dynamodb", "PERMISSIONS"),
 }
 # Parts that run with the hub's own credentials rather than the member-account role.
-HUB_PARTS = {"targets", "state.dynamodb"}
+HUB_PARTS = {"targets", "state.dynamodb", "config_source"}
 # Billing sources read through the payer account's billing role (`guard.spend.billing_account`).
 BILLING_PARTS = {"collect.spend"}
 

@@ -54,6 +54,9 @@ _WRONG_STATE = "IncorrectInstanceState"
 # Codes that concern individual instances; any other error (access denied, retries exhausted, ...) fails the
 # whole batch at once, since splitting it would only repeat the same failure.
 _PER_INSTANCE = frozenset({_NOT_FOUND, _MALFORMED, _NOT_PERMITTED, _WRONG_STATE})
+# Codes caused by some instances of a batch but naming none (capacity for one type or zone, an instance kind
+# that cannot take the action): the batch is split until the culprits are alone, and only they fail.
+_SPLIT = frozenset({"InsufficientInstanceCapacity", "UnsupportedOperation", "Unsupported"})
 # The protection attributes as EC2 names them in messages -> modify_instance_attribute parameter.
 _PROTECTIONS = {"disableApiTermination": "DisableApiTermination", "disableApiStop": "DisableApiStop"}
 _GONE = frozenset({"shutting-down", "terminated"})
@@ -219,6 +222,11 @@ class Ec2Actions:
                 response = getattr(self.client, spec.operation)(InstanceIds=batch)
             except ClientError as exc:
                 code, message = _error_code(exc), _error_message(exc)
+                if code in _SPLIT and len(batch) > 1:
+                    half = len(batch) // 2
+                    log.info("%s: %s for a batch of %d; splitting it", spec.action, code, len(batch))
+                    queue.extendleft([batch[half:], batch[:half]])
+                    continue
                 if code not in _PER_INSTANCE:
                     for instance_id in batch:
                         outcomes[instance_id] = _Outcome(ActionOutcome.FAILED, error_text(exc))

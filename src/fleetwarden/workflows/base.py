@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 
 from ..aws.session import SessionFactory
@@ -36,7 +37,8 @@ class RunContext:
     secrets: SecretResolver
     run_id: str
     clock: Callable[[], datetime] = utcnow
-    leases: list[tuple[str, str]] = field(default_factory=list)
+    # Waits in minutes (scan window settle, Inspector polling) go through this, so tests inject a fake clock.
+    sleep: Callable[[float], None] = time.sleep
 
     @classmethod
     def create(
@@ -44,13 +46,14 @@ class RunContext:
         config: Config,
         *,
         clock: Callable[[], datetime] = utcnow,
+        sleep: Callable[[float], None] = time.sleep,
         factory: SessionFactory | None = None,
         store: StateStore | None = None,
     ) -> RunContext:
         run_id = new_run_id(clock())
         factory = factory or SessionFactory(config.aws, run_id=run_id)
         store = store or open_store(config.state, factory)
-        return cls(config, factory, store, SecretResolver(factory, config.aws.sts_region), run_id, clock)
+        return cls(config, factory, store, SecretResolver(factory, config.aws.sts_region), run_id, clock, sleep)
 
     @property
     def sink_context(self) -> SinkContext:

@@ -34,6 +34,7 @@ from ...model import (
 from ...reconcile import reconcile
 from ...sinks import Notification, deliver
 from ..base import RunContext
+from ..window.ledger import Ledger
 from .halt import WORKFLOW, Halter
 from .state import TripState, load_states, save_state
 
@@ -62,6 +63,8 @@ def run_guard(ctx: RunContext, options: GuardOptions) -> RunReport:
     latched = {a for a in accounts if a in states and states[a].tripped}
     exceptions = ExceptionSet(ctx.store.list_exceptions(), now)
     halter = Halter(ctx, exceptions, apply=options.apply)
+    # Instances an open scan window started are not counted (they go back to stopped when it closes).
+    in_window = Ledger(ctx.store).started_instance_ids()
     inventory: dict[Target, list[Instance]] = {}
     running: dict[str, int] = defaultdict(int)
     halting: set[str] = set()
@@ -93,7 +96,7 @@ def run_guard(ctx: RunContext, options: GuardOptions) -> RunReport:
                 continue
             report.targets.append(TargetResult(account_id=target.account_id, region=target.region))
             inventory[target] = outcome.value
-            running[target.account_id] += len(outcome.value)
+            running[target.account_id] += sum(1 for i in outcome.value if i.id not in in_window)
             if target.account_id in halting:
                 halter.submit(target, outcome.value)
             elif target.account_id in latched or count_trigger(config, target.account_id, running[target.account_id]):
