@@ -1,0 +1,183 @@
+"""Amazon Inspector (v2): scan coverage of EC2 instances (ListCoverage) and their findings (ListFindings).
+
+Inspector only scans running instances with the SSM agent; `coverage` and `scanned_since` tell whether an
+instance has been scanned since a given time (the scan window waits on that), and `instance_findings` /
+`fleet_findings` turn Inspector findings into fleetwarden findings (`check: "inspector"`), one per
+(instance, vulnerability).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from ..model import Finding, Severity
+
+CHECK = "inspector"
+PERMISSIONS = ("inspector2:ListCoverage", "inspector2:ListFindings")
+# Inspector accepts at most 10 values per filter, so resource ids are asked about 10 at a time.
+FILTER_CHUNK = 10
+EC2_RESOURCE = "AWS_EC2_INSTANCE"
+DESCRIPTION_MAX = 500
+PACKAGES_MAX = 10
+
+_SEVERITIES = {
+    "CRITICAL": Severity.CRITICAL,
+    "HIGH": Severity.HIGH,
+    "MEDIUM": Severity.MEDIUM,
+    "LOW": Severity.LOW,
+    "INFORMATIONAL": Severity.INFORMATIONAL,
+    # Inspector has not rated it yet: reported, never alarming.
+    "UNTRIAGED": Severity.INFORMATIONAL,
+}
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """One instance's Inspector coverage: ACTIVE/INACTIVE, why, and when it was last scanned (None: never)."""
+
+    instance_id: str
+    status_code: str
+    reason: str
+    last_scanned_at: datetime | None
+
+
+def _chunks(items: Sequence[str], size: int) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield list(items[start : start + size])
+
+
+def _equals(values: Iterable[str]) -> list[dict[str, str]]:
+    return [{"comparison": "EQUALS", "value": v} for v in values]
+
+
+def _aware(value: Any) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value, UTC)
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    if not isinstance(value, datetime):
+        return None
+    return value.astimezone(UTC) if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def coverage(client: Any, instance_ids: Sequence[str]) -> dict[str, Coverage]:
+    """Coverage of the given instances by id; an instance Inspector does not cover is absent."""
+    result: dict[str, Coverage] = {}
+    paginator = client.get_paginator("list_coverage")
+    for chunk in _chunks(sorted(set(instance_ids)), FILTER_CHUNK):
+        criteria = {"resourceType": _equals([EC2_RESOURCE]), "resourceId": _equals(chunk)}
+        for page in paginator.paginate(filterCriteria=criteria):
+            for raw in page.get("coveredResources", []):
+                status = raw.get("scanStatus") or {}
+                result[raw["resourceId"]] = Coverage(
+                    instance_id=raw["resourceId"],
+                    status_code=status.get("statusCode", "INACTIVE"),
+                    reason=status.get("reason", ""),
+                    last_scanned_at=_aware(raw.get("lastScannedAt")),
+                )
+    return result
+
+
+def scanned_since(cov: Coverage | None, since: datetime) -> bool:
+    """True if the instance has been scanned at or after `since` (a completed scan, whatever its status now)."""
+    return cov is not None and cov.last_scanned_at is not None and cov.last_scanned_at >= since
+
+
+def _convert(raw: dict[str, Any], account_id: str, region: str, now: datetime) -> list[Finding]:
+    """One fleetwarden finding per EC2 instance the Inspector finding names."""
+    vulnerability = raw.get("packageVulnerabilityDetails") or {}
+    vulnerability_id = vulnerability.get("vulnerabilityId")
+    title = str(raw.get("title") or vulnerability_id or raw.get("findingArn", "Inspector finding"))
+    inspector_severity = str(raw.get("severity", "UNTRIAGED"))
+    description = str(raw.get("description", ""))
+    if len(description) > DESCRIPTION_MAX:
+        description = description[: DESCRIPTION_MAX - 3] + "..."
+    packages = [
+        f"{p.get('name', '?')} {p.get('version', '')}".strip()
+        for p in (vulnerability.get("vulnerablePackages") or [])[:PACKAGES_MAX]
+    ]
+    details: dict[str, Any] = {
+        "findingArn": raw.get("findingArn"),
+        "type": raw.get("type"),
+        "description": description,
+        "vulnerabilityId": vulnerability_id,
+        "inspectorSeverity": inspector_severity,
+        "inspectorScore": raw.get("inspectorScore"),
+        "fixAvailable": raw.get("fixAvailable"),
+        "exploitAvailable": raw.get("exploitAvailable"),
+        "packages": packages,
+        "sourceUrl": vulnerability.get("sourceUrl"),
+        "firstObservedAt": _iso(raw.get("firstObservedAt")),
+        "lastObservedAt": _iso(raw.get("lastObservedAt")),
+    }
+    findings = []
+    for resource in raw.get("resources") or []:
+        if resource.get("type") != EC2_RESOURCE or not resource.get("id"):
+            continue
+        findings.append(
+            Finding.create(
+                check=CHECK,
+                account_id=account_id,
+                region=resource.get("region") or region,
+                resource_id=resource["id"],
+                control=str(vulnerability_id or title),
+                title=title,
+                now=now,
+                severity=_SEVERITIES.get(inspector_severity, Severity.INFORMATIONAL),
+                details={k: v for k, v in details.items() if v not in (None, [], "")},
+            )
+        )
+    return findings
+
+
+def _iso(value: Any) -> str | None:
+    moment = _aware(value)
+    return moment.isoformat() if moment else None
+
+
+def _list(client: Any, criteria: dict[str, list[dict[str, str]]]) -> Iterator[dict[str, Any]]:
+    for page in client.get_paginator("list_findings").paginate(filterCriteria=criteria):
+        yield from page.get("findings", [])
+
+
+def _dedupe(findings: Iterable[Finding]) -> list[Finding]:
+    """One finding per id (instance, vulnerability): the most severe one wins."""
+    best: dict[str, Finding] = {}
+    for finding in findings:
+        prior = best.get(finding.id)
+        if prior is None or finding.severity.rank > prior.severity.rank:
+            best[finding.id] = finding
+    return list(best.values())
+
+
+def _base_criteria(account_id: str) -> dict[str, list[dict[str, str]]]:
+    return {
+        "awsAccountId": _equals([account_id]),
+        "findingStatus": _equals(["ACTIVE"]),
+        "resourceType": _equals([EC2_RESOURCE]),
+    }
+
+
+def instance_findings(
+    client: Any, account_id: str, region: str, instance_ids: Sequence[str], now: datetime
+) -> list[Finding]:
+    """The active Inspector findings of the given instances, as `inspector` findings."""
+    out: list[Finding] = []
+    for chunk in _chunks(sorted(set(instance_ids)), FILTER_CHUNK):
+        criteria = {**_base_criteria(account_id), "resourceId": _equals(chunk)}
+        for raw in _list(client, criteria):
+            out += [f for f in _convert(raw, account_id, region, now) if f.resource_id in chunk]
+    return _dedupe(out)
+
+
+def fleet_findings(client: Any, account_id: str, region: str, now: datetime | None = None) -> Iterator[Finding]:
+    """Every active Inspector finding on the EC2 instances of one account-region."""
+    moment = now or datetime.now(UTC)
+    yield from _dedupe(
+        f for raw in _list(client, _base_criteria(account_id)) for f in _convert(raw, account_id, region, moment)
+    )
