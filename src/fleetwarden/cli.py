@@ -416,6 +416,52 @@ def _run_workflow(ctx: click.Context, work: Callable[[Any], RunReport]) -> None:
 
 
 @main.group()
+def compliance() -> None:
+    """Compliance drift: SSM compliance (InSpec) results as findings; alerts on new and resolved items only."""
+
+
+@compliance.command("sync")
+@click.option("--apply", is_flag=True, help="Record the findings and deliver the alert. Default: show the diff.")
+@global_options
+@click.pass_context
+@handle_errors
+def compliance_sync(ctx: click.Context, apply: bool) -> None:
+    """Read every managed instance's compliance items; record what is new or resolved; alert on change.
+
+    An item resolves only when its instance was scanned again and the item is gone or compliant. Alerts go to
+    `compliance.notify` with a CSV of the new items; one that fails to deliver is retried on the next run.
+    """
+    from .workflows.compliance import SyncOptions, run_compliance_sync
+
+    _run_workflow(ctx, lambda run: run_compliance_sync(run, SyncOptions(apply=apply)))
+
+
+@compliance.command("report")
+@click.option("--apply", is_flag=True, help="Put the CSV in the report sink and send the summary.")
+@global_options
+@click.pass_context
+@handle_errors
+def compliance_report(ctx: click.Context, apply: bool) -> None:
+    """All open compliance findings as a CSV, with a summary by severity and account.
+
+    Without --apply the CSV is written to --output-dir only. With --apply it goes to the `compliance.report_sink`
+    (an s3 sink: <prefix>/YYYY/MM/compliance-<timestamp>.csv) and the summary to `compliance.notify`.
+    """
+    from .workflows.compliance import ReportOptions, compliance_csv, run_compliance_report
+
+    opts = _opts(ctx)
+
+    def work(run: Any) -> RunReport:
+        report = run_compliance_report(run, ReportOptions(apply=apply))
+        if opts.output_dir is not None:
+            opts.output_dir.mkdir(parents=True, exist_ok=True)
+            (opts.output_dir / str(report.summary["csv_filename"])).write_bytes(compliance_csv(report.findings))
+        return report
+
+    _run_workflow(ctx, work)
+
+
+@main.group()
 def exceptions() -> None:
     """Manage exceptions: do-not-start, do-not-stop, do-not-terminate, lockout-exempt, snooze.
 

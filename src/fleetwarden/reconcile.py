@@ -26,14 +26,17 @@ def reconcile(
         seen.add(finding.id)
         prior = previous.get(finding.id)
         first_seen = prior.first_seen if prior else finding.first_seen
-        snooze = exceptions.find(
-            ExceptionKind.SNOOZE,
-            account_id=finding.account_id,
-            region=finding.region,
-            resource_id=finding.resource_id,
-            check=finding.check,
-            item=finding.control,
-        )
+        scope = {
+            "account_id": finding.account_id,
+            "region": finding.region,
+            "resource_id": finding.resource_id,
+            "check": finding.check,
+        }
+        # `--item` names the control, or for compliance simply the item id.
+        snooze = exceptions.find(ExceptionKind.SNOOZE, **scope, item=finding.control)
+        item_id = finding.details.get("item_id")
+        if snooze is None and item_id:
+            snooze = exceptions.find(ExceptionKind.SNOOZE, **scope, item=str(item_id))
         if snooze is not None:
             status = FindingStatus.SUPPRESSED
             details = {**finding.details, "suppressed_by": snooze.id}
