@@ -1,0 +1,186 @@
+"""Slack sink: a Block Kit message through the Web API, with attachments uploaded by Slack's current
+external-upload flow (files.getUploadURLExternal, POST to the upload URL, files.completeUploadExternal)."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+from pydantic import Field, field_validator
+
+from ..config import SecretRef
+from ..errors import FleetwardenError
+from ..model import RunReport
+from .base import Notification, Sink, SinkConfig, sink_registry
+
+if TYPE_CHECKING:
+    from slack_sdk import WebClient
+    from slack_sdk.errors import SlackApiError
+
+CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{8,}$")
+DEFAULT_API_URL = "https://slack.com/api/"
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+HEADER_MAX = 150  # Slack refuses longer header blocks
+SECTION_MAX = 2900  # a section's text may hold 3,000 characters; the code fence takes six
+MAX_SECTIONS = 40  # a message holds at most 50 blocks
+TRUNCATED = "… (truncated: the full text is in the attached files or run.json)"
+
+
+class SlackError(FleetwardenError):
+    """A Slack Web API call failed; `code` is Slack's error code (e.g. `channel_not_found`) when it gave one."""
+
+    def __init__(self, method: str, code: str, detail: str = "") -> None:
+        self.method = method
+        self.code = code
+        super().__init__(f"Slack {method}: {code}" + (f" ({detail})" if detail else ""))
+
+
+class SlackSinkConfig(SinkConfig):
+    channel: str
+    token: SecretRef  # a bot token (xoxb-...) by reference: ssm:/..., secretsmanager:..., env:...
+    api_url: str = DEFAULT_API_URL
+    files_in_thread: bool = False  # upload attachments as replies to the message instead of into the channel
+    timeout_seconds: int = Field(default=30, ge=1, le=300)
+
+    @field_validator("channel")
+    @classmethod
+    def _channel(cls, value: str) -> str:
+        if CHANNEL_ID.match(value):
+            return value
+        where = "in Slack, open the channel's details: the ID is at the bottom of the About tab"
+        if value.startswith("#"):
+            raise ValueError(f"use the channel ID (e.g. C0123ABCD), not the channel name {value!r}: {where}")
+        raise ValueError(f"not a Slack channel ID: {value!r} (expected e.g. C0123ABCD; {where})")
+
+    @field_validator("api_url")
+    @classmethod
+    def _api_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        # The bot token travels in a header: only a loopback test server may be reached without TLS.
+        secure = parts.scheme == "https" or (parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS)
+        if not parts.hostname or not secure:
+            raise ValueError(f"api_url must be an https:// URL (http:// only on loopback), got {value!r}")
+        return value if value.endswith("/") else value + "/"
+
+
+def mrkdwn_escape(text: str) -> str:
+    """Escape the three characters Slack's mrkdwn treats as control characters."""
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _split_escaped(line: str, limit: int) -> list[str]:
+    """Cut an escaped line into pieces of at most `limit` characters, never inside an `&...;` entity."""
+    pieces = []
+    while len(line) > limit:
+        cut = limit
+        amp = line.rfind("&", max(0, cut - 4), cut)
+        if amp != -1 and ";" not in line[amp:cut]:
+            cut = amp
+        pieces.append(line[:cut])
+        line = line[cut:]
+    pieces.append(line)
+    return pieces
+
+
+def text_sections(text: str, limit: int = SECTION_MAX, max_sections: int = MAX_SECTIONS) -> list[str]:
+    """The escaped text in chunks of whole lines (a longer line is cut) that each fit one section block."""
+    chunks: list[str] = []
+    current: list[str] = []
+    size = 0
+    for raw in text.rstrip("\n").splitlines():
+        for piece in _split_escaped(mrkdwn_escape(raw), limit):
+            if current and size + 1 + len(piece) > limit:
+                chunks.append("\n".join(current))
+                current, size = [], 0
+            current.append(piece)
+            size += len(piece) + (1 if size else 0)
+    if current:
+        chunks.append("\n".join(current))
+    if len(chunks) > max_sections:
+        chunks = chunks[:max_sections]
+        last = chunks[-1]
+        chunks[-1] = last[: limit - len(TRUNCATED) - 1].rstrip("&") + "\n" + TRUNCATED
+    return chunks
+
+
+def message_blocks(notification: Notification, report: RunReport) -> list[dict[str, Any]]:
+    """The Block Kit message: a header (the subject), the text in code sections, and a context line."""
+    subject = " ".join(notification.subject.split()) or "fleetwarden"
+    if len(subject) > HEADER_MAX:
+        subject = subject[: HEADER_MAX - 1].rstrip() + "…"
+    blocks: list[dict[str, Any]] = [{"type": "header", "text": {"type": "plain_text", "text": subject}}]
+    for chunk in text_sections(notification.text):
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"```{chunk}```"}})
+    mode = "dry run" if report.dry_run else "applied"
+    files = ", ".join(a.filename for a in notification.attachments)
+    context = f"fleetwarden {report.workflow} · run {report.run_id} · {mode}" + (f" · files: {files}" if files else "")
+    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": mrkdwn_escape(context)}]})
+    return blocks
+
+
+@sink_registry.register("slack")
+class SlackSink(Sink):
+    """Post a Block Kit summary to a Slack channel (by ID) and upload the attachments (e.g. findings.csv)."""
+
+    type_name = "slack"
+    config_model = SlackSinkConfig
+    # AWS permissions only: reading the bot token. The Slack app needs the scopes chat:write and files:write.
+    permissions = ("ssm:GetParameter", "secretsmanager:GetSecretValue")
+
+    @property
+    def settings(self) -> SlackSinkConfig:
+        assert isinstance(self.config, SlackSinkConfig)
+        return self.config
+
+    def _client(self) -> WebClient:
+        from slack_sdk import WebClient
+
+        cfg = self.settings
+        return WebClient(
+            token=self.context.secrets.resolve(cfg.token), base_url=cfg.api_url, timeout=cfg.timeout_seconds
+        )
+
+    def send(self, notification: Notification, report: RunReport) -> None:
+        from slack_sdk.errors import SlackApiError, SlackClientError
+
+        cfg = self.settings
+        client = self._client()
+        method = "chat.postMessage"
+        try:
+            posted = client.chat_postMessage(
+                channel=cfg.channel,
+                text=" ".join(notification.subject.split()),  # the fallback for notifications and screen readers
+                blocks=message_blocks(notification, report),
+                unfurl_links=False,
+                unfurl_media=False,
+            )
+            if notification.attachments:
+                method = "files.getUploadURLExternal"
+                # files_upload_v2 is Slack's current flow: files.getUploadURLExternal per file, a POST of the
+                # bytes to the returned upload URL, then one files.completeUploadExternal sharing them all.
+                client.files_upload_v2(
+                    file_uploads=[
+                        {"content": a.content, "filename": a.filename, "title": a.filename}
+                        for a in notification.attachments
+                    ],
+                    channel=cfg.channel,
+                    thread_ts=posted.get("ts") if cfg.files_in_thread else None,
+                )
+        except SlackApiError as exc:
+            raise self._api_error(exc, method) from None
+        except SlackClientError as exc:  # the SDK refused a request or an upload answered with an error status
+            raise SlackError(method, "client_error", self.context.secrets.redact(str(exc))) from None
+        except OSError as exc:  # connection refused, DNS, TLS, timeouts, HTTP errors from the upload URL
+            detail = self.context.secrets.redact(f"{type(exc).__name__}: {exc}")
+            raise SlackError(method, "connection_error", detail) from None
+
+    def _api_error(self, exc: SlackApiError, method: str) -> SlackError:
+        response = exc.response
+        api_url = str(getattr(response, "api_url", "") or "")
+        if api_url:
+            method = api_url.rstrip("/").rsplit("/", 1)[-1]
+        code = str(response.get("error") or f"http_{getattr(response, 'status_code', 'error')}")
+        needed = response.get("needed")
+        detail = f"needed scope: {needed}" if needed else ""
+        return SlackError(method, self.context.secrets.redact(code), self.context.secrets.redact(detail))

@@ -1,0 +1,310 @@
+"""The Slack sink against a loopback Slack Web API: the Block Kit message, the external-upload flow with the
+exact file bytes, errors as failed Deliveries without the token, and tokens from env: and from SSM."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import pytest
+from pydantic import ValidationError
+
+from fleetwarden.aws.session import SessionFactory
+from fleetwarden.output import findings_csv, summary_subject, summary_text
+from fleetwarden.secrets import SecretResolver
+from fleetwarden.sinks import Attachment, Notification, SinkContext, build_sink, deliver
+from fleetwarden.sinks.slack import MAX_SECTIONS, SlackSink, SlackSinkConfig, message_blocks, text_sections
+from sample_reports import make_report
+
+TOKEN = "xoxb-1111-2222-loopback-secret"
+CHANNEL = "C0123ABCD9"
+POSTED_TS = "1772620200.000100"
+API_METHODS = ("chat.postMessage", "files.getUploadURLExternal", "files.completeUploadExternal")
+
+
+@dataclass
+class Request:
+    path: str
+    method: str  # the Web API method, or "upload" for a POST to an upload URL
+    headers: dict[str, str]
+    body: bytes
+    params: dict[str, Any]
+
+
+@dataclass
+class FakeSlack:
+    """A loopback server speaking the three Web API methods the sink uses, plus the upload URLs it hands out."""
+
+    token: str
+    url: str = ""
+    requests: list[Request] = field(default_factory=list)
+    uploads: dict[str, bytes] = field(default_factory=dict)
+    fail: dict[str, str] = field(default_factory=dict)  # method -> Slack error code to answer with
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def calls(self, method: str) -> list[Request]:
+        return [r for r in self.requests if r.method == method]
+
+    def handle(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
+        parts = urlsplit(path)
+        method = "upload" if parts.path.startswith("/upload/") else parts.path.rsplit("/", 1)[-1]
+        params: dict[str, Any] = dict(parse_qsl(parts.query))
+        content_type = headers.get("content-type", "")
+        if content_type.startswith("application/json"):
+            params.update(json.loads(body))
+        elif content_type.startswith("application/x-www-form-urlencoded"):
+            params.update(parse_qsl(body.decode("utf-8")))
+        with self.lock:
+            self.requests.append(Request(parts.path, method, headers, body, params))
+            n = sum(r.method == method for r in self.requests)
+        if method == "upload":
+            file_id = parts.path.rsplit("/", 1)[-1]
+            with self.lock:
+                self.uploads[file_id] = body
+            return 200, {}
+        if method not in API_METHODS:
+            return 404, {"ok": False, "error": "unknown_method"}
+        if headers.get("authorization") != f"Bearer {self.token}":
+            return 200, {"ok": False, "error": "invalid_auth"}
+        if method in self.fail:
+            return 200, {"ok": False, "error": self.fail[method]}
+        if method == "chat.postMessage":
+            return 200, {"ok": True, "channel": params["channel"], "ts": POSTED_TS, "message": {"text": "x"}}
+        if method == "files.getUploadURLExternal":
+            file_id = f"F{n:08d}"  # F00000001, F00000002, ...
+            return 200, {"ok": True, "file_id": file_id, "upload_url": f"{self.url}/upload/{file_id}"}
+        files = json.loads(params["files"])
+        return 200, {"ok": True, "files": [{"id": f["id"], "title": f["title"]} for f in files]}
+
+
+@pytest.fixture
+def slack() -> Iterator[FakeSlack]:
+    fake = FakeSlack(TOKEN)
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            headers = {k.lower(): v for k, v in self.headers.items()}
+            status, payload = fake.handle(self.path, headers, body)
+            data = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    fake.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield fake
+    server.shutdown()
+    server.server_close()
+    thread.join()
+
+
+def _sink_config(slack: FakeSlack, token: str = "env:FLEETWARDEN_SLACK_TOKEN", **extra: Any) -> dict[str, Any]:
+    return {"type": "slack", "channel": CHANNEL, "token": token, "api_url": f"{slack.url}/api/", **extra}
+
+
+def _env_context() -> SinkContext:
+    # env: references need no AWS: the factory is never asked for a client.
+    return SinkContext(SessionFactory(run_id="test"), SecretResolver(None))
+
+
+def _notification(attach: bool = True) -> tuple[Notification, bytes]:
+    report = make_report()
+    csv = findings_csv(report.findings)
+    attachments = [Attachment("findings.csv", csv)] if attach else []
+    return Notification(summary_subject(report), summary_text(report), attachments), csv
+
+
+def test_posts_a_block_kit_message_and_uploads_the_exact_csv(slack: FakeSlack, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEETWARDEN_SLACK_TOKEN", TOKEN)
+    context = _env_context()
+    notification, csv = _notification()
+    report = make_report()
+
+    deliveries = deliver(["chat"], {"chat": _sink_config(slack)}, notification, report, context)
+
+    assert [(d.sink, d.outcome, d.error) for d in deliveries] == [("chat", "sent", None)]
+    assert [r.method for r in slack.requests] == [
+        "chat.postMessage",
+        "files.getUploadURLExternal",
+        "upload",
+        "files.completeUploadExternal",
+    ]
+    for request in slack.requests:
+        if request.method != "upload":
+            assert request.headers["authorization"] == f"Bearer {TOKEN}"
+            assert request.path == f"/api/{request.method}"
+
+    posted = slack.calls("chat.postMessage")[0].params
+    assert posted["channel"] == CHANNEL
+    assert posted["text"] == notification.subject
+    blocks = posted["blocks"]
+    assert [b["type"] for b in blocks] == ["header", "section", "context"]
+    assert blocks[0]["text"] == {"type": "plain_text", "text": notification.subject}
+    section = blocks[1]["text"]
+    assert section["type"] == "mrkdwn" and section["text"].startswith("```") and section["text"].endswith("```")
+    assert "i-0new0000000000002: missing: department, project" in section["text"]
+    # mrkdwn control characters from tag values are escaped, so they cannot form links or mentions.
+    assert "&lt;script&gt;" in section["text"] and "<script>" not in section["text"]
+    context_text = blocks[2]["elements"][0]["text"]
+    assert report.run_id in context_text and "dry run" in context_text and "findings.csv" in context_text
+
+    url_request = slack.calls("files.getUploadURLExternal")[0].params
+    assert url_request["filename"] == "findings.csv"
+    assert int(url_request["length"]) == len(csv)
+    assert list(slack.uploads.values()) == [csv]  # the exact bytes, byte for byte
+    completed = slack.calls("files.completeUploadExternal")[0].params
+    assert json.loads(completed["files"]) == [{"id": next(iter(slack.uploads)), "title": "findings.csv"}]
+    assert completed["channel_id"] == CHANNEL
+    assert "thread_ts" not in completed
+    assert not slack.calls("files.upload")  # never the retired upload method
+
+
+def test_token_from_an_ssm_securestring_and_files_in_the_thread(slack: FakeSlack, factory: SessionFactory) -> None:
+    factory.client("ssm", region="us-east-1").put_parameter(
+        Name="/fleetwarden/slack-token", Value=TOKEN, Type="SecureString"
+    )
+    context = SinkContext(factory, SecretResolver(factory, region="us-east-1"))
+    notification, csv = _notification()
+    config = _sink_config(slack, token="ssm:/fleetwarden/slack-token", files_in_thread=True)
+
+    deliveries = deliver(["chat"], {"chat": config}, notification, make_report(), context)
+
+    assert [(d.outcome, d.error) for d in deliveries] == [("sent", None)]
+    assert slack.calls("chat.postMessage")[0].headers["authorization"] == f"Bearer {TOKEN}"
+    assert list(slack.uploads.values()) == [csv]
+    completed = slack.calls("files.completeUploadExternal")[0].params
+    assert completed["thread_ts"] == POSTED_TS and completed["channel_id"] == CHANNEL
+
+
+def test_several_attachments_share_one_completion(slack: FakeSlack, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEETWARDEN_SLACK_TOKEN", TOKEN)
+    context = _env_context()
+    files = [Attachment("new.csv", b"id\r\n1\r\n"), Attachment("resolved.csv", "id\r\né\r\n".encode())]
+    notification = Notification("compliance drift", "2 new, 1 resolved", files)
+
+    deliveries = deliver(["chat"], {"chat": _sink_config(slack)}, notification, make_report(), context)
+
+    assert deliveries[0].outcome == "sent"
+    assert sorted(slack.uploads.values()) == sorted(a.content for a in files)
+    completions = slack.calls("files.completeUploadExternal")
+    assert len(completions) == 1
+    assert [f["title"] for f in json.loads(completions[0].params["files"])] == ["new.csv", "resolved.csv"]
+
+
+def test_a_message_without_attachments_uploads_nothing(slack: FakeSlack, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEETWARDEN_SLACK_TOKEN", TOKEN)
+    context = _env_context()
+    notification, _ = _notification(attach=False)
+
+    build_sink("chat", _sink_config(slack), context).send(notification, make_report())
+
+    assert [r.method for r in slack.requests] == ["chat.postMessage"]
+
+
+def test_a_slack_error_is_a_failed_delivery_with_the_code_and_without_the_token(
+    slack: FakeSlack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLEETWARDEN_SLACK_TOKEN", TOKEN)
+    context = _env_context()
+    slack.fail["chat.postMessage"] = "channel_not_found"
+    notification, _ = _notification()
+
+    deliveries = deliver(["chat"], {"chat": _sink_config(slack)}, notification, make_report(), context)
+
+    assert [(d.sink, d.outcome) for d in deliveries] == [("chat", "failed")]
+    error = deliveries[0].error or ""
+    assert "chat.postMessage" in error and "channel_not_found" in error
+    assert TOKEN not in error
+    assert slack.uploads == {} and not slack.calls("files.getUploadURLExternal")
+
+
+def test_an_upload_error_names_the_upload_method(slack: FakeSlack, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEETWARDEN_SLACK_TOKEN", TOKEN)
+    context = _env_context()
+    slack.fail["files.completeUploadExternal"] = "not_in_channel"
+    notification, _ = _notification()
+
+    deliveries = deliver(["chat"], {"chat": _sink_config(slack)}, notification, make_report(), context)
+
+    assert deliveries[0].outcome == "failed"
+    assert "Slack files.completeUploadExternal: not_in_channel" in (deliveries[0].error or "")
+
+
+def test_a_wrong_token_is_refused_and_not_echoed(slack: FakeSlack, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEETWARDEN_SLACK_TOKEN", "xoxb-wrong-token-value")
+    context = _env_context()
+
+    deliveries = deliver(["chat"], {"chat": _sink_config(slack)}, _notification()[0], make_report(), context)
+
+    assert deliveries[0].outcome == "failed"
+    error = deliveries[0].error or ""
+    assert "invalid_auth" in error and "xoxb-wrong-token-value" not in error
+
+
+def test_an_unreachable_api_is_a_failed_delivery(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEETWARDEN_SLACK_TOKEN", TOKEN)
+    context = _env_context()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    port = server.server_address[1]
+    server.server_close()  # nothing listens there now
+    config = {"type": "slack", "channel": CHANNEL, "token": "env:FLEETWARDEN_SLACK_TOKEN"}
+    config["api_url"] = f"http://127.0.0.1:{port}/api/"
+
+    deliveries = deliver(["chat"], {"chat": config}, _notification()[0], make_report(), context)
+
+    assert deliveries[0].outcome == "failed"
+    assert "connection_error" in (deliveries[0].error or "") and TOKEN not in (deliveries[0].error or "")
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"channel": "#fleet-alerts"}, "use the channel ID"),
+        ({"channel": "fleet-alerts"}, "not a Slack channel ID"),
+        ({"token": "xoxb-literal-token"}, "secrets must be references"),
+        ({"api_url": "http://slack.example.com/api/"}, "https://"),
+        ({"colour": "red"}, "Extra inputs are not permitted"),
+    ],
+)
+def test_config_is_checked_before_any_call(changes: dict[str, str], message: str) -> None:
+    raw = {"type": "slack", "channel": CHANNEL, "token": "ssm:/fleetwarden/slack-token", **changes}
+    with pytest.raises(ValidationError, match=message):
+        SlackSinkConfig.model_validate(raw)
+
+
+def test_config_defaults_and_declared_permissions() -> None:
+    cfg = SlackSinkConfig.model_validate({"type": "slack", "channel": "G0123ABCDE", "token": "env:T"})
+    assert cfg.api_url == "https://slack.com/api/"
+    assert SlackSinkConfig.model_validate({**cfg.model_dump(), "api_url": "https://chat.example/api"}).api_url == (
+        "https://chat.example/api/"
+    )
+    assert set(SlackSink.permissions) == {"ssm:GetParameter", "secretsmanager:GetSecretValue"}
+
+
+def test_long_text_is_split_into_sections_and_capped() -> None:
+    line = "x" * 100
+    text = "\n".join([line] * 100)  # 10,100 characters
+    sections = text_sections(text, limit=2900)
+    assert len(sections) == 4 and all(len(s) <= 2900 for s in sections)
+    assert "\n".join(sections) == text  # cut between lines, nothing lost
+    assert text_sections("&" * 10, limit=12) == ["&amp;&amp;", "&amp;&amp;", "&amp;&amp;", "&amp;&amp;", "&amp;&amp;"]
+
+    huge = Notification("s" * 400, "\n".join([line] * 5000))
+    blocks = message_blocks(huge, make_report())
+    assert len(blocks) == MAX_SECTIONS + 2 <= 50
+    assert len(blocks[0]["text"]["text"]) <= 150
+    assert "truncated" in blocks[-2]["text"]["text"]
+    assert all(len(b["text"]["text"]) <= 3000 for b in blocks[1:-1])
