@@ -31,6 +31,7 @@ from .report.stats import (
 
 RUN_JSON = "run.json"
 FINDINGS_CSV = "findings.csv"
+FINDINGS_OCSF = "findings.ocsf.jsonl"
 REPORT_HTML = "report.html"
 
 CSV_COLUMNS = (
@@ -97,12 +98,17 @@ def _write(path: Path, data: bytes) -> Path:
 
 
 def write_outputs(report: RunReport, output_dir: Path) -> list[Path]:
-    """Write run.json, findings.csv and report.html into `output_dir` (created if needed); return the paths."""
+    """Write run.json, findings.csv, findings.ocsf.jsonl (OCSF Detection Findings) and report.html into
+    `output_dir` (created if needed); return the paths."""
+    from .report.ocsf import ocsf_lines
+
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
+    ordered = sort_findings(report.findings)
     return [
         _write(output_dir / RUN_JSON, report.to_json().encode("utf-8")),
-        _write(output_dir / FINDINGS_CSV, findings_csv(sort_findings(report.findings))),
+        _write(output_dir / FINDINGS_CSV, findings_csv(ordered)),
+        _write(output_dir / FINDINGS_OCSF, ocsf_lines(ordered, report.finished_at or report.started_at)),
         _write(output_dir / REPORT_HTML, render_html(report).encode("utf-8")),
     ]
 

@@ -21,6 +21,8 @@ DECLARATIONS: dict[str, tuple[str, str]] = {
 }
 # Parts that run with the hub's own credentials rather than the member-account role.
 HUB_PARTS = {"targets", "state.dynamodb", "config_source"}
+# Sinks that act inside each member account through the assumed role (Security Hub imports per account).
+MEMBER_SINKS = {"sinks.securityhub"}
 # Billing sources read through the payer account's billing role (`guard.spend.billing_account`).
 BILLING_PARTS = {"collect.spend"}
 
@@ -59,7 +61,7 @@ def policy_documents(config: Config | None = None) -> dict[str, Any]:
             member.update(a for a in actions if a.startswith("ec2:"))
         elif part.startswith("sinks."):
             if used_sinks is None or part in used_sinks:
-                hub.update(actions)
+                (member if part in MEMBER_SINKS else hub).update(actions)
         elif part in HUB_PARTS:
             hub.update(actions)
         else:

@@ -36,9 +36,17 @@ def test_write_outputs_writes_json_csv_and_html(tmp_path: Path) -> None:
     out = tmp_path / "nested" / "out"
     paths = write_outputs(report, out)
 
-    assert [p.name for p in paths] == ["run.json", "findings.csv", "report.html"]
+    assert [p.name for p in paths] == ["run.json", "findings.csv", "findings.ocsf.jsonl", "report.html"]
     assert all(p.parent == out and p.stat().st_size > 0 for p in paths)
-    assert sorted(p.name for p in out.iterdir()) == ["findings.csv", "report.html", "run.json"]  # no temp files
+    assert sorted(p.name for p in out.iterdir()) == [  # no temp files
+        "findings.csv",
+        "findings.ocsf.jsonl",
+        "report.html",
+        "run.json",
+    ]
+    events = [json.loads(line) for line in (out / "findings.ocsf.jsonl").read_text("utf-8").splitlines()]
+    assert {e["finding_info"]["uid"] for e in events} == {f.id for f in report.findings}
+    assert {e["class_uid"] for e in events} == {2004}
 
     raw = json.loads((out / "run.json").read_text("utf-8"))
     assert raw["schema"] == "fleetwarden.run/v1"
