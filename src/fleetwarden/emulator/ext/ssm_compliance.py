@@ -3,21 +3,9 @@
 Operations (target prefix `AmazonSSM.`, signing name `ssm`): `PutComplianceItems`, `ListComplianceItems`,
 `ListResourceComplianceSummaries` and `DescribeInstanceInformation`. Every other SSM request goes on to moto.
 
-Rules (docs/compliance-collect.md has the whole list):
-- Data is kept per (account, region): the account is the one moto maps the access key to, so an assumed role
-  sees only its own account's results.
-- `PutComplianceItems` accepts `ResourceType` `ManagedInstance` only, and a `ResourceId` that is a
-  non-terminated instance in moto's EC2 backend of that account and region, or an id marked managed through
-  the admin endpoint. `COMPLETE` replaces every item of that compliance type on the resource; `PARTIAL` merges
-  by item `Id` (or `Title` when there is no Id). A request whose `ItemContentHash` equals the stored one is
-  ignored, as AWS documents.
-- `ListComplianceItems` takes at most ONE resource id per call (ValidationException otherwise, as AWS).
-- Managed nodes (`DescribeInstanceInformation`): the running instances of moto's EC2 backend of the account and
-  region, minus those marked unmanaged, plus ids marked managed that are not EC2 instances at all (hybrid
-  `mi-` nodes); stopped and terminated instances are never listed, as AWS documents.
-- Lists are ordered by their key and page with opaque tokens that name the last key returned (so items added
-  between pages are neither skipped nor repeated). `MaxResults` is 1-50 (DescribeInstanceInformation 5-50);
-  AWS documents no default, so the emulator uses 10, small enough that a client that forgets to page shows it.
+Data is kept per (account moto maps the access key to, region). Managed nodes are the running instances of
+moto's EC2 backend there, adjusted by admin marks. `ListComplianceItems` takes at most one resource id per call,
+as on AWS. Lists page with opaque tokens naming the last key returned. The full rules: docs/compliance-collect.md.
 
 Admin (`/_fleetwarden/ssm_compliance/...`): `POST reset`; `POST managed`
 `{"account_id", "region", "instance_ids": [...], "managed": true|false}`; `GET state`.
@@ -53,33 +41,16 @@ MAX_PAGE = 50
 DESCRIBE_MIN_PAGE = 5
 
 _SEVERITY_RANK = {s: rank for rank, s in enumerate(reversed(SEVERITIES))}
-_SUMMARY_COUNTS = {
-    "CRITICAL": "CriticalCount",
-    "HIGH": "HighCount",
-    "MEDIUM": "MediumCount",
-    "LOW": "LowCount",
-    "INFORMATIONAL": "InformationalCount",
-    "UNSPECIFIED": "UnspecifiedCount",
-}
-_ITEM_FILTERS: dict[str, Callable[[dict[str, Any]], str | None]] = {
-    "ComplianceType": lambda i: i["ComplianceType"],
-    "ResourceType": lambda i: i["ResourceType"],
-    "Status": lambda i: i["Status"],
-    "Severity": lambda i: i["Severity"],
-    "Id": lambda i: i.get("Id"),
-    "Title": lambda i: i.get("Title"),
-    "ExecutionId": lambda i: i["ExecutionSummary"].get("ExecutionId"),
-    "ExecutionType": lambda i: i["ExecutionSummary"].get("ExecutionType"),
-}
-_SUMMARY_FILTERS: dict[str, Callable[[dict[str, Any]], str | None]] = {
-    "ComplianceType": lambda s: s["ComplianceType"],
-    "ResourceType": lambda s: s["ResourceType"],
-    "ResourceId": lambda s: s["ResourceId"],
-    "Status": lambda s: s["Status"],
-    "OverallSeverity": lambda s: s["OverallSeverity"],
-    "ExecutionId": lambda s: s["ExecutionSummary"].get("ExecutionId"),
-}
-_INSTANCE_FILTER_KEYS = ("InstanceIds", "PingStatus", "PlatformTypes", "ResourceType", "AgentVersion")
+# SeveritySummary member per severity: CRITICAL -> CriticalCount, ...
+_SUMMARY_COUNTS = {s: f"{s.capitalize()}Count" for s in SEVERITIES}
+# Filter keys each list accepts; a value is read from the entry, or else from its ExecutionSummary.
+_ITEM_FILTERS = frozenset(
+    {"ComplianceType", "ResourceType", "Status", "Severity", "Id", "Title", "ExecutionId", "ExecutionType"}
+)
+_SUMMARY_FILTERS = frozenset(
+    {"ComplianceType", "ResourceType", "ResourceId", "Status", "OverallSeverity", "ExecutionId"}
+)
+# DescribeInstanceInformation filter keys (besides InstanceIds and tags) -> the InstanceInformation member.
 _INSTANCE_FILTER_FIELDS = {
     "PingStatus": "PingStatus",
     "PlatformTypes": "PlatformType",
@@ -163,7 +134,7 @@ class _Filter:
 @dataclass(frozen=True)
 class _Ec2Instance:
     id: str
-    state: str
+    state: str  # EC2's state name, or "hybrid" for a node marked managed that is not an EC2 instance
     platform: str | None
     private_ip: str | None
     private_dns: str | None
@@ -334,7 +305,7 @@ class SsmComplianceExtension(Extension):
                 for (rid, ctype), record in target.records.items()
                 if wanted is None or rid == wanted
                 for item_key, item in record.items.items()
-                if all(f.matches(_ITEM_FILTERS[f.key](item)) for f in filters)
+                if all(f.matches(_field(item, f.key)) for f in filters)
             ]
         page, token = _page(rows, body, limit)
         return _with_token({"ComplianceItems": page}, token)
@@ -346,7 +317,7 @@ class SsmComplianceExtension(Extension):
         with self._lock:
             target = self._targets.get((account_id, region)) or _Target()
             summaries = [(key, record.summary()) for key, record in target.records.items()]
-        rows = [(key, s) for key, s in summaries if all(f.matches(_SUMMARY_FILTERS[f.key](s)) for f in filters)]
+        rows = [(key, s) for key, s in summaries if all(f.matches(_field(s, f.key)) for f in filters)]
         page, token = _page(rows, body, limit)
         return _with_token({"ResourceComplianceSummaryItems": page}, token)
 
@@ -364,7 +335,7 @@ class SsmComplianceExtension(Extension):
             if instance.state == "running" and instance.id not in unmanaged:
                 nodes[instance.id] = (_ec2_node(instance, now), instance.tags)
         for node_id in managed - set(ec2) - unmanaged:
-            nodes[node_id] = (_hybrid_node(node_id, now), {})
+            nodes[node_id] = (_ec2_node(_Ec2Instance(node_id, "hybrid", None, None, None, {}), now), {})
         for f in filters:
             if f.key == "InstanceIds":
                 unknown = [i for i in f.values if i not in ec2 and i not in managed]
@@ -472,7 +443,7 @@ def _item_entry(raw: Any, index: int) -> tuple[str, dict[str, Any]]:
     return key, entry
 
 
-def _compliance_filters(raw: Any, known: Mapping[str, Any]) -> list[_Filter]:
+def _compliance_filters(raw: Any, known: frozenset[str]) -> list[_Filter]:
     if raw is None:
         return []
     if not isinstance(raw, list):
@@ -510,13 +481,20 @@ def _instance_filters(body: Mapping[str, Any]) -> list[_Filter]:
             raise ApiError("ValidationException", "each filter must be an object")
         key, values = entry.get(names[0]), entry.get(names[1])
         if not isinstance(key, str) or not (
-            key in _INSTANCE_FILTER_KEYS or (not legacy and (key == "tag-key" or key.startswith("tag:")))
+            key == "InstanceIds"
+            or key in _INSTANCE_FILTER_FIELDS
+            or (not legacy and (key == "tag-key" or key.startswith("tag:")))
         ):
             raise ApiError("InvalidFilterKey", f"filter key {key!r} is not supported")
         if not isinstance(values, list) or not 1 <= len(values) <= 100 or not all(isinstance(v, str) for v in values):
             raise ApiError("InvalidInstanceInformationFilterValue", f"filter {key}: 1-100 string values")
         filters.append(_Filter(key, tuple(values), "EQUAL"))
     return filters
+
+
+def _field(entry: Mapping[str, Any], key: str) -> str | None:
+    value = entry[key] if key in entry else entry.get("ExecutionSummary", {}).get(key)
+    return None if value is None else str(value)
 
 
 def _instance_filter_matches(f: _Filter, node: Mapping[str, Any], tags: Mapping[str, str]) -> bool:
@@ -624,7 +602,9 @@ def _ec2_instance_exists(account_id: str, region: str, instance_id: str) -> bool
 
 
 def _ec2_node(instance: _Ec2Instance, now: float) -> dict[str, Any]:
+    """An InstanceInformation entry; a node that is not an EC2 instance is a hybrid (`ManagedInstance`) one."""
     windows = (instance.platform or "").lower() == "windows"
+    hybrid = instance.state == "hybrid"
     node: dict[str, Any] = {
         "InstanceId": instance.id,
         "PingStatus": "Online",
@@ -634,28 +614,12 @@ def _ec2_node(instance: _Ec2Instance, now: float) -> dict[str, Any]:
         "PlatformType": "Windows" if windows else "Linux",
         "PlatformName": "Microsoft Windows Server 2022 Datacenter" if windows else "Amazon Linux",
         "PlatformVersion": "10.0.20348" if windows else "2023",
-        "ResourceType": "EC2Instance",
+        "ResourceType": "ManagedInstance" if hybrid else "EC2Instance",
         "SourceId": instance.id,
-        "SourceType": "AWS::EC2::Instance",
+        "SourceType": "AWS::SSM::ManagedInstance" if hybrid else "AWS::EC2::Instance",
     }
     if instance.private_ip:
         node["IPAddress"] = instance.private_ip
     if instance.private_dns:
         node["ComputerName"] = instance.private_dns
     return node
-
-
-def _hybrid_node(node_id: str, now: float) -> dict[str, Any]:
-    return {
-        "InstanceId": node_id,
-        "PingStatus": "Online",
-        "LastPingDateTime": now,
-        "AgentVersion": AGENT_VERSION,
-        "IsLatestVersion": True,
-        "PlatformType": "Linux",
-        "PlatformName": "Amazon Linux",
-        "PlatformVersion": "2023",
-        "ResourceType": "ManagedInstance",
-        "SourceId": node_id,
-        "SourceType": "AWS::SSM::ManagedInstance",
-    }
