@@ -16,11 +16,14 @@ DECLARATIONS: dict[str, tuple[str, str]] = {
     "actions.iam_lockout": ("fleetwarden.actions.iam_lockout", "PERMISSIONS"),
     "actions.asg": ("fleetwarden.actions.asg", "PERMISSIONS"),
     "collect.spend": ("fleetwarden.collect.spend", "PERMISSIONS"),
+    "collect.compliance": ("fleetwarden.collect.compliance", "PERMISSIONS"),
+    "collect.inspector": ("fleetwarden.collect.inspector", "PERMISSIONS"),
+    "collect.config_aggregator": ("fleetwarden.collect.config_aggregator", "PERMISSIONS"),
     "config_source": ("fleetwarden.config_source", "PERMISSIONS"),
     "state.dynamodb": ("fleetwarden.state.dynamodb", "PERMISSIONS"),
 }
 # Parts that run with the hub's own credentials rather than the member-account role.
-HUB_PARTS = {"targets", "state.dynamodb", "config_source"}
+HUB_PARTS = {"targets", "state.dynamodb", "config_source", "collect.config_aggregator"}
 # Sinks that act inside each member account through the assumed role (Security Hub imports per account).
 MEMBER_SINKS = {"sinks.securityhub"}
 # Billing sources read through the payer account's billing role (`guard.spend.billing_account`).
