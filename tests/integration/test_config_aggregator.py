@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 from botocore.exceptions import ClientError
-from fleet import launch
+from fleet import ec2, launch
 
 from fleetwarden.aws.session import SessionFactory
-from fleetwarden.collect.config_aggregator import stopped_instances
+from fleetwarden.collect.config_aggregator import confirm_stopped, stopped_instances
 from fleetwarden.emulator.server import EmulatorServer
 
 A, B, C = "111111111111", "222222222222", "333333333333"
@@ -53,6 +53,24 @@ def test_stopped_instances_of_requested_accounts_and_regions(
     assert sorted(i.id for i in stopped_instances(client, "org", [B], ["us-east-1"])) == fleet["b_east"]
     # C is asked for but outside the aggregator: Config knows nothing of it.
     assert list(stopped_instances(client, "org", [C], ["us-east-1"])) == []
+
+
+def test_confirm_stopped_lets_ec2_decide(
+    aws: EmulatorServer, factory: SessionFactory, fleet: dict[str, list[str]]
+) -> None:
+    listed = list(stopped_instances(hub_config(factory), "org", [A], ["us-east-1"]))
+    assert sorted(i.id for i in listed) == sorted(fleet["a_east"])
+    # Config lags: one was started by hand and one terminated since it recorded them.
+    client = ec2(factory, A, "us-east-1")
+    started, gone = fleet["a_east"]
+    client.start_instances(InstanceIds=[started])
+    client.terminate_instances(InstanceIds=[gone])
+    assert confirm_stopped(client, listed) == []
+    client.stop_instances(InstanceIds=[started])
+    confirmed = confirm_stopped(client, listed)
+    assert [i.id for i in confirmed] == [started] and confirmed[0].volume_ids
+    with pytest.raises(ValueError):
+        confirm_stopped(client, listed + list(stopped_instances(hub_config(factory), "org", [B], ["us-east-1"])))
 
 
 def test_aggregator_regions_limit_the_answer(

@@ -3,8 +3,8 @@ queries (`SelectAggregateResourceConfig`), instead of one DescribeInstances swee
 
 Config's SQL has no parameter binding, so every value put into a query is first checked against a strict
 pattern (`validate_account_id`, `validate_region`); anything else raises ValueError before any call. Config
-records changes with a lag of minutes (docs/discovery.md): callers must treat the answer as a candidate list
-and re-check state with EC2 before acting.
+records changes with a lag of minutes (docs/discovery.md): the answer is a candidate list, and
+`confirm_stopped` re-checks it with EC2 before anything acts on it.
 """
 
 from __future__ import annotations
@@ -16,8 +16,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from ..model import Instance
+from .ec2 import instance_from_api
 
 PERMISSIONS = ("config:SelectAggregateResourceConfig",)
+# confirm_stopped reads EC2 with the member role (ec2:DescribeInstances, declared by collect.ec2).
+EC2_FILTER_CHUNK = 200
 RESOURCE_TYPE = "AWS::EC2::Instance"
 PAGE_SIZE = 100  # Config's maximum Limit
 # Config refuses expressions over 4,096 characters; 100 quoted account ids take about 1,600.
@@ -125,3 +128,29 @@ def stopped_instances(
         for page in pages:
             for result in page.get("Results", []):
                 yield instance_from_item(json.loads(result))
+
+
+def confirm_stopped(ec2_client: Any, instances: Sequence[Instance]) -> list[Instance]:
+    """The given instances (of one account-region) that EC2 says are stopped now, as EC2 describes them.
+
+    Config lags by minutes: an instance it lists as stopped may have been started (or terminated) since. Acting
+    on Config's word could start, and later stop, an instance someone else is running; so EC2 decides.
+    """
+    if not instances:
+        return []
+    account_id, region = instances[0].account_id, instances[0].region
+    if any((i.account_id, i.region) != (account_id, region) for i in instances):
+        raise ValueError("confirm_stopped takes the instances of one account-region")
+    ids = sorted({i.id for i in instances})
+    confirmed: list[Instance] = []
+    paginator = ec2_client.get_paginator("describe_instances")
+    # An instance-id filter, not InstanceIds: an id that is gone is simply absent instead of failing the call.
+    for start in range(0, len(ids), EC2_FILTER_CHUNK):
+        filters = [
+            {"Name": "instance-id", "Values": ids[start : start + EC2_FILTER_CHUNK]},
+            {"Name": "instance-state-name", "Values": ["stopped"]},
+        ]
+        for page in paginator.paginate(Filters=filters):
+            for reservation in page.get("Reservations", []):
+                confirmed += [instance_from_api(raw, account_id, region) for raw in reservation.get("Instances", [])]
+    return confirmed
