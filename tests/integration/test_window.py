@@ -187,3 +187,18 @@ def test_guard_does_not_count_window_instances(aws: EmulatorServer, tmp_path: Pa
     assert report["summary"]["running_by_account"][A] == 1  # the 5 window instances are not counted
     assert report["summary"]["tripped"] == []
     assert len(f) == 4
+
+
+def test_config_aggregator_discovery(aws: EmulatorServer, tmp_path: Path, factory: SessionFactory) -> None:
+    f = fleet(factory)
+    factory.client("config", region="us-east-1").put_configuration_aggregator(
+        ConfigurationAggregatorName="org-view",
+        AccountAggregationSources=[{"AccountIds": [A, B], "AllAwsRegions": True}],
+    )
+    config = window_config(tmp_path, aws.url, discovery={"type": "config-aggregator", "aggregator": "org-view"})
+    opened = cli("--config", str(config), "--json", "window", "open", "--apply")
+    assert opened.exit_code == 0, opened.stderr
+    started = {a["resource_id"] for a in opened.report["actions"] if a["outcome"] == "done"}
+    assert started == set(f["a_east_stopped"] + f["a_west_stopped"] + f["b_east_stopped"])
+    assert cli("--config", str(config), "--json", "window", "close", "--apply").exit_code == 0
+    assert all(v == "stopped" for k, v in all_states(factory, f).items() if k not in f["a_east_running"])

@@ -60,14 +60,16 @@ def new_window_id(ctx: RunContext) -> str:
 
 def _discover(ctx: RunContext, target: Target) -> list[Instance]:
     discovery = ctx.config.window.discovery
+    ec2 = ctx.factory.client("ec2", region=target.region, account_id=target.account_id)
     if discovery.type == "config-aggregator":
-        from ...collect.config_aggregator import stopped_instances
+        from ...collect.config_aggregator import confirm_stopped, stopped_instances
 
         assert discovery.aggregator is not None
         client = ctx.factory.client("config", region=ctx.config.aws.sts_region)
-        return list(stopped_instances(client, discovery.aggregator, [target.account_id], [target.region]))
-    client = ctx.factory.client("ec2", region=target.region, account_id=target.account_id)
-    return list(iter_instances(client, target.account_id, target.region, states=("stopped",)))
+        candidates = list(stopped_instances(client, discovery.aggregator, [target.account_id], [target.region]))
+        # Config lags by minutes: an instance started meanwhile must not be recorded as "stopped" in the ledger.
+        return confirm_stopped(ec2, candidates)
+    return list(iter_instances(ec2, target.account_id, target.region, states=("stopped",)))
 
 
 def _select(
