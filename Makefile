@@ -29,9 +29,16 @@ pytest: install
 
 test: lint typecheck pytest
 
-bench: install
-	$(BIN)/python -m pip install --quiet -e '.[bench]'
+# Cloud Custodian pins exact boto3/botocore versions, so it gets its own venv instead of changing .venv's.
+C7N_VENV := bench/.venv-c7n
+
+$(C7N_VENV)/.installed:
+	test -x $(C7N_VENV)/bin/python || $(PYTHON) -m venv $(C7N_VENV)
+	$(C7N_VENV)/bin/python -m pip install --quiet 'c7n>=0.9.40,<1' 'c7n-org>=0.6.39,<1'
+	touch $@
+
+bench: install $(C7N_VENV)/.installed
 	$(BIN)/python bench/bench_audit.py
 
 clean:
-	rm -rf $(VENV) demo-output .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(C7N_VENV) demo-output .pytest_cache .mypy_cache .ruff_cache
