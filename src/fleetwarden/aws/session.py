@@ -11,11 +11,13 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 import boto3
+import botocore.client
 import botocore.session
 from botocore.config import Config as BotoConfig
 from botocore.credentials import RefreshableCredentials
@@ -23,6 +25,45 @@ from botocore.credentials import RefreshableCredentials
 from ..config import AwsSettings
 
 log = logging.getLogger(__name__)
+
+
+# botocore builds a new client class (hundreds of generated methods; ~75% of the cost of a client and ~1.5 MB)
+# for every client. Sessions made by a SessionFactory share one class per (service, API version) instead:
+# the factory marks its sessions' event emitters with its class cache, and this wrapper, installed once, uses
+# the cache only for marked emitters (every other botocore session in the process is left as it was).
+_CACHE_ATTR = "_fleetwarden_client_classes"
+_install_lock = threading.Lock()
+_installed = False
+
+
+def _install_client_class_cache() -> None:
+    global _installed
+    with _install_lock:
+        if _installed:
+            return
+        original = botocore.client.ClientCreator._create_client_class
+
+        def create_client_class(self: Any, service_name: str, service_model: Any) -> Any:
+            cache = getattr(self._event_emitter, _CACHE_ATTR, None)
+            if cache is None:
+                return original(self, service_name, service_model)
+            key = (service_name, service_model.api_version)
+            with cache["lock"]:
+                cls = cache["classes"].get(key)
+                if cls is None:
+                    cls = cache["classes"][key] = original(self, service_name, service_model)
+            return cls
+
+        botocore.client.ClientCreator._create_client_class = create_client_class
+        _installed = True
+
+
+def _locked(lock: threading.RLock, method: Any) -> Any:
+    def call(*args: Any, **kwargs: Any) -> Any:
+        with lock:
+            return method(*args, **kwargs)
+
+    return call
 
 
 @dataclass(frozen=True)
@@ -69,12 +110,22 @@ class SessionFactory:
         self.endpoint_url = self.settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
         self.counter = ApiCallCounter()
         self._base = base_session or boto3.Session()
-        # One botocore data loader shared by every session, so service models load once per process.
+        # One botocore data loader shared by every session, so service models load once per process. Its
+        # caches are not locked: without this, every account's first client parses the same model at once.
         self._loader = self._base._session.get_component("data_loader")
+        loader_lock = threading.RLock()
+        for name in ("load_service_model", "load_data", "load_data_with_path"):
+            setattr(self._loader, name, _locked(loader_lock, getattr(self._loader, name)))
+        self._class_cache: dict[str, Any] = {"lock": threading.Lock(), "classes": {}}
+        _install_client_class_cache()
+        self._share_client_classes(self._base)
         self._lock = threading.Lock()
         self._sessions: dict[str, boto3.Session] = {}
         self._session_locks: dict[str, threading.Lock] = {}
-        self._clients: dict[tuple[str, str, str], Any] = {}
+        # Clients per (account, region, service), least recently used first; bounded so that memory does not
+        # grow with the number of targets (a client evicted while in use stays valid for its holder).
+        self._clients: OrderedDict[tuple[str, str, str], Any] = OrderedDict()
+        self._max_clients = max(64, 4 * self.settings.max_concurrency)
         self._accounts: dict[str, AccountAccess] = {}
         self._caller: dict[str, str] | None = None
         self.boto_config = BotoConfig(
@@ -150,7 +201,12 @@ class SessionFactory:
         bc_session = botocore.session.get_session()
         bc_session.register_component("data_loader", self._loader)
         bc_session._credentials = credentials
-        return boto3.Session(botocore_session=bc_session)
+        session = boto3.Session(botocore_session=bc_session)
+        self._share_client_classes(session)
+        return session
+
+    def _share_client_classes(self, session: boto3.Session) -> None:
+        setattr(session._session.get_component("event_emitter"), _CACHE_ATTR, self._class_cache)
 
     # -- clients --------------------------------------------------------------------------------------
     def _make_client(self, session: boto3.Session, service: str, region: str) -> Any:
@@ -168,6 +224,8 @@ class SessionFactory:
         key = (account_id or "", region, service)
         with self._lock:
             cached = self._clients.get(key)
+            if cached is not None:
+                self._clients.move_to_end(key)
         if cached is not None:
             return cached
         if account_id is None:
@@ -182,7 +240,10 @@ class SessionFactory:
                 return cached
             client = self._make_client(session, service, region)
         with self._lock:
-            return self._clients.setdefault(key, client)
+            client = self._clients.setdefault(key, client)
+            while len(self._clients) > self._max_clients:
+                self._clients.popitem(last=False)
+            return client
 
     def _lock_for_base(self) -> threading.Lock:
         with self._lock:
