@@ -1,7 +1,9 @@
-"""`fleetwarden demo`: the tag audit end to end on the embedded AWS emulator, no AWS account needed.
+"""`fleetwarden demo`: every job end to end on the embedded AWS emulator, no AWS account needed.
 
 Starts the emulator (moto server in-process on 127.0.0.1), seeds a small organization through boto3, writes a
-demo config next to the outputs, and runs `fleetwarden audit` in-process against it. Needs the `demo` extra.
+demo config next to the outputs, and runs in-process against it: `audit` (the main job, outputs in the output
+directory itself), then a `guard run` dry run, a scan window (`window run --apply`, Inspector simulated by the
+emulator) and `compliance sync --apply`, each into a subdirectory. Needs the `demo` extra.
 """
 
 from __future__ import annotations
@@ -71,18 +73,25 @@ def demo_config(output_dir: Path, topic_arn: str, role_name: str = "FleetWarden"
             "canary": {"tags": {"Name": "api-canary-{region}"}},
             "notify": ["ops"],
         },
+        # One account ("data") is given a low limit, so the guard's dry run shows a trip and its planned halt.
+        "guard": {"max_running_instances": 500, "lockout": {"exempt_users": ["alice"]}, "notify": ["ops"]},
+        "window": {"settle_minutes": 0, "wait_for_inspector": True, "timeout_minutes": 30},
+        "compliance": {"types": ["Custom:InSpec"], "notify": ["ops"]},
     }
 
 
 def _cli_audit(config_path: Path, output_dir: Path, apply: bool) -> int:
     """Run `fleetwarden audit` in-process; its exit code."""
+    return _cli(config_path, output_dir, "audit", *(["--apply"] if apply else []))
+
+
+def _cli(config_path: Path, output_dir: Path | None, *command: str) -> int:
+    """Run one fleetwarden command in-process; its exit code."""
     import click
 
     from .cli import main
 
-    args = ["--config", str(config_path), "--output-dir", str(output_dir), "audit"]
-    if apply:
-        args.append("--apply")
+    args = ["--config", str(config_path), *(["--output-dir", str(output_dir)] if output_dir else []), *command]
     try:
         result = main(args, standalone_mode=False)
     except SystemExit as exc:  # the CLI's commands end with sys.exit(code)
@@ -156,11 +165,144 @@ def run_demo(
             )
             code = _cli_audit(config_path, output_dir, apply)
             notifications = _drain(server.url, seeded.queue_url, seeded.topic_arn.split(":")[3])
+            jobs = _other_jobs(server, seeded, config_path, output_dir, out)
+            notifications += _drain(server.url, seeded.queue_url, seeded.topic_arn.split(":")[3])
     finally:
         server.stop()
     found = _found(output_dir / "run.json")
     _summary(out, output_dir, config_path, seeded.violators, found, notifications, code, apply)
+    for line in jobs:
+        print(line, file=out, flush=True)
     return code
+
+
+def _other_jobs(server: Any, seeded: Any, config_path: Path, output_dir: Path, out: TextIO) -> list[str]:
+    """The guard (dry run), a scan window and a compliance sync on the same emulator; summary lines."""
+    data = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+    last = data["accounts"][-1]["id"]
+    # A limit at half of what the last account runs: the guard's dry run shows that account tripping.
+    data["accounts"][-1]["guard"] = {"max_running_instances": len(seeded.ids(account_id=last, state="running")) // 2}
+    config_path.write_text(
+        "# Written by `fleetwarden demo`: the emulator's accounts, regions and alert topic.\n"
+        + yaml.safe_dump(data, sort_keys=False),
+        encoding="utf-8",
+    )
+    lines = ["", "the other jobs on the same fleet:"]
+
+    def run(label: str, sub: str, *command: str) -> dict[str, Any]:
+        print(f"running: fleetwarden --config {config_path} {' '.join(command)}", file=out, flush=True)
+        code = _cli(config_path, output_dir / sub, "-q", *command)
+        try:
+            report: dict[str, Any] = json.loads((output_dir / sub / "run.json").read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            report = {}
+        lines.append(f"  {label} (exit code {code}): {output_dir / sub / 'report.html'}")
+        return report
+
+    guard = run("guard dry run", "guard", "guard", "run")
+    summary = guard.get("summary", {})
+    planned = sum(1 for a in guard.get("actions", []) if a.get("action") == "stop" and a.get("outcome") == "planned")
+    lines.append(f"    tripped: {', '.join(summary.get('tripped', [])) or 'none'}; planned stops: {planned}")
+
+    # The canaries stay as they are: do-not-start exceptions keep the scan window away from them.
+    for (account_id, region), instance_id in sorted(seeded.canaries.items()):
+        _cli(
+            config_path,
+            None,
+            "-q",
+            "exceptions",
+            "add",
+            "--kind",
+            "do-not-start",
+            "--account",
+            account_id,
+            "--region",
+            region,
+            "--resource-id",
+            instance_id,
+            "--reason",
+            "region canary",
+            "--owner",
+            "demo",
+        )
+    _seed_inspector(server, seeded)
+    window = run("scan window", "window", "window", "run", "--apply")
+    started = sum(1 for a in window.get("actions", []) if a.get("action") == "start" and a.get("outcome") == "done")
+    stopped = sum(1 for a in window.get("actions", []) if a.get("action") == "stop" and a.get("outcome") == "done")
+    lines.append(
+        f"    started {started} stopped instances for Inspector, collected {len(window.get('findings', []))} "
+        f"findings, stopped {stopped} again"
+    )
+
+    _seed_compliance(server, seeded)
+    compliance = run("compliance sync", "compliance", "compliance", "sync", "--apply")
+    csum = compliance.get("summary", {})
+    lines.append(
+        f"    {csum.get('instances_scanned', 0)} instances scanned, {csum.get('new', 0)} new non-compliant items "
+        "(alerted once through the SNS sink)"
+    )
+    return lines
+
+
+def _seed_inspector(server: Any, seeded: Any) -> None:
+    """Inspector scans what runs at first sight; a stopped instance per account carries two findings."""
+    server.client._json("/_fleetwarden/inspector2/coverage", {"rule": {"scan_after_polls": 0}})
+    for account_id in (a.id for a in seeded.accounts):
+        stopped = sorted(seeded.ids("compliant", account_id=account_id, region="us-east-1", state="stopped"))
+        canaries = set(seeded.canaries.values())
+        targets = [i for i in stopped if i not in canaries][:1]
+        findings = [
+            {
+                "awsAccountId": account_id,
+                "severity": severity,
+                "title": f"{cve} - {package}",
+                "description": f"{package} is vulnerable ({cve})",
+                "resources": [{"type": "AWS_EC2_INSTANCE", "id": instance_id}],
+                "packageVulnerabilityDetails": {"vulnerabilityId": cve},
+            }
+            for instance_id in targets
+            for cve, package, severity in (("CVE-2024-6387", "openssh", "CRITICAL"), ("CVE-2023-4911", "glibc", "HIGH"))
+        ]
+        if findings:
+            server.client._json("/_fleetwarden/inspector2/findings", {"region": "us-east-1", "findings": findings})
+
+
+def _seed_compliance(server: Any, seeded: Any) -> None:
+    """InSpec results for a few running instances per target, some failing."""
+    from datetime import UTC, datetime
+
+    from .aws.session import AccountAccess, SessionFactory
+    from .config import AwsSettings
+
+    factory = SessionFactory(AwsSettings(endpoint_url=server.url), run_id="demo-seed")
+    now = datetime.now(UTC)
+    for account_id in (a.id for a in seeded.accounts):
+        factory.register_account(AccountAccess(account_id, seeded.role_arn(account_id)))
+        for region in seeded.regions:
+            ssm = factory.client("ssm", region=region, account_id=account_id)
+            running = sorted(seeded.ids("compliant", account_id=account_id, region=region, state="running"))[:3]
+            for n, instance_id in enumerate(running):
+                ssm.put_compliance_items(
+                    ResourceId=instance_id,
+                    ResourceType="ManagedInstance",
+                    ComplianceType="Custom:InSpec",
+                    ExecutionSummary={"ExecutionTime": now, "ExecutionId": "demo", "ExecutionType": "Command"},
+                    Items=[
+                        {
+                            "Id": "sshd-01",
+                            "Title": "Disable SSH root login",
+                            "Severity": "HIGH",
+                            "Status": "NON_COMPLIANT" if n == 0 else "COMPLIANT",
+                        },
+                        {
+                            "Id": "os-05",
+                            "Title": "Check login.defs",
+                            "Severity": "MEDIUM",
+                            "Status": "NON_COMPLIANT" if n < 2 else "COMPLIANT",
+                        },
+                    ],
+                    UploadType="COMPLETE",
+                )
 
 
 def _drain(url: str, queue_url: str | None, region: str) -> int:

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.integration
 def test_demo_audits_the_seeded_fleet_and_writes_the_report(aws: EmulatorServer, tmp_path: Path) -> None:
     endpoint_before = os.environ.get("AWS_ENDPOINT_URL")
     out = io.StringIO()
-    code = run_demo(tmp_path / "demo-output", instances_per_target=6, stream=out)
+    code = run_demo(tmp_path / "demo-output", stream=out)  # the real demo fleet
     text = out.getvalue()
     assert code == 0, text
     assert "exactly the seeded violators" in text
@@ -32,6 +32,18 @@ def test_demo_audits_the_seeded_fleet_and_writes_the_report(aws: EmulatorServer,
     report = json.loads((output_dir / "run.json").read_text())
     assert {t["status"] for t in report["targets"]} == {"ok"} and len(report["targets"]) == 9
     assert all(d["outcome"] == "sent" for d in report["deliveries"])
-    assert "alerts published to the SNS topic: 1" in text
+    assert "alerts published to the SNS topic: 2" in text  # the audit's summary and the compliance alert
+    # the other jobs ran on the same fleet and wrote their own outputs
+    guard = json.loads((output_dir / "guard" / "run.json").read_text())
+    assert guard["dry_run"] is True and guard["summary"]["tripped"] == ["333333333333"]
+    window = json.loads((output_dir / "window" / "run.json").read_text())
+    started = {a["resource_id"] for a in window["actions"] if a["action"] == "start" and a["outcome"] == "done"}
+    stopped = {a["resource_id"] for a in window["actions"] if a["action"] == "stop" and a["outcome"] == "done"}
+    assert started and started == stopped
+    canaries = [a for a in window["actions"] if a["outcome"] == "skipped" and "region canary" in a["reason"]]
+    assert len(canaries) == 9  # do-not-start exceptions keep the window away from the canaries
+    assert {f["check"] for f in window["findings"]} == {"inspector"}
+    compliance = json.loads((output_dir / "compliance" / "run.json").read_text())
+    assert compliance["summary"]["new"] > 0 and compliance["deliveries"][0]["outcome"] == "sent"
     # The demo's environment is restored afterwards.
     assert os.environ.get("AWS_ENDPOINT_URL") == endpoint_before
