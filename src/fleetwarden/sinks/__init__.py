@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import s3, securityhub, slack, sns  # noqa: F401  (registers the plugins)
+from . import email, opensearch, s3, securityhub, slack, sns  # noqa: F401  (registers the plugins)
 from .base import Attachment, Notification, Sink, SinkConfig, SinkContext, build_sink, deliver, sink_registry
 
 __all__ = [
