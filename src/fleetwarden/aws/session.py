@@ -159,6 +159,11 @@ class SessionFactory:
             self._caller = {"account_id": ident["Account"], "arn": ident["Arn"], "user_id": ident["UserId"]}
         return self._caller
 
+    def credentials(self) -> Any:
+        """The base credentials (botocore refreshes them), for clients that sign requests themselves (SigV4
+        for OpenSearch); None when there are none."""
+        return self._base.get_credentials()
+
     # -- sessions -------------------------------------------------------------------------------------
     def _session_for(self, account_id: str) -> tuple[boto3.Session, threading.Lock]:
         with self._lock:

@@ -243,9 +243,7 @@ class OpenSearchSink(Sink):
             from opensearchpy import Urllib3AWSV4SignerAuth
 
             # The base credentials (the principal fleetwarden runs as), refreshed by botocore when they expire.
-            # No client is made here; SessionFactory has no public accessor for them yet (a `credentials()`
-            # method there would replace this reach into its base session).
-            credentials = self.context.factory._base.get_credentials()
+            credentials = self.context.factory.credentials()
             if credentials is None:
                 raise OpenSearchError("OpenSearch aws-sigv4: no AWS credentials found to sign the requests with")
             return Urllib3AWSV4SignerAuth(credentials, auth.region, auth.service)
@@ -279,6 +277,12 @@ class OpenSearchSink(Sink):
         )
 
     def send(self, notification: Notification, report: RunReport) -> None:
+        try:
+            import opensearchpy  # noqa: F401  (an optional dependency: the `opensearch` extra)
+        except ImportError:
+            raise OpenSearchError(
+                "the opensearch sink needs opensearch-py: pip install 'fleetwarden[opensearch]'"
+            ) from None
         from opensearchpy import helpers
         from opensearchpy.exceptions import ImproperlyConfigured, OpenSearchException, TransportError
 

@@ -256,10 +256,15 @@ def run_audit(ctx: RunContext, options: AuditOptions) -> RunReport:
             ]
 
     report.summary = _summary(report, audits, over_limit, limit)
+    report.summary["required_tags"] = list(config.audit.required_tags)
     if config.audit.notify:
         from ..output import summary_subject, summary_text
 
-        notification = Notification(subject=summary_subject(report), text=summary_text(report))
+        notification = Notification(
+            subject=summary_subject(report),
+            text=summary_text(report),
+            data={"required_tags": list(config.audit.required_tags)},
+        )
         report.deliveries = deliver(config.audit.notify, config.sinks, notification, report, ctx.sink_context)
     report.finished_at = ctx.clock()
     return report
