@@ -624,6 +624,28 @@ def permissions(ctx: click.Context) -> None:
     click.echo(json.dumps(policy_documents(config), indent=2))
 
 
+@main.group("deploy")
+def deploy_group() -> None:
+    """Deployment: the CloudFormation templates, generated from the permissions the code declares."""
+
+
+@deploy_group.command("render")
+@click.option(
+    "--kind", required=True, type=click.Choice(["member", "hub"]), help="member: the StackSet role; hub: the hub stack."
+)
+@click.option(
+    "--state-machine",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    help="The scan-window ASL for the hub (default deploy/statemachines/scan-window.asl.json).",
+)
+@handle_errors
+def deploy_render(kind: str, state_machine: Path | None) -> None:
+    """Print a CloudFormation template as YAML: what deploy/templates/ holds (see docs/deploy-templates.md)."""
+    from .deploy import render
+
+    click.echo(render(kind, state_machine), nl=False)
+
+
 @main.command()
 @click.option("--apply", is_flag=True, help="Also run the audit with --apply (stops violators in the emulator).")
 @global_options

@@ -1,0 +1,471 @@
+"""The CloudFormation templates that deploy fleetwarden, generated from the parts' IAM declarations.
+
+Two templates (see docs/deploy-templates.md):
+
+- `member_role_template()`: the role each member account gives the hub (deployed as a StackSet), trusted by the
+  hub account with an external id, its policy `policy_documents()["member_role"]`;
+- `hub_template()`: the hub stack: the DynamoDB state table, the SNS alerts topic, the Lambda functions and their
+  role (`policy_documents()["hub"]` plus logs), the EventBridge schedules, and the scan-window state machine
+  (its definition read from `deploy/statemachines/scan-window.asl.json`).
+
+`render(kind)` is the YAML checked in under `deploy/templates/`; a unit test regenerates it and fails when the
+checked-in file is stale, so the templates stay in step with what the code declares (STYLE.md habit 3).
+Intrinsic functions are written in long form (`{"Ref": ...}`, `{"Fn::GetAtt": [...]}`), so plain YAML works.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import yaml
+
+from .errors import UsageError
+from .permissions import policy_documents
+from .state.dynamodb import TTL_ATTRIBUTE
+
+Kind = Literal["member", "hub"]
+KINDS: tuple[str, ...] = get_args(Kind)
+Template = dict[str, Any]
+
+HANDLER = "fleetwarden.lambda_handler.handler"
+RUNTIME = "python3.12"
+TIMEOUT_SECONDS = 900
+# The state table's keys: what `DynamoDbStore.init()` creates (tests/unit/test_deploy.py compares the two).
+TABLE_KEYS: tuple[tuple[str, str], ...] = (("pk", "HASH"), ("sk", "RANGE"))
+# Where the scan-window definition lives in the source tree, and the substitution its Task states use for the
+# worker function's ARN (`"Resource": "${FleetwardenFunctionArn}"`).
+STATE_MACHINE_FILE = Path("deploy/statemachines/scan-window.asl.json")
+FUNCTION_ARN_SUBSTITUTION = "FleetwardenFunctionArn"
+TEMPLATE_FILES: dict[str, Path] = {
+    "member": Path("deploy/templates/member-role.yaml"),
+    "hub": Path("deploy/templates/hub.yaml"),
+}
+REGENERATE = "fleetwarden deploy render --kind {kind} > {path}"
+
+# (rule resource, schedule parameter, default expression, the event the rule delivers, target function).
+# The guard runs on its own function (reserved concurrency 1); everything else on the worker function.
+SCHEDULES: tuple[tuple[str, str, str, dict[str, Any], str], ...] = (
+    ("GuardScheduleRule", "GuardSchedule", "rate(5 minutes)", {"action": "guard", "apply": True}, "GuardFunction"),
+    ("AuditScheduleRule", "AuditSchedule", "cron(0 6 * * ? *)", {"action": "audit"}, "Function"),
+    (
+        "ComplianceReportScheduleRule",
+        "ComplianceReportSchedule",
+        "cron(0 7 1 * ? *)",
+        {"action": "compliance-report"},
+        "Function",
+    ),
+)
+SCAN_WINDOW_SCHEDULE = "cron(0 2 ? * SUN *)"
+# SSM State Manager association state changes: the handler keeps only the configured associations.
+SSM_ASSOCIATION_PATTERN: dict[str, Any] = {
+    "source": ["aws.ssm"],
+    "detail-type": ["EC2 State Manager Association State Change"],
+}
+
+
+def _ref(name: str) -> dict[str, Any]:
+    return {"Ref": name}
+
+
+def _att(resource: str, attribute: str = "Arn") -> dict[str, Any]:
+    return {"Fn::GetAtt": [resource, attribute]}
+
+
+def _sub(text: str) -> dict[str, Any]:
+    return {"Fn::Sub": text}
+
+
+def _trust(service_or_principal: dict[str, Any], condition: dict[str, Any] | None = None) -> dict[str, Any]:
+    statement: dict[str, Any] = {"Effect": "Allow", "Principal": service_or_principal, "Action": "sts:AssumeRole"}
+    if condition:
+        statement["Condition"] = condition
+    return {"Version": "2012-10-17", "Statement": [statement]}
+
+
+def _policy(name: str, statements: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"PolicyName": name, "PolicyDocument": {"Version": "2012-10-17", "Statement": statements}}
+
+
+def _allow(actions: list[str], resources: Any) -> dict[str, Any]:
+    return {"Effect": "Allow", "Action": actions, "Resource": resources}
+
+
+# -- member-account role -------------------------------------------------------------------------------------
+def member_role_template(role_name: str = "FleetWarden") -> Template:
+    """The member-account role (deployed to every member account as a StackSet), trusted by the hub account."""
+    return {
+        "AWSTemplateFormatVersion": "2010-09-09",
+        "Description": (
+            "fleetwarden member-account role: assumed by the hub account (with an external id) to audit, guard "
+            "and scan this account's EC2 fleet. Generated from the code's permission declarations: do not edit."
+        ),
+        "Parameters": {
+            "HubAccountId": {
+                "Type": "String",
+                "AllowedPattern": r"^\d{12}$",
+                "ConstraintDescription": "a 12-digit AWS account id",
+                "Description": "The account where the hub stack (fleetwarden's Lambda functions) runs.",
+            },
+            "ExternalId": {
+                "Type": "String",
+                "NoEcho": True,
+                "MinLength": 2,
+                "MaxLength": 1224,
+                "AllowedPattern": r"^[\w+=,.@:/-]+$",
+                "Description": "The external id the hub passes when it assumes the role (the config's external_id).",
+            },
+            "RoleName": {
+                "Type": "String",
+                "Default": role_name,
+                "Description": "The role's name (the config's organization.role_name).",
+            },
+        },
+        "Resources": {
+            "FleetWardenRole": {
+                "Type": "AWS::IAM::Role",
+                "Properties": {
+                    "RoleName": _ref("RoleName"),
+                    "Description": "fleetwarden: assumed by the hub account",
+                    "MaxSessionDuration": 3600,
+                    "AssumeRolePolicyDocument": _trust(
+                        {"AWS": _sub("arn:${AWS::Partition}:iam::${HubAccountId}:root")},
+                        {"StringEquals": {"sts:ExternalId": _ref("ExternalId")}},
+                    ),
+                    "Policies": [
+                        {"PolicyName": "fleetwarden-member", "PolicyDocument": policy_documents()["member_role"]}
+                    ],
+                },
+            }
+        },
+        "Outputs": {
+            "RoleArn": {"Description": "The role the hub assumes in this account", "Value": _att("FleetWardenRole")},
+        },
+    }
+
+
+# -- hub stack -----------------------------------------------------------------------------------------------
+def _hub_parameters() -> dict[str, Any]:
+    parameters: dict[str, Any] = {
+        "CodeBucket": {"Type": "String", "Description": "S3 bucket holding the Lambda package (zip)."},
+        "CodeKey": {
+            "Type": "String",
+            "Default": "fleetwarden-lambda.zip",
+            "Description": "S3 key of the Lambda package: `pip install fleetwarden -t build/`, zipped.",
+        },
+        "ConfigReference": {
+            "Type": "String",
+            "AllowedPattern": r"^(s3://[^/]+/.+|ssm:/.+)$",
+            "ConstraintDescription": "s3://BUCKET/KEY or ssm:/NAME",
+            "Description": "Where the functions read fleetwarden.yaml (FLEETWARDEN_CONFIG).",
+        },
+        "Disabled": {
+            "Type": "String",
+            "Default": "false",
+            "AllowedValues": ["false", "true"],
+            "Description": "FLEETWARDEN_DISABLED: true makes every invocation a no-op (a kill switch for fleetwarden).",
+        },
+        "FunctionName": {
+            "Type": "String",
+            "Default": "fleetwarden",
+            "Description": "Name of the worker function; the guard's is <name>-guard, the state machine's too.",
+        },
+        "TableName": {
+            "Type": "String",
+            "Default": "fleetwarden-state",
+            "Description": "The DynamoDB state table (the config's state: dynamodb://<name>?region=<region>).",
+        },
+        "AlertsTopicName": {"Type": "String", "Default": "fleetwarden-alerts", "Description": "The SNS alerts topic."},
+        "MemorySize": {"Type": "Number", "Default": 1024, "MinValue": 256, "MaxValue": 10240},
+        "LogRetentionDays": {"Type": "Number", "Default": 90, "Description": "How long the functions' logs are kept."},
+        "RulesState": {
+            "Type": "String",
+            "Default": "ENABLED",
+            "AllowedValues": ["ENABLED", "DISABLED"],
+            "Description": "State of every EventBridge rule (DISABLED: deploy, invoke by hand, then enable).",
+        },
+    }
+    for _rule, parameter, default, event, _target in SCHEDULES:
+        parameters[parameter] = {
+            "Type": "String",
+            "Default": default,
+            "Description": f"EventBridge schedule for {json.dumps(event)}.",
+        }
+    parameters["ScanWindowSchedule"] = {
+        "Type": "String",
+        "Default": SCAN_WINDOW_SCHEDULE,
+        "Description": "EventBridge schedule of the scan-window state machine.",
+    }
+    return parameters
+
+
+def _function(name: Any, role: str, reserved: int | None) -> dict[str, Any]:
+    properties: dict[str, Any] = {
+        "FunctionName": name,
+        "Description": "fleetwarden (see docs/lambda.md)",
+        "Runtime": RUNTIME,
+        "Handler": HANDLER,
+        "Code": {"S3Bucket": _ref("CodeBucket"), "S3Key": _ref("CodeKey")},
+        "Role": _att(role),
+        "Timeout": TIMEOUT_SECONDS,
+        "MemorySize": _ref("MemorySize"),
+        "Environment": {
+            "Variables": {"FLEETWARDEN_CONFIG": _ref("ConfigReference"), "FLEETWARDEN_DISABLED": _ref("Disabled")}
+        },
+    }
+    if reserved is not None:
+        properties["ReservedConcurrentExecutions"] = reserved
+    return {"Type": "AWS::Lambda::Function", "Properties": properties}
+
+
+def _log_group(name: str) -> dict[str, Any]:
+    return {
+        "Type": "AWS::Logs::LogGroup",
+        "Properties": {
+            "LogGroupName": _sub(name),
+            "RetentionInDays": _ref("LogRetentionDays"),
+        },
+    }
+
+
+def _schedule_rule(parameter: str, description: str, target: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "Type": "AWS::Events::Rule",
+        "Properties": {
+            "Description": description,
+            "ScheduleExpression": _ref(parameter),
+            "State": _ref("RulesState"),
+            "Targets": [target],
+        },
+    }
+
+
+def _invoke_permission(function: str, rule: str) -> dict[str, Any]:
+    return {
+        "Type": "AWS::Lambda::Permission",
+        "Properties": {
+            "FunctionName": _att(function),
+            "Action": "lambda:InvokeFunction",
+            "Principal": "events.amazonaws.com",
+            "SourceArn": _att(rule),
+        },
+    }
+
+
+def hub_template(state_machine_definition: dict[str, Any]) -> Template:
+    """The hub stack: state table, alerts topic, functions and role, schedules, and the scan-window state machine.
+
+    `state_machine_definition` is the ASL of `deploy/statemachines/scan-window.asl.json`; its Task states name
+    the worker function as `${FleetwardenFunctionArn}` (a DefinitionSubstitutions key).
+    """
+    worker_logs = "/aws/lambda/${FunctionName}"
+    guard_logs = "/aws/lambda/${FunctionName}-guard"
+    resources: dict[str, Any] = {
+        "StateTable": {
+            "Type": "AWS::DynamoDB::Table",
+            # The findings, exceptions and journal outlive the stack: deleting the stack keeps the table.
+            "DeletionPolicy": "Retain",
+            "UpdateReplacePolicy": "Retain",
+            "Properties": {
+                "TableName": _ref("TableName"),
+                "BillingMode": "PAY_PER_REQUEST",
+                "AttributeDefinitions": [{"AttributeName": name, "AttributeType": "S"} for name, _ in TABLE_KEYS],
+                "KeySchema": [{"AttributeName": name, "KeyType": key_type} for name, key_type in TABLE_KEYS],
+                "TimeToLiveSpecification": {"AttributeName": TTL_ATTRIBUTE, "Enabled": True},
+                "PointInTimeRecoverySpecification": {"PointInTimeRecoveryEnabled": True},
+                "SSESpecification": {"SSEEnabled": True},
+            },
+        },
+        "AlertsTopic": {"Type": "AWS::SNS::Topic", "Properties": {"TopicName": _ref("AlertsTopicName")}},
+        "FunctionRole": {
+            "Type": "AWS::IAM::Role",
+            "Properties": {
+                "Description": "fleetwarden hub: the functions' role (assumes the member-account roles)",
+                "AssumeRolePolicyDocument": _trust({"Service": "lambda.amazonaws.com"}),
+                "Policies": [
+                    {"PolicyName": "fleetwarden-hub", "PolicyDocument": policy_documents()["hub"]},
+                    _policy(
+                        "fleetwarden-logs",
+                        [
+                            _allow(
+                                ["logs:CreateLogStream", "logs:PutLogEvents"],
+                                [
+                                    _sub(
+                                        f"arn:${{AWS::Partition}}:logs:${{AWS::Region}}:${{AWS::AccountId}}:log-group:{g}:*"
+                                    )
+                                    for g in (worker_logs, guard_logs)
+                                ],
+                            )
+                        ],
+                    ),
+                ],
+            },
+        },
+        "FunctionLogGroup": _log_group(worker_logs),
+        "GuardFunctionLogGroup": _log_group(guard_logs),
+        "Function": {
+            **_function(_ref("FunctionName"), "FunctionRole", None),
+            "DependsOn": ["FunctionLogGroup"],
+        },
+        # The guard has its own function so that a long audit or a scan-window fan-out never delays it, and
+        # reserved concurrency 1 so that two guard runs never overlap (a late one waits, then runs).
+        "GuardFunction": {
+            **_function(_sub("${FunctionName}-guard"), "FunctionRole", 1),
+            "DependsOn": ["GuardFunctionLogGroup"],
+        },
+    }
+    for rule, parameter, _default, event, target in SCHEDULES:
+        resources[rule] = _schedule_rule(
+            parameter,
+            f"fleetwarden: {json.dumps(event)}",
+            {"Id": "fleetwarden", "Arn": _att(target), "Input": json.dumps(event)},
+        )
+        resources[f"{rule}Permission"] = _invoke_permission(target, rule)
+    resources["ComplianceSyncRule"] = {
+        "Type": "AWS::Events::Rule",
+        "Properties": {
+            "Description": "fleetwarden: SSM association state changes -> compliance sync",
+            "EventPattern": SSM_ASSOCIATION_PATTERN,
+            "State": _ref("RulesState"),
+            "Targets": [{"Id": "fleetwarden", "Arn": _att("Function")}],
+        },
+    }
+    resources["ComplianceSyncRulePermission"] = _invoke_permission("Function", "ComplianceSyncRule")
+    resources.update(_scan_window_resources(state_machine_definition))
+    return {
+        "AWSTemplateFormatVersion": "2010-09-09",
+        "Description": (
+            "fleetwarden hub: state table, alerts topic, Lambda functions, schedules and the scan-window state "
+            "machine. Generated from the code's permission declarations: do not edit."
+        ),
+        "Parameters": _hub_parameters(),
+        "Resources": resources,
+        "Outputs": _hub_outputs(),
+    }
+
+
+def _scan_window_resources(definition: dict[str, Any]) -> dict[str, Any]:
+    function_arns = [_att("Function"), _sub("${Function.Arn}:*")]
+    return {
+        "ScanWindowRole": {
+            "Type": "AWS::IAM::Role",
+            "Properties": {
+                "Description": "fleetwarden hub: the scan-window state machine (invokes the worker function)",
+                "AssumeRolePolicyDocument": _trust({"Service": "states.amazonaws.com"}),
+                "Policies": [_policy("fleetwarden-invoke", [_allow(["lambda:InvokeFunction"], function_arns)])],
+            },
+        },
+        "ScanWindowStateMachine": {
+            "Type": "AWS::StepFunctions::StateMachine",
+            "Properties": {
+                "StateMachineName": _sub("${FunctionName}-scan-window"),
+                "RoleArn": _att("ScanWindowRole"),
+                "DefinitionString": json.dumps(definition, indent=2) + "\n",
+                "DefinitionSubstitutions": {FUNCTION_ARN_SUBSTITUTION: _att("Function")},
+            },
+        },
+        "ScanWindowScheduleRole": {
+            "Type": "AWS::IAM::Role",
+            "Properties": {
+                "Description": "fleetwarden hub: lets the schedule start the scan-window state machine",
+                "AssumeRolePolicyDocument": _trust({"Service": "events.amazonaws.com"}),
+                "Policies": [
+                    _policy("fleetwarden-start", [_allow(["states:StartExecution"], _ref("ScanWindowStateMachine"))])
+                ],
+            },
+        },
+        "ScanWindowScheduleRule": _schedule_rule(
+            "ScanWindowSchedule",
+            "fleetwarden: the weekly scan window",
+            {
+                "Id": "fleetwarden",
+                "Arn": _ref("ScanWindowStateMachine"),
+                "RoleArn": _att("ScanWindowScheduleRole"),
+                "Input": "{}",
+            },
+        ),
+    }
+
+
+def _hub_outputs() -> dict[str, Any]:
+    return {
+        "StateUrl": {
+            "Description": "The config's `state:` value",
+            "Value": _sub("dynamodb://${StateTable}?region=${AWS::Region}"),
+        },
+        "StateTableName": {"Value": _ref("StateTable")},
+        "AlertsTopicArn": {"Description": "For a sink {type: sns, topic_arn: ...}", "Value": _ref("AlertsTopic")},
+        "FunctionArn": {"Value": _att("Function")},
+        "GuardFunctionArn": {"Value": _att("GuardFunction")},
+        "FunctionRoleArn": {
+            "Description": "The principal that assumes the member-account roles",
+            "Value": _att("FunctionRole"),
+        },
+        "ScanWindowStateMachineArn": {"Value": _ref("ScanWindowStateMachine")},
+    }
+
+
+# -- files and rendering ---------------------------------------------------------------------------------------
+def source_root() -> Path:
+    """The source tree's root (where `deploy/` lives) when running from a checkout."""
+    return Path(__file__).resolve().parents[2]
+
+
+def load_state_machine(path: Path | None = None) -> dict[str, Any]:
+    """The scan-window ASL: `path`, else ./deploy/statemachines/scan-window.asl.json, else the checkout's."""
+    candidates = [path] if path is not None else [Path.cwd() / STATE_MACHINE_FILE, source_root() / STATE_MACHINE_FILE]
+    for candidate in candidates:
+        if candidate.is_file():
+            try:
+                loaded = json.loads(candidate.read_text())
+            except ValueError as exc:
+                raise UsageError(f"{candidate}: not valid JSON: {exc}") from None
+            if not isinstance(loaded, dict) or "States" not in loaded:
+                raise UsageError(f"{candidate}: not a Step Functions definition (no States)")
+            return loaded
+    where = " or ".join(str(c) for c in candidates)
+    raise UsageError(f"the scan-window state machine definition is not found: {where} (give its path)")
+
+
+def template(kind: str, state_machine: Path | None = None) -> Template:
+    """The template of one kind (`member` or `hub`) as a dict."""
+    if kind == "member":
+        return member_role_template()
+    if kind == "hub":
+        return hub_template(load_state_machine(state_machine))
+    raise UsageError(f"unknown template kind {kind!r}: expected one of {', '.join(KINDS)}")
+
+
+class _Dumper(yaml.SafeDumper):
+    """Safe YAML, with multi-line strings (the state machine definition) as readable literal blocks."""
+
+
+def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_Dumper.add_representer(str, _str)
+
+
+def render(kind: str, state_machine: Path | None = None) -> str:
+    """The template as YAML, with a header saying how it was made (what `deploy/templates/` holds)."""
+    body = yaml.dump(template(kind, state_machine), Dumper=_Dumper, sort_keys=False, width=120)
+    command = REGENERATE.format(kind=kind, path=TEMPLATE_FILES[kind])
+    return (
+        f"# Generated by `{command}` from the IAM permissions the code declares.\n"
+        "# Do not edit: change the code (src/fleetwarden/deploy.py, the declarations) and regenerate.\n"
+        f"{body}"
+    )
+
+
+__all__ = [
+    "KINDS",
+    "TEMPLATE_FILES",
+    "hub_template",
+    "load_state_machine",
+    "member_role_template",
+    "render",
+    "template",
+]

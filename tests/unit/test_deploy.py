@@ -1,0 +1,255 @@
+"""The deploy templates: in step with the permission declarations, the state store and the Lambda events."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any, cast
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+from click.testing import CliRunner
+
+from fleetwarden import deploy
+from fleetwarden.aws.session import SessionFactory
+from fleetwarden.cli import main
+from fleetwarden.events import parse_event
+from fleetwarden.permissions import policy_documents
+from fleetwarden.state.dynamodb import TTL_ATTRIBUTE, DynamoDbStore
+
+ROOT = Path(__file__).resolve().parents[2]
+EVENTS = ROOT / "tests" / "events"
+PSEUDO = {"AWS::Partition", "AWS::Region", "AWS::AccountId", "AWS::StackName", "AWS::URLSuffix", "AWS::NoValue"}
+
+
+@pytest.fixture(scope="module")
+def member() -> dict[str, Any]:
+    return deploy.member_role_template()
+
+
+@pytest.fixture(scope="module")
+def hub() -> dict[str, Any]:
+    return deploy.template("hub")
+
+
+def _actions(document: dict[str, Any]) -> set[str]:
+    actions: set[str] = set()
+    for statement in document["Statement"]:
+        value = statement["Action"]
+        actions.update([value] if isinstance(value, str) else value)
+    return actions
+
+
+def _of_type(template: dict[str, Any], kind: str) -> dict[str, dict[str, Any]]:
+    return {name: r for name, r in template["Resources"].items() if r["Type"] == kind}
+
+
+def _policy(resource: dict[str, Any], name: str) -> dict[str, Any]:
+    policies = {p["PolicyName"]: p["PolicyDocument"] for p in resource["Properties"]["Policies"]}
+    return policies[name]
+
+
+# -- the checked-in files ----------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", deploy.KINDS)
+def test_checked_in_template_is_current(kind: str) -> None:
+    path = ROOT / deploy.TEMPLATE_FILES[kind]
+    command = deploy.REGENERATE.format(kind=kind, path=deploy.TEMPLATE_FILES[kind])
+    assert path.is_file(), f"{path} is missing: run `{command}`"
+    assert path.read_text() == deploy.render(kind), (
+        f"{deploy.TEMPLATE_FILES[kind]} is out of step with the code's declarations: run `{command}` and commit it"
+    )
+
+
+def test_cli_renders_the_same_yaml() -> None:
+    result = CliRunner().invoke(main, ["deploy", "render", "--kind", "member"])
+    assert result.exit_code == 0, result.output
+    assert result.output == deploy.render("member")
+
+
+def test_unknown_kind_is_a_usage_error() -> None:
+    result = CliRunner().invoke(main, ["deploy", "render", "--kind", "spoke"])
+    assert result.exit_code == 2
+
+
+# -- member role -----------------------------------------------------------------------------------------------
+def test_member_role_has_every_member_action(member: dict[str, Any]) -> None:
+    (role,) = _of_type(member, "AWS::IAM::Role").values()
+    granted = _actions(_policy(role, "fleetwarden-member"))
+    assert _actions(policy_documents()["member_role"]) <= granted
+    assert granted == _actions(policy_documents()["member_role"])  # and nothing more
+
+
+def test_member_role_trusts_the_hub_account_with_the_external_id(member: dict[str, Any]) -> None:
+    (role,) = _of_type(member, "AWS::IAM::Role").values()
+    (statement,) = role["Properties"]["AssumeRolePolicyDocument"]["Statement"]
+    assert statement["Action"] == "sts:AssumeRole"
+    assert "${HubAccountId}" in statement["Principal"]["AWS"]["Fn::Sub"]
+    assert statement["Condition"] == {"StringEquals": {"sts:ExternalId": {"Ref": "ExternalId"}}}
+    assert member["Parameters"]["ExternalId"]["NoEcho"] is True
+    assert member["Parameters"]["RoleName"]["Default"] == "FleetWarden"
+    assert deploy.member_role_template("Custom")["Parameters"]["RoleName"]["Default"] == "Custom"
+
+
+# -- hub -------------------------------------------------------------------------------------------------------
+def test_hub_role_has_the_hub_actions_and_logs(hub: dict[str, Any]) -> None:
+    role = hub["Resources"]["FunctionRole"]
+    assert _actions(_policy(role, "fleetwarden-hub")) == _actions(policy_documents()["hub"])
+    assert {"sts:AssumeRole", "dynamodb:PutItem", "sns:Publish"} <= _actions(_policy(role, "fleetwarden-hub"))
+    assert {"logs:CreateLogStream", "logs:PutLogEvents"} <= _actions(_policy(role, "fleetwarden-logs"))
+    assert role["Properties"]["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {
+        "Service": "lambda.amazonaws.com"
+    }
+
+
+class _OneClient:
+    """Hands DynamoDbStore the stubbed client, in place of a SessionFactory."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+
+    def client(self, service: str, region: str) -> Any:
+        return self._client
+
+
+def test_table_matches_what_state_init_creates(hub: dict[str, Any]) -> None:
+    """Stub DynamoDB and let `DynamoDbStore.init()` create the table: the stub accepts only the template's schema."""
+    table = hub["Resources"]["StateTable"]["Properties"]
+    client = boto3.client("dynamodb", region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x")
+    name = "fleetwarden-state"
+    with Stubber(client) as stub:
+        stub.add_client_error("describe_table", "ResourceNotFoundException", expected_params={"TableName": name})
+        stub.add_response(
+            "create_table",
+            {},
+            expected_params={
+                "TableName": name,
+                "AttributeDefinitions": table["AttributeDefinitions"],
+                "KeySchema": table["KeySchema"],
+                "BillingMode": table["BillingMode"],
+            },
+        )
+        stub.add_response("describe_table", {"Table": {"TableStatus": "ACTIVE"}}, {"TableName": name})
+        stub.add_response("describe_time_to_live", {"TimeToLiveDescription": {"TimeToLiveStatus": "DISABLED"}})
+        stub.add_response(
+            "update_time_to_live",
+            {},
+            {"TableName": name, "TimeToLiveSpecification": {"Enabled": True, **_ttl(table)}},
+        )
+        DynamoDbStore(name, "us-east-1", cast(SessionFactory, _OneClient(client))).init()
+        stub.assert_no_pending_responses()
+    assert table["TimeToLiveSpecification"] == {"AttributeName": TTL_ATTRIBUTE, "Enabled": True}
+
+
+def _ttl(table: dict[str, Any]) -> dict[str, str]:
+    return {"AttributeName": table["TimeToLiveSpecification"]["AttributeName"]}
+
+
+def test_functions(hub: dict[str, Any]) -> None:
+    functions = _of_type(hub, "AWS::Lambda::Function")
+    assert set(functions) == {"Function", "GuardFunction"}
+    for function in functions.values():
+        props = function["Properties"]
+        assert props["Handler"] == "fleetwarden.lambda_handler.handler"
+        major, minor = (int(n) for n in props["Runtime"].removeprefix("python").split("."))
+        assert (major, minor) >= (3, 11)
+        assert props["Timeout"] == 900
+        assert props["Code"] == {"S3Bucket": {"Ref": "CodeBucket"}, "S3Key": {"Ref": "CodeKey"}}
+        assert props["Environment"]["Variables"]["FLEETWARDEN_CONFIG"] == {"Ref": "ConfigReference"}
+        assert props["Role"] == {"Fn::GetAtt": ["FunctionRole", "Arn"]}
+    assert functions["GuardFunction"]["Properties"]["ReservedConcurrentExecutions"] == 1
+    assert "ReservedConcurrentExecutions" not in functions["Function"]["Properties"]
+    pattern = hub["Parameters"]["ConfigReference"]["AllowedPattern"]
+    assert re.match(pattern, "s3://bucket/fleetwarden.yaml") and re.match(pattern, "ssm:/fleetwarden/config")
+    assert not re.match(pattern, "fleetwarden.yaml")
+
+
+def _matches(pattern: dict[str, Any], event: dict[str, Any]) -> bool:
+    """EventBridge matching for the flat patterns the template uses (each key: a list of accepted values)."""
+    return all(event.get(key) in accepted for key, accepted in pattern.items())
+
+
+def test_rules_deliver_events_the_handler_accepts(hub: dict[str, Any]) -> None:
+    rules = _of_type(hub, "AWS::Events::Rule")
+    routed: dict[str, tuple[str, bool | None, str]] = {}
+    for name, rule in rules.items():
+        (target,) = rule["Properties"]["Targets"]
+        target_resource = target["Arn"].get("Fn::GetAtt", [target["Arn"].get("Ref")])[0]
+        if "Input" in target and target_resource in ("Function", "GuardFunction"):
+            parsed = parse_event(json.loads(target["Input"]))
+            routed[name] = (parsed.action, parsed.apply, target_resource)
+    assert routed == {
+        "GuardScheduleRule": ("guard", True, "GuardFunction"),
+        "AuditScheduleRule": ("audit", None, "Function"),
+        "ComplianceReportScheduleRule": ("compliance-report", None, "Function"),
+    }
+    assert rules["GuardScheduleRule"]["Properties"]["ScheduleExpression"] == {"Ref": "GuardSchedule"}
+    assert hub["Parameters"]["GuardSchedule"]["Default"] == "rate(5 minutes)"
+    # The SSM rule delivers AWS's own event: the sample association event matches it and means compliance-sync.
+    sync = rules["ComplianceSyncRule"]["Properties"]
+    sample = json.loads((EVENTS / "ssm_association_matching.json").read_text())
+    assert _matches(sync["EventPattern"], sample)
+    assert parse_event(sample).action == "compliance-sync"
+    assert sync["Targets"][0]["Arn"] == {"Fn::GetAtt": ["Function", "Arn"]}
+
+
+def test_every_rule_that_invokes_a_function_has_a_permission(hub: dict[str, Any]) -> None:
+    permissions = {
+        (p["Properties"]["FunctionName"]["Fn::GetAtt"][0], p["Properties"]["SourceArn"]["Fn::GetAtt"][0])
+        for p in _of_type(hub, "AWS::Lambda::Permission").values()
+    }
+    for name, rule in _of_type(hub, "AWS::Events::Rule").items():
+        for target in rule["Properties"]["Targets"]:
+            if "Fn::GetAtt" in target["Arn"]:
+                assert (target["Arn"]["Fn::GetAtt"][0], name) in permissions, name
+    for permission in _of_type(hub, "AWS::Lambda::Permission").values():
+        assert permission["Properties"]["Principal"] == "events.amazonaws.com"
+
+
+def test_state_machine_uses_the_asl_file_and_can_invoke_the_function(hub: dict[str, Any]) -> None:
+    machine = hub["Resources"]["ScanWindowStateMachine"]["Properties"]
+    assert json.loads(machine["DefinitionString"]) == deploy.load_state_machine()
+    used = set(re.findall(r"\$\{([A-Za-z0-9_]+)\}", machine["DefinitionString"]))
+    assert used <= set(machine["DefinitionSubstitutions"]), "a ${...} of the ASL has no substitution"
+    assert machine["DefinitionSubstitutions"][deploy.FUNCTION_ARN_SUBSTITUTION] == {"Fn::GetAtt": ["Function", "Arn"]}
+    role = hub["Resources"][machine["RoleArn"]["Fn::GetAtt"][0]]
+    (statement,) = _policy(role, "fleetwarden-invoke")["Statement"]
+    assert statement["Action"] == ["lambda:InvokeFunction"]
+    assert {"Fn::GetAtt": ["Function", "Arn"]} in statement["Resource"]
+    schedule = hub["Resources"]["ScanWindowScheduleRule"]["Properties"]
+    (target,) = schedule["Targets"]
+    assert target["Arn"] == {"Ref": "ScanWindowStateMachine"}
+    start = _policy(hub["Resources"][target["RoleArn"]["Fn::GetAtt"][0]], "fleetwarden-start")
+    assert _actions(start) == {"states:StartExecution"}
+
+
+def _references(value: Any) -> set[str]:
+    """Every name a template refers to: Ref, Fn::GetAtt and ${...} in Fn::Sub."""
+    found: set[str] = set()
+    if isinstance(value, dict):
+        for key, inner in value.items():
+            if key == "Ref":
+                found.add(inner)
+            elif key == "Fn::GetAtt":
+                found.add(inner[0])
+            elif key == "Fn::Sub":
+                found.update(n.split(".")[0] for n in re.findall(r"\$\{([^}!]+)\}", inner))
+            else:
+                found |= _references(inner)
+    elif isinstance(value, list):
+        for inner in value:
+            found |= _references(inner)
+    return found
+
+
+@pytest.mark.parametrize("kind", deploy.KINDS)
+def test_every_reference_resolves(kind: str) -> None:
+    template = deploy.template(kind)
+    known = set(template["Parameters"]) | set(template["Resources"]) | PSEUDO
+    for section in ("Resources", "Outputs"):
+        # The state machine definition's own ${...} are DefinitionSubstitutions, not Fn::Sub variables.
+        assert _references(template[section]) <= known, section
+    for name, resource in template["Resources"].items():
+        for dependency in resource.get("DependsOn", []):
+            assert dependency in template["Resources"], name
