@@ -10,6 +10,7 @@ from .config import Config
 # Where a part declares its permissions: (module, attribute). A dict attribute maps action names to tuples.
 DECLARATIONS: dict[str, tuple[str, str]] = {
     "targets": ("fleetwarden.aws.targets", "PERMISSIONS"),
+    "targets.regions": ("fleetwarden.aws.targets", "REGION_PERMISSIONS"),
     "collect.ec2": ("fleetwarden.collect.ec2", "PERMISSIONS"),
     "collect.iam": ("fleetwarden.collect.iam", "PERMISSIONS"),
     "actions.ec2": ("fleetwarden.actions.ec2", "PERMISSIONS"),
@@ -69,7 +70,8 @@ def policy_documents(config: Config | None = None) -> dict[str, Any]:
             hub.update(actions)
         else:
             member.update(actions)
-    # With no role to assume (single account), the hub principal does the member's work too.
+    # When the hub's own credentials reach a target (an account without role_arn, or the organization's
+    # management account), the hub principal does the member's work there too.
     return {
         "hub": _document(sorted(hub | member) if config is not None and not _uses_roles(config) else sorted(hub)),
         "member_role": _document(sorted(member)),
@@ -78,7 +80,12 @@ def policy_documents(config: Config | None = None) -> dict[str, Any]:
 
 
 def _uses_roles(config: Config) -> bool:
-    return config.organization is not None or any(a.role_arn for a in config.accounts)
+    """True when every target account is reached through a role (the hub itself is no target)."""
+    if any(a.role_arn is None for a in config.accounts):
+        return False
+    if config.organization is not None:
+        return not config.organization.include_management_account
+    return bool(config.accounts)
 
 
 def _document(actions: list[str]) -> dict[str, Any]:

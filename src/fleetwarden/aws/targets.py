@@ -113,10 +113,12 @@ def resolve_targets(config: Config, factory: SessionFactory, only_accounts: Iter
     return plan
 
 
+# With the hub's own credentials: the organization's accounts, assume-role into them.
 PERMISSIONS = (
     "organizations:DescribeOrganization",
     "organizations:ListAccounts",
-    "ec2:DescribeRegions",
     "sts:AssumeRole",
     "sts:GetCallerIdentity",
 )
+# In each member account (through its role): `regions: all` lists the regions enabled there.
+REGION_PERMISSIONS = ("ec2:DescribeRegions",)
