@@ -37,6 +37,8 @@ SCHEDULED = "Scheduled Event"
 ALARM_CHANGE = "CloudWatch Alarm State Change"
 SSM_ASSOCIATION_CHANGE = "EC2 State Manager Association State Change"
 _ACCOUNT_ID = re.compile(r"^\d{12}$")
+_WINDOW_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+WINDOW_ACTIONS = frozenset({"window-open", "window-status", "window-close"})
 
 
 class EventError(UsageError):
@@ -88,11 +90,41 @@ class GuardReleaseEvent(ActionEvent):
     start_instances: StrictBool = False
 
 
-class WindowEvent(ActionEvent):
-    """Open, inspect or close a scan window."""
+def _window_id(value: str) -> str:
+    if not _WINDOW_ID.match(value):
+        raise ValueError(f"a window id is 1-128 letters, digits, '.', '_', ':' or '-', got {value!r}")
+    return value
 
-    action: Literal["window-open", "window-status", "window-close"]
-    window_id: str | None = None
+
+WindowId = Annotated[str, Field(strict=True), AfterValidator(_window_id)]
+
+
+class WindowEvent(ActionEvent):
+    """A scan-window event; `compact` leaves the bulky parts (the report, per-instance lists) out of the result,
+    which keeps it under Step Functions' 256 KB state payload limit (docs/deploy.md)."""
+
+    compact: StrictBool = False
+
+
+class WindowOpenEvent(WindowEvent):
+    """Open a scan window (`window open`); the result carries the new window's id as `window_id`."""
+
+    action: Literal["window-open"]
+
+
+class WindowStatusEvent(WindowEvent):
+    """Open windows (or one) with Inspector coverage; `complete` is true once scanned or timed out."""
+
+    action: Literal["window-status"]
+    window_id: WindowId | None = None
+
+
+class WindowCloseEvent(WindowEvent):
+    """Close one window (`window_id`) or, without one, every open window; collect Inspector findings first."""
+
+    action: Literal["window-close"]
+    window_id: WindowId | None = None
+    collect_findings: StrictBool = True
 
 
 class ComplianceEvent(ActionEvent):
@@ -117,9 +149,9 @@ ACTION_MODELS: dict[str, type[ActionEvent]] = {
     "audit": AuditEvent,
     "guard": GuardEvent,
     "guard-release": GuardReleaseEvent,
-    "window-open": WindowEvent,
-    "window-status": WindowEvent,
-    "window-close": WindowEvent,
+    "window-open": WindowOpenEvent,
+    "window-status": WindowStatusEvent,
+    "window-close": WindowCloseEvent,
     "compliance-sync": ComplianceEvent,
     "compliance-report": ComplianceEvent,
     "list-targets": ListTargetsEvent,
@@ -320,6 +352,7 @@ def _json_type(value: object) -> str:
 
 __all__ = [
     "ACTIONS",
+    "WINDOW_ACTIONS",
     "Action",
     "EventError",
     "ParsedEvent",

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from .config import Config
 from .config_source import load_config_from
 from .errors import EXIT_OK, EXIT_PARTIAL, EXIT_REFUSED, EXIT_USAGE, ConfigError, ConfigProblem, FleetwardenError
-from .events import EventError, ParsedEvent, association_matches, parse_event
+from .events import WINDOW_ACTIONS, EventError, ParsedEvent, association_matches, parse_event
 from .model import FindingStatus, RunReport, Severity, TargetStatus, utcnow
 from .secrets import RedactingFilter, SecretResolver
 
@@ -35,8 +35,8 @@ CONFIG_FILE_NAME = "fleetwarden.yaml"
 # Lambda's synchronous response limit is 6 MB; keep a margin for the envelope.
 MAX_RESPONSE_BYTES = 5_000_000
 DEFAULT_MAX_ITEMS = 1000
-# Actions whose workflows are not in this version yet.
-UNAVAILABLE = frozenset({"window-open", "window-status", "window-close", "compliance-sync", "compliance-report"})
+# Actions whose workflows are not in this version yet (none at the moment).
+UNAVAILABLE: frozenset[str] = frozenset()
 
 Workflow = Callable[["RunContext"], RunReport]
 
@@ -61,6 +61,14 @@ def handler(event: Any, context: Any = None) -> dict[str, Any]:
         return _error(str(exc), EXIT_USAGE)
     if parsed.action == "pass":
         return _noop(parsed.reason, parsed)
+    result = _handle(parsed, context)
+    if parsed.action in WINDOW_ACTIONS:
+        result = _window_fields(parsed, result)
+    return result
+
+
+def _handle(parsed: ParsedEvent, context: Any) -> dict[str, Any]:
+    """Load the config and run the parsed event's action."""
     request_id = getattr(context, "aws_request_id", None)
     log.info("event: %s (%s)%s", parsed.action, parsed.reason, f" request {request_id}" if request_id else "")
     try:
@@ -82,10 +90,12 @@ def handler(event: Any, context: Any = None) -> dict[str, Any]:
     try:
         if parsed.action == "list-targets":
             return _list_targets(config, parsed)
+        if parsed.action == "window-status":
+            return _window_status(config, parsed)
         workflow = _workflow(parsed, apply)
     except FleetwardenError as exc:
         return _error(str(exc), exc.exit_code, parsed)
-    return _run(config, parsed, apply, apply_from, workflow)
+    return _run(config, parsed, apply, apply_from, workflow, with_report=not parsed.params.get("compact", False))
 
 
 def config_reference() -> str:
@@ -136,7 +146,111 @@ def _workflow(parsed: ParsedEvent, apply: bool) -> Workflow:
             start_instances=bool(parsed.params.get("start_instances", False)),
         )
         return lambda run: release_guard(run, release_options)
+    if parsed.action == "window-open":
+        from .workflows.window import OpenOptions, open_window
+
+        open_options = OpenOptions(apply=apply)
+        return lambda run: open_window(run, open_options)
+    if parsed.action == "window-close":
+        from .workflows.window import CloseOptions, close_window
+
+        window_id = parsed.params.get("window_id")
+        close_options = CloseOptions(
+            apply=apply,
+            window_id=str(window_id) if window_id is not None else None,
+            collect_findings=bool(parsed.params.get("collect_findings", True)),
+        )
+        return lambda run: close_window(run, close_options)
+    if parsed.action == "compliance-sync":
+        from .workflows.compliance import SyncOptions, run_compliance_sync
+
+        sync_options = SyncOptions(apply=apply)
+        return lambda run: run_compliance_sync(run, sync_options)
+    if parsed.action == "compliance-report":
+        from .workflows.compliance import ReportOptions, run_compliance_report
+
+        report_options = ReportOptions(apply=apply)
+        return lambda run: run_compliance_report(run, report_options)
     raise Unavailable(parsed.action)
+
+
+def _window_status(config: Config, parsed: ParsedEvent) -> dict[str, Any]:
+    """`window status` with Inspector coverage: `complete` is true once every window is scanned or timed out."""
+    from .workflows.base import RunContext
+    from .workflows.window import window_status
+
+    window_id = parsed.params.get("window_id")
+    try:
+        run = RunContext.create(config)
+    except FleetwardenError as exc:
+        return _error(str(exc), exc.exit_code, parsed)
+    base: dict[str, Any] = {**_event_fields(parsed), "run_id": run.run_id, "workflow": "window-status", "dry_run": True}
+    with _redacting(run.secrets):
+        try:
+            status = window_status(run, window_id, check_coverage=True)
+        except FleetwardenError as exc:
+            result = {"status": "error", "exit_code": exc.exit_code, "error": str(exc), **base}
+            log.error("%s", json.dumps(result))
+            return _redact(run.secrets, result)
+        finally:
+            run.store.close()
+    windows: list[dict[str, Any]] = status["windows"]
+    if parsed.params.get("compact", False):
+        windows = [_compact_window(w) for w in windows]
+    result = {
+        "status": "ok",
+        "exit_code": EXIT_OK,
+        **base,
+        "window_id": window_id,
+        "complete": bool(status["complete"]),
+        "windows": windows,
+    }
+    log.info(
+        "%s",
+        json.dumps(
+            {
+                "status": "ok",
+                "run_id": run.run_id,
+                "workflow": "window-status",
+                "window_id": window_id,
+                "complete": result["complete"],
+                "windows": len(windows),
+            }
+        ),
+    )
+    return _redact(run.secrets, result)
+
+
+def _compact_window(window: dict[str, Any]) -> dict[str, Any]:
+    """One window of `window status` without its per-instance lists: counts instead."""
+    out = {k: v for k, v in window.items() if k not in ("instances", "coverage")}
+    instances = window.get("instances") or []
+    out["instances"] = len(instances)
+    out["started"] = sum(1 for i in instances if i.get("start") == "done")
+    coverage = window.get("coverage")
+    if coverage is not None:
+        out["coverage"] = {
+            "scanned": len(coverage.get("scanned") or []),
+            "pending": len(coverage.get("pending") or []),
+            "errors": coverage.get("errors") or {},
+        }
+    return out
+
+
+def _window_fields(parsed: ParsedEvent, result: dict[str, Any]) -> dict[str, Any]:
+    """The top-level fields the scan-window state machine reads: `window_id` always (null when there is none),
+    `complete` for window-status, `all_closed` for window-close (see docs/deploy.md)."""
+    raw = result.get("summary")
+    summary: dict[str, Any] = raw if isinstance(raw, dict) else {}
+    window_id = summary.get("window_id") if parsed.action == "window-open" else parsed.params.get("window_id")
+    out = {**result, "window_id": result.get("window_id", window_id)}
+    if parsed.action == "window-status":
+        out.setdefault("complete", False)
+    if parsed.action == "window-close":
+        done = set(summary.get("closed") or []) | set(summary.get("already_closed") or [])
+        ok = result.get("status") in ("ok", "partial") and "windows" in summary
+        out["all_closed"] = ok and set(summary.get("windows") or []) <= done
+    return out
 
 
 def _list_targets(config: Config, parsed: ParsedEvent) -> dict[str, Any]:
@@ -165,7 +279,9 @@ def _list_targets(config: Config, parsed: ParsedEvent) -> dict[str, Any]:
     return result
 
 
-def _run(config: Config, parsed: ParsedEvent, apply: bool, apply_from: str, workflow: Workflow) -> dict[str, Any]:
+def _run(
+    config: Config, parsed: ParsedEvent, apply: bool, apply_from: str, workflow: Workflow, *, with_report: bool = True
+) -> dict[str, Any]:
     from .errors import SafetyRefusal
     from .workflows.base import RunContext, exit_code
 
@@ -211,6 +327,8 @@ def _run(config: Config, parsed: ParsedEvent, apply: bool, apply_from: str, work
         line["targets_in_error"] = len(result["targets_in_error"])
         log.info("%s", run.secrets.redact(json.dumps(line, default=str)))
         result = _redact(run.secrets, result)
+        if not with_report:  # a compact result: the summary only (the state machine's events ask for that)
+            return result
         return _attach_report(result, _redact(run.secrets, report.to_dict()), _max_items())
 
 

@@ -37,6 +37,9 @@ EXPECTED_ACTION: dict[str, str | None] = {
     "list_targets": "list-targets",
     "pass": "pass",
     "window_open": "window-open",
+    "window_open_dry": "window-open",
+    "window_status": "window-status",
+    "window_close": "window-close",
     "scheduled_event": "guard",
     "alarm_alarm": "guard",
     "alarm_action_alarm": "guard",
@@ -246,17 +249,8 @@ def test_malformed_and_unknown_events_get_a_clear_error(aws: EmulatorServer) -> 
     assert aws.client.calls()["total"] == 0
 
 
-def test_actions_not_in_this_version(aws: EmulatorServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    use_config(monkeypatch, tmp_path, aws)
-    result = handler(event("window_open"), None)
-    assert result == {
-        "status": "error",
-        "error": "action window-open is not available in this version",
-        "exit_code": 2,
-        "action": "window-open",
-        "trigger": "invoke",
-        "reason": "the event asks for window-open",
-    }
+def test_no_action_is_unavailable_in_this_version() -> None:
+    assert not lambda_handler.UNAVAILABLE
 
 
 def test_state_store_that_cannot_be_opened_is_an_error_result(
@@ -287,7 +281,8 @@ def test_ssm_association_matching_routes_to_compliance_sync(
     use_config(monkeypatch, tmp_path, aws)
     result = handler(event("ssm_association_matching"), None)
     assert result["action"] == "compliance-sync" and "compliance.document_names" in result["reason"]
-    assert result["error"] == "action compliance-sync is not available in this version"
+    assert result["status"] == "ok" and result["workflow"] == "compliance-sync", result
+    assert result["apply_from"] == "config" and result["dry_run"] is True
     # ... and by association id.
     use_config(
         monkeypatch, tmp_path, aws, top={"compliance": {"association_ids": ["0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"]}}
@@ -473,3 +468,113 @@ def test_guard_release_restarts_what_the_guard_stopped(
     result = handler(event("guard_release"), None)
     assert result["status"] == "ok" and result["workflow"] == "guard-release" and result["dry_run"] is False, result
     assert running(factory, ids) == {"running"}
+
+
+# -- scan window ---------------------------------------------------------------------------------------
+def window_setup(
+    aws: EmulatorServer, factory: SessionFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> list[str]:
+    """Three stopped instances in A/us-east-1, a config with no settle time, Inspector scanning at first sight."""
+    ids = launch(factory, A, REGION, GOOD_TAGS, 3, state="stopped")
+    use_config(monkeypatch, tmp_path, aws, top={"window": {"settle_minutes": 0, "timeout_minutes": 30}})
+    aws.client._json("/_fleetwarden/inspector2/coverage", {"rule": {"scan_after_polls": 0}})
+    return ids
+
+
+def test_window_open_status_close_events(
+    aws: EmulatorServer, factory: SessionFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = window_setup(aws, factory, tmp_path, monkeypatch)
+    opened = handler(event("window_open"), None)
+    assert opened["status"] == "ok" and opened["workflow"] == "window-open" and opened["dry_run"] is False, opened
+    window_id = opened["window_id"]
+    assert window_id and window_id == opened["summary"]["window_id"] and opened["summary"]["started"] == 3
+    assert {(a["resource_id"], a["outcome"]) for a in opened["report"]["actions"]} == {(i, "done") for i in ids}
+    assert running(factory, ids) == {"running"}
+
+    # window-status of every open window, compact: counts instead of per-instance lists
+    compact = handler(event("window_status"), None)
+    assert compact["status"] == "ok" and compact["workflow"] == "window-status" and compact["dry_run"] is True
+    assert compact["window_id"] is None and compact["complete"] is True
+    [window] = compact["windows"]
+    assert window["window_id"] == window_id and window["status"] == "open"
+    assert window["instances"] == 3 and window["started"] == 3
+    assert window["coverage"] == {"scanned": 3, "pending": 0, "errors": {}} and window["timed_out"] is False
+    # ... and of one window, in full
+    full = handler({"action": "window-status", "window_id": window_id}, None)
+    assert full["window_id"] == window_id and full["complete"] is True
+    assert sorted(i["instance_id"] for i in full["windows"][0]["instances"]) == sorted(ids)
+    assert sorted(full["windows"][0]["coverage"]["scanned"]) == sorted(ids)
+
+    closed = handler({**event("window_close"), "window_id": window_id}, None)
+    assert closed["status"] == "ok" and closed["workflow"] == "window-close", closed
+    assert closed["window_id"] == window_id and closed["all_closed"] is True
+    assert closed["summary"]["closed"] == [window_id] and closed["summary"]["stopped"] == 3
+    assert running(factory, ids) == {"stopped"}
+    json.dumps(closed)
+    # closed: window-status of it says so, and another close is harmless
+    again = handler({**event("window_close"), "window_id": window_id}, None)
+    assert again["status"] == "ok" and again["all_closed"] is True and again["summary"]["already_closed"] == [window_id]
+    assert handler(event("window_status"), None)["windows"] == []
+
+
+def test_window_close_without_an_id_closes_every_open_window(
+    aws: EmulatorServer, factory: SessionFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = window_setup(aws, factory, tmp_path, monkeypatch)
+    window_id = handler({"action": "window-open", "apply": True, "compact": True}, None)["window_id"]
+    assert running(factory, ids) == {"running"}
+    closed = handler({"action": "window-close", "apply": True, "compact": True}, None)
+    assert closed["status"] == "ok" and "report" not in closed, closed
+    assert closed["window_id"] is None and closed["all_closed"] is True and closed["summary"]["closed"] == [window_id]
+    assert running(factory, ids) == {"stopped"}
+
+
+def test_window_dry_runs_change_nothing(
+    aws: EmulatorServer, factory: SessionFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ids = window_setup(aws, factory, tmp_path, monkeypatch)
+    opened = handler(event("window_open_dry"), None)
+    assert opened["status"] == "ok" and opened["dry_run"] is True and opened["apply_from"] == "config", opened
+    assert opened["window_id"] is None
+    assert {a["outcome"] for a in opened["report"]["actions"]} == {"planned"}
+    assert running(factory, ids) == {"stopped"}
+    assert handler(event("window_status"), None)["windows"] == []
+    # a dry-run close of a real window plans the stops and leaves the window open
+    window_id = handler(event("window_open"), None)["window_id"]
+    dry_close = handler({"action": "window-close", "window_id": window_id}, None)
+    assert dry_close["dry_run"] is True and dry_close["all_closed"] is False
+    assert {a["outcome"] for a in dry_close["report"]["actions"]} == {"planned"}
+    assert running(factory, ids) == {"running"}
+    assert handler({"action": "window-close", "apply": True}, None)["all_closed"] is True
+
+
+def test_window_event_errors(aws: EmulatorServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    use_config(monkeypatch, tmp_path, aws)
+    unknown = handler(event("window_close"), None)  # the fixture's window id is not in this state store
+    assert unknown["status"] == "error" and unknown["exit_code"] == 2
+    assert "no scan window win-20250301T120000Z-1a2b3c" in unknown["error"]
+    assert unknown["window_id"] == "win-20250301T120000Z-1a2b3c" and unknown["all_closed"] is False
+    status = handler({"action": "window-status", "window_id": "win-nope"}, None)
+    assert status["status"] == "error" and status["window_id"] == "win-nope" and status["complete"] is False
+    # window-open takes no window id; ids are validated; booleans are strict
+    assert "window_id: unknown key" in handler({"action": "window-open", "window_id": "x"}, None)["error"]
+    assert "a window id is" in handler({"action": "window-close", "window_id": "a b"}, None)["error"]
+    assert "collect_findings" in handler({"action": "window-close", "collect_findings": "no"}, None)["error"]
+    # an error result before any workflow ran still carries window_id (the state machine reads it)
+    monkeypatch.setenv("FLEETWARDEN_CONFIG", str(tmp_path / "missing.yaml"))
+    missing = handler(event("window_open"), None)
+    assert missing["status"] == "error" and missing["window_id"] is None
+
+
+# -- compliance (another developer's workflows) --------------------------------------------------------
+def test_compliance_events_run_the_compliance_workflows(
+    aws: EmulatorServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_config(monkeypatch, tmp_path, aws)
+    sync = handler({"action": "compliance-sync"}, None)
+    assert sync["status"] == "ok" and sync["workflow"] == "compliance-sync" and sync["dry_run"] is True, sync
+    assert sync["summary"]["instances_scanned"] == 0
+    report = handler({"action": "compliance-report", "apply": False}, None)
+    assert report["status"] == "ok" and report["workflow"] == "compliance-report" and report["dry_run"] is True
+    assert report["summary"]["open_items"] == 0
