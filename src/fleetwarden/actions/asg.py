@@ -11,7 +11,6 @@ Every mutation is journaled twice under one entry id: `planned` before the call,
 from __future__ import annotations
 
 import logging
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
@@ -20,6 +19,7 @@ from botocore.exceptions import ClientError
 
 from ..aws.targets import error_text
 from ..model import ActionOutcome, ActionResult, JournalEntry, utcnow
+from .base import JournaledActions
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +37,7 @@ PERMISSIONS = (
 _NAMES_PER_DESCRIBE = 100
 
 
-class AsgProcesses:
+class AsgProcesses(JournaledActions):
     """Suspends and resumes the guard's Auto Scaling processes in one (account, region)."""
 
     def __init__(
@@ -174,32 +174,8 @@ class AsgProcesses:
         self.journal(entry.model_copy(update=self._final(ActionOutcome.DONE, {after_key: processes})))
         return self._result(action, group, ActionOutcome.DONE, ", ".join(processes))
 
-    def _entry(self, action: str, group: str, before: dict[str, Any]) -> JournalEntry:
-        return JournalEntry(
-            id=str(uuid.uuid4()),
-            run_id=self.run_id,
-            workflow=self.workflow,
-            account_id=self.account_id,
-            region=self.region,
-            resource_id=group,
-            action=action,
-            outcome=ActionOutcome.PLANNED,
-            at=self.clock(),
-            before=before,
-        )
-
     def _final(self, outcome: ActionOutcome, after: dict[str, Any], error: str | None = None) -> dict[str, Any]:
         return {"outcome": outcome, "at": self.clock(), "after": after, "error": error}
-
-    def _result(self, action: str, group: str, outcome: ActionOutcome, reason: str) -> ActionResult:
-        return ActionResult(
-            action=action,
-            account_id=self.account_id,
-            region=self.region,
-            resource_id=group,
-            outcome=outcome,
-            reason=reason,
-        )
 
 
 def _suspended(group: dict[str, Any]) -> set[str]:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import re
 import time
-import uuid
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from botocore.exceptions import ClientError, WaiterError
 
 from ..aws.targets import error_text
 from ..model import ActionOutcome, ActionResult, Instance, JournalEntry, utcnow
+from .base import JournaledActions
 
 log = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ _START = _Spec("start", "start_instances", "StartingInstances", "instance_stoppe
 _TERMINATE = _Spec("terminate", "terminate_instances", "TerminatingInstances", "instance_running", _GONE)
 
 
-class Ec2Actions:
+class Ec2Actions(JournaledActions):
     """Batched, journaled EC2 mutations on one (account, region) target; every id gets done/skipped/failed."""
 
     def __init__(
@@ -420,20 +420,6 @@ class Ec2Actions:
             results[instance_id] = self._result(action, instance_id, outcome.outcome, text)
         return results
 
-    def _entry(self, action: str, instance_id: str, *, before: dict[str, Any]) -> JournalEntry:
-        return JournalEntry(
-            id=str(uuid.uuid4()),
-            run_id=self.run_id,
-            workflow=self.workflow,
-            account_id=self.account_id,
-            region=self.region,
-            resource_id=instance_id,
-            action=action,
-            outcome=ActionOutcome.PLANNED,
-            at=self.clock(),
-            before=before,
-        )
-
     def _final(
         self,
         entry: JournalEntry,
@@ -447,16 +433,6 @@ class Ec2Actions:
         if before is not None:
             changes["before"] = before
         return entry.model_copy(update=changes)
-
-    def _result(self, action: str, instance_id: str, outcome: ActionOutcome, reason: str) -> ActionResult:
-        return ActionResult(
-            action=action,
-            account_id=self.account_id,
-            region=self.region,
-            resource_id=instance_id,
-            outcome=outcome,
-            reason=reason,
-        )
 
 
 def _unique(instances: Sequence[Instance]) -> list[Instance]:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import uuid
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,6 +27,7 @@ from botocore.exceptions import ClientError
 
 from ..aws.targets import error_text
 from ..model import ActionOutcome, ActionResult, ExceptionKind, ExceptionSet, JournalEntry, utcnow
+from .base import JournaledActions
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ class _PolicyState:
         return before
 
 
-class IamLockout:
+class IamLockout(JournaledActions):
     """Locks the IAM users (and listed roles) of one account out, and releases exactly what it locked."""
 
     def __init__(
@@ -174,6 +174,7 @@ class IamLockout:
             raise ValueError(f"lockout mode must be 'deactivate' or 'delete', not {mode!r}")
         self.client = client
         self.account_id = account_id
+        self.region = IAM_REGION  # IAM is global: its journal entries and results say so
         self.run_id = run_id
         self.workflow = workflow
         self.journal = journal
@@ -497,34 +498,10 @@ class IamLockout:
         self.journal(self._final(entry, ActionOutcome.DONE, after))
         return self._result(action, resource_id, ActionOutcome.DONE, note)
 
-    def _entry(self, action: str, resource_id: str, before: dict[str, Any]) -> JournalEntry:
-        return JournalEntry(
-            id=str(uuid.uuid4()),
-            run_id=self.run_id,
-            workflow=self.workflow,
-            account_id=self.account_id,
-            region=IAM_REGION,
-            resource_id=resource_id,
-            action=action,
-            outcome=ActionOutcome.PLANNED,
-            at=self.clock(),
-            before=before,
-        )
-
     def _final(
         self, entry: JournalEntry, outcome: ActionOutcome, after: dict[str, Any], error: str | None = None
     ) -> JournalEntry:
         return entry.model_copy(update={"outcome": outcome, "at": self.clock(), "after": after, "error": error})
-
-    def _result(self, action: str, resource_id: str, outcome: ActionOutcome, reason: str) -> ActionResult:
-        return ActionResult(
-            action=action,
-            account_id=self.account_id,
-            region=IAM_REGION,
-            resource_id=resource_id,
-            outcome=outcome,
-            reason=reason,
-        )
 
 
 def _lockout_changes(entries: Sequence[JournalEntry], account_id: str) -> list[JournalEntry]:
