@@ -202,18 +202,10 @@ def audit(ctx: click.Context, apply: bool, confirm_terminate: bool, fail_on: str
     (terminate also needs --confirm-terminate, or typing the account ids at an interactive prompt).
     """
     from .workflows.audit import AuditOptions, run_audit
-    from .workflows.base import exit_code
 
-    opts = _opts(ctx)
-    config = _load(opts)
-    prompt = _terminate_prompt if sys.stdin.isatty() and not opts.json else None
-    run = _context(config)
-    try:
-        report = run_audit(run, AuditOptions(apply=apply, confirm_terminate=confirm_terminate, confirm_prompt=prompt))
-    finally:
-        run.store.close()
-    _emit(opts, report)
-    sys.exit(exit_code(report, Severity(fail_on.upper()) if fail_on else None))
+    prompt = _terminate_prompt if sys.stdin.isatty() and not _opts(ctx).json else None
+    options = AuditOptions(apply=apply, confirm_terminate=confirm_terminate, confirm_prompt=prompt)
+    _run_workflow(ctx, lambda run: run_audit(run, options), fail_on)
 
 
 def _terminate_prompt(accounts: list[str]) -> bool:
@@ -244,17 +236,9 @@ def guard_run(ctx: click.Context, apply: bool) -> None:
     its Auto Scaling processes are suspended, IAM users are locked out (reversibly by default), the trip is
     recorded and the `guard.notify` sinks are told.
     """
-    from .workflows.base import exit_code
     from .workflows.guard import GuardOptions, run_guard
 
-    opts = _opts(ctx)
-    run = _context(_load(opts))
-    try:
-        report = run_guard(run, GuardOptions(apply=apply))
-    finally:
-        run.store.close()
-    _emit(opts, report)
-    sys.exit(exit_code(report))
+    _run_workflow(ctx, lambda run: run_guard(run, GuardOptions(apply=apply)))
 
 
 @guard.command("status")
@@ -402,7 +386,8 @@ def window_status_cmd(ctx: click.Context, window_id: str | None, coverage: bool)
         Console(stderr=True).print(table)
 
 
-def _run_workflow(ctx: click.Context, work: Callable[[Any], RunReport]) -> None:
+def _run_workflow(ctx: click.Context, work: Callable[[Any], RunReport], fail_on: str | None = None) -> None:
+    """Load the config, run one workflow, print and write its outputs, exit with DESIGN.md's code."""
     from .workflows.base import exit_code
 
     opts = _opts(ctx)
@@ -412,7 +397,7 @@ def _run_workflow(ctx: click.Context, work: Callable[[Any], RunReport]) -> None:
     finally:
         run.store.close()
     _emit(opts, report)
-    sys.exit(exit_code(report))
+    sys.exit(exit_code(report, Severity(fail_on.upper()) if fail_on else None))
 
 
 @main.group()
@@ -459,6 +444,30 @@ def compliance_report(ctx: click.Context, apply: bool) -> None:
         return report
 
     _run_workflow(ctx, work)
+
+
+@main.command()
+@click.option(
+    "--check", "checks", multiple=True, help="Only this check (tags, runaway, compliance, inspector); repeatable."
+)
+@click.option(
+    "--sink", "sinks", multiple=True, help="Deliver to this sink of the config (e.g. securityhub); repeatable."
+)
+@click.option("--include-resolved", is_flag=True, help="Also list resolved findings.")
+@click.option("--fail-on", type=click.Choice(SEVERITIES, case_sensitive=False), help="Exit 3 at or above this.")
+@global_options
+@click.pass_context
+@handle_errors
+def report(
+    ctx: click.Context, checks: tuple[str, ...], sinks: tuple[str, ...], include_resolved: bool, fail_on: str | None
+) -> None:
+    """Every open finding in the state store, across all checks, as one report (console, --json, --output-dir
+    HTML/CSV/OCSF), and optionally delivered to sinks such as Security Hub, OpenSearch or S3. Calls no AWS API
+    except the sinks'."""
+    from .workflows.report import ReportOptions, run_report
+
+    options = ReportOptions(checks=list(checks), sinks=list(sinks), include_resolved=include_resolved)
+    _run_workflow(ctx, lambda run: run_report(run, options), fail_on)
 
 
 @main.group()
@@ -686,17 +695,9 @@ def findings_inspector(ctx: click.Context, fail_on: str | None) -> None:
     them in the state store as check `inspector` (new / ongoing / resolved; snoozes apply) and prints them;
     --json prints the RunReport, --output-dir writes run.json, findings.csv and report.html.
     """
-    from .workflows.base import exit_code
     from .workflows.findings import run_inspector_findings
 
-    opts = _opts(ctx)
-    run = _context(_load(opts))
-    try:
-        report = run_inspector_findings(run)
-    finally:
-        run.store.close()
-    _emit(opts, report)
-    sys.exit(exit_code(report, Severity(fail_on.upper()) if fail_on else None))
+    _run_workflow(ctx, run_inspector_findings, fail_on)
 
 
 def run() -> None:

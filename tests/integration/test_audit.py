@@ -355,3 +355,26 @@ def test_throttling_is_retried(aws: EmulatorServer, tmp_path: Path, factory: Ses
     assert result.exit_code == 0, result.stderr
     assert [f["resource_id"] for f in result.report["findings"]] == bad
     assert calls["faults"] == 2
+
+
+def test_report_lists_open_findings_across_checks_and_delivers(
+    aws: EmulatorServer, tmp_path: Path, fleet: dict[str, list[str]], factory: SessionFactory
+) -> None:
+    sns = factory.client("sns", region="us-east-1")
+    sqs = factory.client("sqs", region="us-east-1")
+    topic = sns.create_topic(Name="reports")["TopicArn"]
+    queue = sqs.create_queue(QueueName="reports")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn, Attributes={"RawMessageDelivery": "true"})
+    config = write_config(
+        tmp_path, aws.url, ACCOUNTS, REGIONS, top={"sinks": {"ops": {"type": "sns", "topic_arn": topic}}}
+    )
+    cli("--config", str(config), "audit")
+    result = cli("--config", str(config), "--json", "--output-dir", str(tmp_path / "r"), "report", "--sink", "ops")
+    assert result.exit_code == 0, result.stderr
+    assert {f["resource_id"] for f in result.report["findings"]} == set(fleet["bad"])
+    assert result.report["summary"]["by_check"] == {"tags": len(fleet["bad"])}
+    assert result.report["deliveries"] == [{"sink": "ops", "outcome": "sent", "error": None}]
+    assert len(sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]) == 1
+    assert (tmp_path / "r" / "report.html").exists() and (tmp_path / "r" / "findings.ocsf.jsonl").exists()
+    assert cli("--config", str(config), "report", "--sink", "nope").exit_code == 2
