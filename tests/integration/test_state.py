@@ -208,6 +208,17 @@ def test_journal_same_instant_keeps_write_order(store: StateStore) -> None:
     assert [e.id for e in store.list_journal()] == ["z", "m", "a"]
 
 
+def test_journal_many_stores_a_batch_and_replaces_by_id(store: StateStore) -> None:
+    planned = [entry(f"b{n:02d}", T0 + timedelta(seconds=n)) for n in range(30)]  # over one DynamoDB batch of 25
+    store.journal_many(planned)
+    assert [e.id for e in store.list_journal()] == [e.id for e in planned]
+    finals = [e.model_copy(update={"outcome": ActionOutcome.DONE, "at": T0 + timedelta(minutes=1)}) for e in planned]
+    store.journal_many(finals)
+    stored = store.list_journal()
+    assert len(stored) == 30 and {e.outcome for e in stored} == {ActionOutcome.DONE}
+    store.journal_many([])  # nothing to write is fine
+
+
 # -- leases -----------------------------------------------------------------------------------------------
 def test_leases(store: StateStore) -> None:
     acct = "111111111111"

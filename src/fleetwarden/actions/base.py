@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -18,6 +18,16 @@ class JournaledActions:
     account_id: str
     region: str
     clock: Callable[[], datetime]
+    journal: Callable[[JournalEntry], None]
+    # Where the journal can store several entries in one transaction (StateStore.journal_many); else one by one.
+    journal_batch: Callable[[Sequence[JournalEntry]], None] | None = None
+
+    def journal_many(self, entries: Sequence[JournalEntry]) -> None:
+        if self.journal_batch is not None:
+            self.journal_batch(entries)
+        else:
+            for entry in entries:
+                self.journal(entry)
 
     def _entry(self, action: str, resource_id: str, before: dict[str, Any]) -> JournalEntry:
         """A new journal entry (outcome planned), written before the mutation; its final state reuses the id."""

@@ -121,6 +121,7 @@ class Ec2Actions(JournaledActions):
         workflow: str,
         journal: Callable[[JournalEntry], None],
         clock: Callable[[], datetime] = utcnow,
+        journal_many: Callable[[Sequence[JournalEntry]], None] | None = None,
         batch_size: int = 500,
         wait_delay: int = 5,
         wait_attempts: int = 6,
@@ -135,6 +136,7 @@ class Ec2Actions(JournaledActions):
         self.run_id = run_id
         self.workflow = workflow
         self.journal = journal
+        self.journal_batch = journal_many
         self.clock = clock
         self.batch_size = batch_size
         # Waits are bounded: a pending instance gets wait_delay x wait_attempts seconds, snapshots likewise.
@@ -403,21 +405,22 @@ class Ec2Actions(JournaledActions):
         self, action: str, ids: list[str], before: dict[str, dict[str, Any]], reason: str
     ) -> dict[str, JournalEntry]:
         entries = {i: self._entry(action, i, before={**before[i], "reason": reason}) for i in ids}
-        for entry in entries.values():
-            self.journal(entry)
+        self.journal_many(list(entries.values()))  # every planned entry is stored before the call is made
         return entries
 
     def _finish(
         self, action: str, entries: dict[str, JournalEntry], outcomes: dict[str, _Outcome], reason: str
     ) -> dict[str, ActionResult]:
         results: dict[str, ActionResult] = {}
+        finals: list[JournalEntry] = []
         for instance_id, entry in entries.items():
             outcome = outcomes.get(instance_id) or _Outcome(ActionOutcome.FAILED, "no outcome recorded")
             before = {**entry.before, **{k: v for k, v in outcome.before.items() if v is not None}}
             error = None if outcome.outcome is ActionOutcome.DONE else outcome.reason
-            self.journal(self._final(entry, outcome.outcome, outcome.after, error, before=before))
+            finals.append(self._final(entry, outcome.outcome, outcome.after, error, before=before))
             text = _join(reason, outcome.reason) if outcome.outcome is ActionOutcome.DONE else outcome.reason
             results[instance_id] = self._result(action, instance_id, outcome.outcome, text)
+        self.journal_many(finals)
         return results
 
     def _final(

@@ -7,7 +7,7 @@ suite. The store persists; it does not decide: lifecycle rules live in `fleetwar
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -63,6 +63,12 @@ class StateStore(ABC):
     @abstractmethod
     def journal(self, entry: JournalEntry) -> None:
         """Record one mutation (append-only; an entry with the same id replaces the earlier record)."""
+
+    def journal_many(self, entries: Sequence[JournalEntry]) -> None:
+        """Record several mutations at once (one transaction or batch where the backend has them); every entry
+        is stored when this returns, as with `journal`."""
+        for entry in entries:
+            self.journal(entry)
 
     @abstractmethod
     def list_journal(

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -279,8 +279,15 @@ class DynamoDbStore(StateStore):
 
     # -- journal --------------------------------------------------------------------------------------
     def journal(self, entry: JournalEntry) -> None:
+        self._call("put_item", Item=self._journal_item(entry))
+
+    def journal_many(self, entries: Sequence[JournalEntry]) -> None:
+        self._put_many(self._journal_item(e) for e in entries)  # BatchWriteItem, 25 at a time
+
+    @staticmethod
+    def _journal_item(entry: JournalEntry) -> dict[str, Any]:
         # Keyed by id alone, so the `done` record of a mutation replaces its `planned` one.
-        item = {
+        return {
             "pk": _s(_JOURNAL_PK),
             "sk": _s(entry.id),
             "at": _s(_time_key(entry.at)),
@@ -290,7 +297,6 @@ class DynamoDbStore(StateStore):
             "account_id": _s(entry.account_id),
             "data": _s(entry.model_dump_json()),
         }
-        self._call("put_item", Item=item)
 
     def list_journal(
         self,

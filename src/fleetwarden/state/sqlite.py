@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -214,22 +214,28 @@ class SqliteStore(StateStore):
 
     # -- journal --------------------------------------------------------------------------------------
     def journal(self, entry: JournalEntry) -> None:
-        with self._write() as conn:
-            # seq breaks ties between entries of the same instant: the later write sorts later.
-            conn.execute(
-                "INSERT INTO journal (id, at, seq, run_id, workflow, account_id, data)"
-                " VALUES (?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM journal), ?, ?, ?, ?)"
-                " ON CONFLICT (id) DO UPDATE SET at = excluded.at, seq = excluded.seq, run_id = excluded.run_id,"
-                " workflow = excluded.workflow, account_id = excluded.account_id, data = excluded.data",
-                (
-                    entry.id,
-                    _time_key(entry.at),
-                    entry.run_id,
-                    entry.workflow,
-                    entry.account_id,
-                    entry.model_dump_json(),
-                ),
-            )
+        self.journal_many([entry])
+
+    def journal_many(self, entries: Sequence[JournalEntry]) -> None:
+        if not entries:
+            return
+        with self._write() as conn:  # one transaction (one sync) for the whole batch
+            for entry in entries:
+                # seq breaks ties between entries of the same instant: the later write sorts later.
+                conn.execute(
+                    "INSERT INTO journal (id, at, seq, run_id, workflow, account_id, data)"
+                    " VALUES (?, ?, (SELECT COALESCE(MAX(seq), 0) + 1 FROM journal), ?, ?, ?, ?)"
+                    " ON CONFLICT (id) DO UPDATE SET at = excluded.at, seq = excluded.seq, run_id = excluded.run_id,"
+                    " workflow = excluded.workflow, account_id = excluded.account_id, data = excluded.data",
+                    (
+                        entry.id,
+                        _time_key(entry.at),
+                        entry.run_id,
+                        entry.workflow,
+                        entry.account_id,
+                        entry.model_dump_json(),
+                    ),
+                )
 
     def list_journal(
         self,

@@ -154,6 +154,7 @@ def _execute(ctx: RunContext, plan: dict[Target, list[Instance]]) -> list[Action
             run_id=ctx.run_id,
             workflow=WORKFLOW,
             journal=ctx.store.journal,
+            journal_many=ctx.store.journal_many,
             clock=ctx.clock,
         )
         instances = plan[target]

@@ -139,6 +139,7 @@ class Halter:
             run_id=self.ctx.run_id,
             workflow=WORKFLOW,
             journal=self.ctx.store.journal,
+            journal_many=self.ctx.store.journal_many,
             clock=self.ctx.clock,
             batch_size=1000,
         )

@@ -130,6 +130,7 @@ def _restore(
                 run_id=ctx.run_id,
                 workflow=WORKFLOW,
                 journal=ctx.store.journal,
+                journal_many=ctx.store.journal_many,
                 clock=ctx.clock,
             )
             results += actions.start(stopped, reason=f"fleetwarden guard release {ctx.run_id}")

@@ -96,6 +96,7 @@ def _close_target(
             run_id=ctx.run_id,
             workflow=WORKFLOW,
             journal=ctx.store.journal,
+            journal_many=ctx.store.journal_many,
             clock=ctx.clock,
         )
         stopped = actions.stop(to_stop, reason=f"fleetwarden scan window {entries[0].window_id} closing")

@@ -132,6 +132,7 @@ def _open_target(
         run_id=ctx.run_id,
         workflow=WORKFLOW,
         journal=ctx.store.journal,
+        journal_many=ctx.store.journal_many,
         clock=ctx.clock,
     )
     results = actions.start([i.id for i in eligible], reason=f"fleetwarden scan window {window_id}")
