@@ -378,3 +378,28 @@ def test_report_lists_open_findings_across_checks_and_delivers(
     assert len(sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]) == 1
     assert (tmp_path / "r" / "report.html").exists() and (tmp_path / "r" / "findings.ocsf.jsonl").exists()
     assert cli("--config", str(config), "report", "--sink", "nope").exit_code == 2
+
+
+def test_terminate_confirmed_by_typing_the_account_ids(
+    aws: EmulatorServer, tmp_path: Path, factory: SessionFactory
+) -> None:
+    from fleetwarden.config import load_config
+    from fleetwarden.errors import SafetyRefusal
+    from fleetwarden.workflows.audit import AuditOptions, run_audit
+    from fleetwarden.workflows.base import RunContext
+
+    users(factory, A, "alice")
+    bad = launch(factory, A, "us-east-1", {"created_by": "alice"})
+    config = load_config(write_config(tmp_path, aws.url, (A,), ["us-east-1"], action="terminate"))
+    asked: list[list[str]] = []
+
+    def wrong(accounts: list[str]) -> bool:
+        asked.append(accounts)
+        return False
+
+    with pytest.raises(SafetyRefusal):
+        run_audit(RunContext.create(config), AuditOptions(apply=True, confirm_prompt=wrong))
+    assert asked == [[A]] and states(factory, A, "us-east-1", bad)[bad[0]] == "running"
+    report = run_audit(RunContext.create(config), AuditOptions(apply=True, confirm_prompt=lambda accounts: True))
+    assert [(a.resource_id, a.outcome.value) for a in report.actions if a.action == "terminate"] == [(bad[0], "done")]
+    assert states(factory, A, "us-east-1", bad)[bad[0]] == "terminated"
