@@ -25,7 +25,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -33,9 +32,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from emulator_process import EmulatorProcess
 
 from fleetwarden.emulator.seed import seed_bulk
-from fleetwarden.emulator.server import EmulatorAdmin
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -91,53 +90,13 @@ def proc_cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-class Emulator:
-    """The emulator in a separate process; stopped by PID."""
+class Emulator(EmulatorProcess):
+    """`python -m fleetwarden.emulator` with latency on every AWS call."""
 
     def __init__(self, latency_ms: float, log_path: Path) -> None:
         self.latency_ms = latency_ms
-        self.log_path = log_path
-        self.proc: subprocess.Popen[str] | None = None
-        self.url = ""
-
-    def start(self, timeout: float = 60.0) -> Emulator:
-        log = self.log_path.open("w")
-        cmd = [str(PYTHON), "-m", "fleetwarden.emulator", "--port", "0", "--latency-ms", str(self.latency_ms)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT)
-        lines: list[str] = []
-        reader = threading.Thread(target=lambda: lines.append(self.proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
-        reader.start()
-        reader.join(timeout)
-        line = lines[0].strip() if lines else ""
-        if not line.startswith("READY "):
-            self.stop()
-            raise RuntimeError(f"emulator did not start within {timeout}s (got {line!r}); see {self.log_path}")
-        self.url = line.split(" ", 1)[1]
-        if not self.url.startswith("http://127.0.0.1:"):
-            self.stop()
-            raise RuntimeError(f"emulator is not on loopback: {self.url}")
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    @property
-    def admin(self) -> EmulatorAdmin:
-        return EmulatorAdmin(self.url, timeout=120)
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=15)
+        command = [str(PYTHON), "-m", "fleetwarden.emulator", "--port", "0", "--latency-ms", str(latency_ms)]
+        super().__init__(command, log_path)
 
 
 @dataclass

@@ -38,6 +38,8 @@ from datetime import UTC, datetime  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
+from emulator_process import EmulatorProcess  # noqa: E402
+
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 PYTHON = ROOT / ".venv" / "bin" / "python"
@@ -331,43 +333,13 @@ def _sync_normal(sqlite_mod: Any) -> None:
 # == mode 3: the benchmark ==============================================================================
 
 
-class Emulator:
-    """The emulator in a separate process (this file, --serve-emulator); stopped by PID."""
+class Emulator(EmulatorProcess):
+    """The emulator in a separate process (this file, --serve-emulator: it also timestamps every request)."""
 
     def __init__(self, latency_ms: float, log_path: Path) -> None:
         self.latency_ms = latency_ms
-        self.log_path = log_path
-        self.proc: subprocess.Popen[str] | None = None
-        self.url = ""
-
-    def start(self, timeout: float = 60.0) -> Emulator:
-        log = self.log_path.open("w")
-        cmd = [str(PYTHON), str(Path(__file__).resolve()), "--serve-emulator", "--latency-ms", str(self.latency_ms)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=log, text=True, cwd=ROOT)
-        lines: list[str] = []
-        reader = threading.Thread(target=lambda: lines.append(self.proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
-        reader.start()
-        reader.join(timeout)
-        line = lines[0].strip() if lines else ""
-        if not line.startswith("READY "):
-            self.stop()
-            raise RuntimeError(f"emulator did not start within {timeout}s (got {line!r}); see {self.log_path}")
-        self.url = line.split(" ", 1)[1]
-        if not self.url.startswith("http://127.0.0.1:"):
-            self.stop()
-            raise RuntimeError(f"emulator is not on loopback: {self.url}")
-        return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    @property
-    def admin(self) -> Any:
-        from fleetwarden.emulator.server import EmulatorAdmin
-
-        return EmulatorAdmin(self.url, timeout=120)
+        command = [str(PYTHON), str(Path(__file__).resolve()), "--serve-emulator", "--latency-ms", str(latency_ms)]
+        super().__init__(command, log_path)
 
     def timeline(self) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = self.admin._json("/_fleetwarden/timeline", None, method="GET")["events"]
@@ -376,18 +348,6 @@ class Emulator:
     def reset_counters(self) -> None:
         self.admin.reset_calls()
         self.admin.request("/_fleetwarden/timeline/reset", {})
-
-    def stop(self) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(timeout=15)
 
 
 @dataclass
