@@ -68,6 +68,7 @@ def test_run_waits_for_coverage_collects_findings_and_closes(
     path = window_config(tmp_path, aws.url, settle_minutes=3, timeout_minutes=30)
     report = run_window(context(path, clock), RunOptions(apply=True))
     assert report.summary["coverage"]["complete"] is True
+    assert len(report.targets) == len({(t.account_id, t.region) for t in report.targets}) == 4  # one row each
     assert sorted(report.summary["coverage"]["scanned"]) == sorted(seeded["a"] + seeded["b"])
     assert clock.slept[0] == 180  # settle, then one-minute polls until Inspector reports the scans
     assert 1 <= len(clock.slept) - 1 <= 3

@@ -9,7 +9,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from ...model import RunReport
+from ...model import RunReport, TargetStatus
 from ..base import RunContext
 from .close import CloseOptions, close_window, open_windows
 from .inspect import coverage_state, deadline, wait_for_coverage
@@ -48,7 +48,13 @@ def run_window(ctx: RunContext, options: RunOptions) -> RunReport:
         closed = close_window(ctx, CloseOptions(apply=True, window_id=str(window_id), collect_findings=True))
     report = opened.model_copy(deep=True)
     report.workflow = "window-run"
-    report.targets += closed.targets
+    # One row per target: a close that failed there outranks an open that went well.
+    merged = {(t.account_id, t.region): t for t in report.targets}
+    for target in closed.targets:
+        key = (target.account_id, target.region)
+        if key not in merged or target.status != TargetStatus.OK:
+            merged[key] = target
+    report.targets = sorted(merged.values(), key=lambda t: (t.account_id, t.region))
     report.actions += closed.actions
     report.findings = closed.findings
     report.deliveries = closed.deliveries
