@@ -272,3 +272,32 @@ def test_unreadable_spend_source_is_reported_not_zero(
     assert result.exit_code == 4
     errors = [t["error"] for t in result.report["targets"] if t["status"] == "error"]
     assert errors and "cur" in errors[0]
+
+
+def test_stop_protection_cleared_by_the_halt_is_restored_on_release(
+    aws: EmulatorServer, tmp_path: Path, tripping: dict[str, Any], factory: SessionFactory
+) -> None:
+    protected = tripping["a_west"][0]
+    client = ec2(factory, A, "eu-west-1")
+    client.modify_instance_attribute(InstanceId=protected, DisableApiStop={"Value": True})
+    config = guard_config(tmp_path, aws.url)
+    halted = cli("--config", str(config), "--json", "guard", "run", "--apply")
+    assert halted.exit_code == 0, halted.stderr
+    assert states(factory, A, "eu-west-1", [protected])[protected] == "stopped"  # the halt cleared it to stop it
+
+    def stop_protected() -> bool:
+        return bool(
+            client.describe_instance_attribute(InstanceId=protected, Attribute="disableApiStop")["DisableApiStop"][
+                "Value"
+            ]
+        )
+
+    assert stop_protected() is False
+    plan = cli("--config", str(config), "--json", "guard", "release", "--account", A).report
+    assert ("restore-protection", protected, "planned") in {
+        (a["action"], a["resource_id"], a["outcome"]) for a in plan["actions"]
+    }
+    assert stop_protected() is False  # the dry run changed nothing
+    released = cli("--config", str(config), "--json", "guard", "release", "--account", A, "--apply")
+    assert released.exit_code == 0, released.stderr
+    assert stop_protected() is True

@@ -311,6 +311,42 @@ class Ec2Actions(JournaledActions):
         self.journal(self._final(entry, ActionOutcome.DONE, {attribute: False}))
         return None
 
+    def restore_protection(self, entries: Sequence[JournalEntry], *, apply: bool = True) -> list[ActionResult]:
+        """Set back the protection flags that journaled `clear-protection` entries of this target turned off
+        (release of a guard trip). Terminated instances are skipped: there is nothing left to protect."""
+        cleared = {
+            (e.resource_id, attribute)
+            for e in entries
+            if e.action == "clear-protection"
+            and e.outcome is ActionOutcome.DONE
+            and e.account_id == self.account_id
+            and e.region == self.region
+            for attribute, value in e.before.items()
+            if attribute in _PROTECTIONS and value is True
+        }
+        results: list[ActionResult] = []
+        for instance_id, attribute in sorted(cleared):
+            if not apply:
+                results.append(
+                    self._result("restore-protection", instance_id, ActionOutcome.PLANNED, f"set {attribute} again")
+                )
+                continue
+            entry = self._entry("restore-protection", instance_id, before={attribute: False})
+            self.journal(entry)
+            try:
+                flag = {_PROTECTIONS[attribute]: {"Value": True}}
+                self.client.modify_instance_attribute(InstanceId=instance_id, **flag)
+            except ClientError as exc:
+                code = _error_code(exc)
+                outcome = ActionOutcome.SKIPPED if code in (_NOT_FOUND, _WRONG_STATE) else ActionOutcome.FAILED
+                self.journal(self._final(entry, outcome, {}, error_text(exc)))
+                results.append(self._result("restore-protection", instance_id, outcome, error_text(exc)))
+                continue
+            self.journal(self._final(entry, ActionOutcome.DONE, {attribute: True}))
+            done = f"{attribute} set again"
+            results.append(self._result("restore-protection", instance_id, ActionOutcome.DONE, done))
+        return results
+
     def _snapshot(self, batch: list[Instance], reason: str) -> tuple[dict[str, list[str]], dict[str, _Outcome]]:
         """Snapshot every EBS volume of each instance and wait; returns (snapshot ids, instances to keep)."""
         blocked: dict[str, _Outcome] = {}

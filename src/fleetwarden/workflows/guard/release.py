@@ -109,6 +109,17 @@ def _restore(
         )
         results += processes.resume(region_entries) if apply else processes.plan_resume(region_entries)
         stopped = sorted({e.resource_id for e in done if e.region == region and e.action == "stop"})
+        ec2 = ctx.factory.client("ec2", region=region, account_id=account_id)
+        actions = Ec2Actions(
+            ec2,
+            account_id=account_id,
+            region=region,
+            run_id=ctx.run_id,
+            workflow=WORKFLOW,
+            journal=ctx.store.journal,
+            journal_many=ctx.store.journal_many,
+            clock=ctx.clock,
+        )
         if start_instances and stopped and not apply:
             results += [
                 ActionResult(
@@ -122,16 +133,7 @@ def _restore(
                 for instance_id in stopped
             ]
         elif start_instances and stopped:
-            ec2 = ctx.factory.client("ec2", region=region, account_id=account_id)
-            actions = Ec2Actions(
-                ec2,
-                account_id=account_id,
-                region=region,
-                run_id=ctx.run_id,
-                workflow=WORKFLOW,
-                journal=ctx.store.journal,
-                journal_many=ctx.store.journal_many,
-                clock=ctx.clock,
-            )
             results += actions.start(stopped, reason=f"fleetwarden guard release {ctx.run_id}")
+        # Stop protection the halt cleared is set again: the account ends as it was before the trip.
+        results += actions.restore_protection(region_entries, apply=apply)
     return results
