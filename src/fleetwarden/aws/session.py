@@ -159,6 +159,14 @@ class SessionFactory:
             self._caller = {"account_id": ident["Account"], "arn": ident["Arn"], "user_id": ident["UserId"]}
         return self._caller
 
+    def sibling(self) -> SessionFactory:
+        """A factory over the same base credentials, settings, endpoint and call counter, with an account map of
+        its own: for an account reached through another role than the fleet's (the payer's billing role)."""
+        other = SessionFactory(self.settings, run_id=self.run_id, base_session=self._base)
+        other.endpoint_url = self.endpoint_url
+        other.counter = self.counter
+        return other
+
     def credentials(self) -> Any:
         """The base credentials (botocore refreshes them), for clients that sign requests themselves (SigV4
         for OpenSearch); None when there are none."""

@@ -149,9 +149,7 @@ class BillingClients:
         if (current.role_arn, current.external_id) == (wanted.role_arn, wanted.external_id):
             self._reader = self.factory
         else:
-            reader = SessionFactory(self.factory.settings, run_id=self.factory.run_id, base_session=self.factory._base)
-            reader.endpoint_url = self.factory.endpoint_url
-            reader.counter = self.factory.counter  # billing calls count with the run's others
+            reader = self.factory.sibling()  # billing calls still count with the run's others
             reader.register_account(wanted)
             self._reader = reader
         return self._reader
