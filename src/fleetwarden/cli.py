@@ -640,7 +640,10 @@ def deploy_group() -> None:
 
 @deploy_group.command("render")
 @click.option(
-    "--kind", required=True, type=click.Choice(["member", "hub"]), help="member: the StackSet role; hub: the hub stack."
+    "--kind",
+    required=True,
+    type=click.Choice(["member", "hub", "billing"]),
+    help="member: the StackSet role; hub: the hub stack; billing: the payer account's role for spend sources.",
 )
 @click.option(
     "--state-machine",

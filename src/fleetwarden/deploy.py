@@ -25,7 +25,7 @@ from .errors import UsageError
 from .permissions import policy_documents
 from .state.dynamodb import TTL_ATTRIBUTE
 
-Kind = Literal["member", "hub"]
+Kind = Literal["member", "hub", "billing"]
 KINDS: tuple[str, ...] = get_args(Kind)
 Template = dict[str, Any]
 
@@ -41,6 +41,7 @@ FUNCTION_ARN_SUBSTITUTION = "FleetwardenFunctionArn"
 TEMPLATE_FILES: dict[str, Path] = {
     "member": Path("deploy/templates/member-role.yaml"),
     "hub": Path("deploy/templates/hub.yaml"),
+    "billing": Path("deploy/templates/billing-role.yaml"),
 }
 REGENERATE = "fleetwarden deploy render --kind {kind} > {path}"
 
@@ -95,12 +96,34 @@ def _allow(actions: list[str], resources: Any) -> dict[str, Any]:
 # -- member-account role -------------------------------------------------------------------------------------
 def member_role_template(role_name: str = "FleetWarden") -> Template:
     """The member-account role (deployed to every member account as a StackSet), trusted by the hub account."""
+    return _role_template(
+        role_name,
+        "member_role",
+        "fleetwarden member-account role: assumed by the hub account (with an external id) to audit, guard "
+        "and scan this account's EC2 fleet. Generated from the code's permission declarations: do not edit.",
+    )
+
+
+def billing_role_template(role_name: str = "FleetWardenBilling") -> Template:
+    """The payer account's billing role (`guard.spend.billing_account`): what the spend sources read through."""
+    return _role_template(
+        role_name,
+        "billing_role",
+        "fleetwarden billing role in the payer account: assumed by the hub account (with an external id) to "
+        "read spend (CloudWatch billing metrics, Cost Explorer, CUR exports) for the runaway guard. Generated "
+        "from the code's permission declarations: do not edit.",
+    )
+
+
+def _role_template(role_name: str, document: str, description: str) -> Template:
+    used_as = (
+        "the config's organization.role_name"
+        if document == "member_role"
+        else "its ARN goes in the config's guard.spend.billing_account.role_arn"
+    )
     return {
         "AWSTemplateFormatVersion": "2010-09-09",
-        "Description": (
-            "fleetwarden member-account role: assumed by the hub account (with an external id) to audit, guard "
-            "and scan this account's EC2 fleet. Generated from the code's permission declarations: do not edit."
-        ),
+        "Description": description,
         "Parameters": {
             "HubAccountId": {
                 "Type": "String",
@@ -119,7 +142,7 @@ def member_role_template(role_name: str = "FleetWarden") -> Template:
             "RoleName": {
                 "Type": "String",
                 "Default": role_name,
-                "Description": "The role's name (the config's organization.role_name).",
+                "Description": f"The role's name ({used_as}).",
             },
         },
         "Resources": {
@@ -134,7 +157,10 @@ def member_role_template(role_name: str = "FleetWarden") -> Template:
                         {"StringEquals": {"sts:ExternalId": _ref("ExternalId")}},
                     ),
                     "Policies": [
-                        {"PolicyName": "fleetwarden-member", "PolicyDocument": policy_documents()["member_role"]}
+                        {
+                            "PolicyName": f"fleetwarden-{document.removesuffix('_role')}",
+                            "PolicyDocument": policy_documents()[document],
+                        }
                     ],
                 },
             }
@@ -429,11 +455,13 @@ def load_state_machine(path: Path | None = None) -> dict[str, Any]:
 
 
 def template(kind: str, state_machine: Path | None = None) -> Template:
-    """The template of one kind (`member` or `hub`) as a dict."""
+    """The template of one kind (`member`, `hub` or `billing`) as a dict."""
     if kind == "member":
         return member_role_template()
     if kind == "hub":
         return hub_template(load_state_machine(state_machine))
+    if kind == "billing":
+        return billing_role_template()
     raise UsageError(f"unknown template kind {kind!r}: expected one of {', '.join(KINDS)}")
 
 

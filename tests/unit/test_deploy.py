@@ -253,3 +253,14 @@ def test_every_reference_resolves(kind: str) -> None:
     for name, resource in template["Resources"].items():
         for dependency in resource.get("DependsOn", []):
             assert dependency in template["Resources"], name
+
+
+def test_billing_role_holds_exactly_the_spend_sources_permissions() -> None:
+    from fleetwarden.permissions import policy_documents
+
+    template = deploy.template("billing")
+    policy = template["Resources"]["FleetWardenRole"]["Properties"]["Policies"][0]["PolicyDocument"]
+    assert policy == policy_documents()["billing_role"]
+    actions = set(policy["Statement"][0]["Action"])
+    assert {"ce:GetCostAndUsage", "cloudwatch:GetMetricData", "s3:GetObject"} <= actions
+    assert not any(a.startswith("ec2:") for a in actions)  # nothing that could touch a fleet
