@@ -264,7 +264,10 @@ def print_report(
         actions = Table(title=f"Actions ({counts_text(stats.actions_by_outcome)})", title_justify="left")
         for column in ("action", "account", "region", "resource", "outcome", "reason"):
             actions.add_column(column, overflow="fold")
-        for a in report.actions:
+        # Failures first, then the rest in order; a large halt or plan is capped like the findings.
+        action_rows = sorted(report.actions, key=lambda a: a.outcome.value != "failed")
+        shown_actions = action_rows[:max_findings]
+        for a in shown_actions:
             actions.add_row(
                 _cell(a.action),
                 _cell(a.account_id),
@@ -273,6 +276,13 @@ def print_report(
                 _cell(a.outcome.value, _OUTCOME_STYLE.get(a.outcome.value, "")),
                 _cell(a.reason),
             )
+        if len(action_rows) > len(shown_actions):
+            where = (
+                f"every action is in {output_dir / RUN_JSON}"
+                if output_dir is not None
+                else "use --output-dir DIR (run.json) or --json for all of them"
+            )
+            actions.caption = f"... and {len(action_rows) - len(shown_actions)} more actions: {where}"
         console.print(actions)
 
     if report.deliveries:

@@ -233,3 +233,34 @@ def test_html_caps_the_findings() -> None:
     html = render_html(report, max_findings=10)
     assert html.count('<tr class="finding ') == 10
     assert "2 more findings are not shown here" in html
+
+
+def test_a_long_action_list_is_capped_failures_first() -> None:
+    from fleetwarden.model import ActionOutcome, ActionResult
+
+    report = make_report()
+    report.actions = [
+        ActionResult(
+            action="stop",
+            account_id=DEV,
+            region="us-east-1",
+            resource_id=f"i-{n:04d}",
+            outcome=ActionOutcome.DONE,
+            reason="",
+        )
+        for n in range(80)
+    ] + [
+        ActionResult(
+            action="stop",
+            account_id=DEV,
+            region="us-east-1",
+            resource_id="i-broken",
+            outcome=ActionOutcome.FAILED,
+            reason="UnauthorizedOperation",
+        )
+    ]
+    console = Console(record=True, width=200)
+    print_report(report, console, max_findings=10)
+    text = console.export_text()
+    assert "i-broken" in text and "UnauthorizedOperation" in text
+    assert "i-0079" not in text and "71 more actions" in text
