@@ -294,12 +294,31 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[st
     return None
 
 
+def _child(node: Any, key: int | str) -> Any:
+    """The raw config value under `key`, or None when the path leaves the document."""
+    if isinstance(node, dict):
+        return node.get(key)
+    if isinstance(node, list) and isinstance(key, int) and 0 <= key < len(node):
+        return node[key]
+    return None
+
+
 def problems_from_validation(
-    exc: ValidationError, model: type[BaseModel], prefix: tuple[int | str, ...] = ()
+    exc: ValidationError, model: type[BaseModel], prefix: tuple[int | str, ...] = (), raw: Any = None
 ) -> list[ConfigProblem]:
     def user_path(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
-        # pydantic puts union member names into loc; drop them so the path is the user's key path
-        return tuple(p for p in loc if not (isinstance(p, str) and p.startswith(("list[", "literal[", "function-"))))
+        # pydantic puts union member names into loc, and for a union tagged by `type` the tag's value (e.g.
+        # `auth.basic.extra` for `auth: {type: basic, ...}`); drop them so the path is the user's key path.
+        out: list[int | str] = []
+        node = raw
+        for p in loc:
+            if isinstance(p, str) and p.startswith(("list[", "literal[", "function-")):
+                continue
+            if isinstance(node, dict) and p not in node and node.get("type") == p:
+                continue
+            out.append(p)
+            node = _child(node, p)
+        return tuple(out)
 
     problems = []
     errors = exc.errors()
@@ -337,7 +356,7 @@ def parse_config(text: str, source: str) -> Config:
     try:
         config = Config.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(source, problems_from_validation(exc, Config)) from None
+        raise ConfigError(source, problems_from_validation(exc, Config, raw=raw)) from None
     _validate_sinks(config, source)
     return config
 
@@ -356,7 +375,7 @@ def _validate_sinks(config: Config, source: str) -> None:
         try:
             plugin.config_model.model_validate(raw)
         except ValidationError as exc:
-            problems += problems_from_validation(exc, plugin.config_model, ("sinks", name))
+            problems += problems_from_validation(exc, plugin.config_model, ("sinks", name), raw=raw)
     if problems:
         raise ConfigError(source, problems)
 

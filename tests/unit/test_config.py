@@ -119,3 +119,11 @@ def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         load_config(tmp_path / "absent.yaml")
     assert "file not found" in str(info.value)
+
+
+def test_a_tagged_union_does_not_put_its_tag_into_the_key_path() -> None:
+    message = problems(
+        "sinks:\n  search: {type: opensearch, url: 'https://search.example', index: a,"
+        " auth: {type: basic, username: u, password: 'env:P', colour: red}}\n"
+    )
+    assert "sinks.search.auth.colour: unknown key" in message
