@@ -13,8 +13,7 @@ from typing import Any
 import pytest
 import yaml
 from fleet import ACCOUNTS, cli, launch, role
-from test_slack_sink import CHANNEL, FakeSlack
-from test_slack_sink import slack as slack
+from slack_fake import CHANNEL, FakeSlack
 
 from fleetwarden.aws.session import SessionFactory
 from fleetwarden.emulator.server import EmulatorServer

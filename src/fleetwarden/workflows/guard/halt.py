@@ -14,6 +14,7 @@ from ...actions.asg import AsgProcesses
 from ...actions.ec2 import Ec2Actions
 from ...aws.targets import error_text
 from ...collect.ec2 import one_time_spot_ids
+from ...errors import FleetwardenError
 from ...model import ActionOutcome, ActionResult, ExceptionKind, ExceptionSet, Instance, Target
 from ..base import LEASE_TTL_SECONDS, RunContext
 
@@ -85,7 +86,7 @@ class Halter:
         for job, future in jobs:
             try:
                 results += future.result()
-            except (ClientError, BotoCoreError) as exc:
+            except (ClientError, BotoCoreError, FleetwardenError) as exc:
                 message = error_text(exc)
                 log.warning("%s: %s failed: %s", job.target, job.action, message)
                 ids = job.instance_ids or [f"asg:{job.target.region}"]
