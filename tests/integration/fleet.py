@@ -19,6 +19,7 @@ from fleetwarden.aws.session import AccountAccess, SessionFactory
 from fleetwarden.cli import main
 
 ACCOUNTS = ("111111111111", "222222222222", "333333333333")
+WINDOW_REGIONS = ["us-east-1", "eu-west-1"]
 GOOD_TAGS = {"created_by": "alice", "department": "eng", "project": "web"}
 
 
@@ -116,6 +117,21 @@ def write_config(
         },
     }
     config.update(top or {})
+    path = tmp_path / "fleetwarden.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def window_config(tmp_path: Path, endpoint: str, **window: Any) -> Path:
+    """A scan-window config for accounts A and B in WINDOW_REGIONS (guard limit 100); `window` keys override."""
+    config: dict[str, Any] = {
+        "aws": {"endpoint_url": endpoint, "max_attempts": 2, "max_concurrency": 8},
+        "accounts": [{"id": a, "role_arn": role(a)} for a in ACCOUNTS[:2]],
+        "regions": WINDOW_REGIONS,
+        "state": f"sqlite:///{tmp_path / 'state.db'}",
+        "window": {"settle_minutes": 0, "timeout_minutes": 30, **window},
+        "guard": {"max_running_instances": 100},
+    }
     path = tmp_path / "fleetwarden.yaml"
     path.write_text(yaml.safe_dump(config))
     return path

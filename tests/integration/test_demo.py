@@ -7,13 +7,9 @@ import json
 import os
 from pathlib import Path
 
-import pytest
-
 from fleetwarden.config import load_config
 from fleetwarden.demo import DEMO_ACCOUNTS, DEMO_REGIONS, run_demo
 from fleetwarden.emulator.server import EmulatorServer
-
-pytestmark = pytest.mark.integration
 
 
 def test_demo_audits_the_seeded_fleet_and_writes_the_report(aws: EmulatorServer, tmp_path: Path) -> None:

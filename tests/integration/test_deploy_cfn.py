@@ -25,8 +25,6 @@ from fleetwarden.permissions import policy_documents
 from fleetwarden.state import open_store
 from fleetwarden.state.dynamodb import TTL_ATTRIBUTE
 
-pytestmark = pytest.mark.integration
-
 REGION = "us-east-1"
 HUB = "123456789012"  # moto's default account: where the tests' own credentials act
 MEMBERS = ("210987654321", "333333333333")

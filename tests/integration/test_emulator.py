@@ -23,8 +23,6 @@ from fleetwarden.emulator.middleware import FleetwardenMiddleware
 from fleetwarden.emulator.seed import VIOLATIONS, FleetSpec, SeedAccount, seed_bulk, seed_fleet
 from fleetwarden.emulator.server import EmulatorServer, WsgiApp
 
-pytestmark = pytest.mark.integration
-
 IMAGE = "ami-12345678"
 
 

@@ -16,8 +16,6 @@ from fleetwarden.collect.compliance import ComplianceItem, item_finding, managed
 from fleetwarden.emulator.server import EmulatorServer
 from fleetwarden.model import Severity, finding_id
 
-pytestmark = pytest.mark.integration
-
 BASE = "123456789012"
 OTHER = "111111111111"
 REGION = "us-east-1"

@@ -30,8 +30,7 @@ from typing import Any
 
 import pytest
 import yaml
-from fleet import ACCOUNTS, launch, states
-from test_window import window_config
+from fleet import ACCOUNTS, launch, states, window_config
 
 from fleetwarden.aws.session import SessionFactory
 from fleetwarden.emulator.server import EmulatorServer

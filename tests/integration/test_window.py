@@ -8,30 +8,15 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import yaml
-from fleet import ACCOUNTS, cli, ec2, launch, role, states
+from fleet import ACCOUNTS, WINDOW_REGIONS, cli, ec2, launch, states, window_config
 
 from fleetwarden.aws.session import SessionFactory
 from fleetwarden.emulator.server import EmulatorServer
 
 A, B, _ = ACCOUNTS
-REGIONS = ["us-east-1", "eu-west-1"]
-
-
-def window_config(tmp_path: Path, endpoint: str, **window: Any) -> Path:
-    config: dict[str, Any] = {
-        "aws": {"endpoint_url": endpoint, "max_attempts": 2, "max_concurrency": 8},
-        "accounts": [{"id": a, "role_arn": role(a)} for a in (A, B)],
-        "regions": REGIONS,
-        "state": f"sqlite:///{tmp_path / 'state.db'}",
-        "window": {"settle_minutes": 0, "timeout_minutes": 30, **window},
-        "guard": {"max_running_instances": 100},
-    }
-    path = tmp_path / "fleetwarden.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+REGIONS = WINDOW_REGIONS
 
 
 def fleet(factory: SessionFactory) -> dict[str, list[str]]:

@@ -8,8 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fleet import ACCOUNTS, launch, states
-from test_window import window_config
+from fleet import ACCOUNTS, launch, states, window_config
 
 from fleetwarden.aws.session import SessionFactory
 from fleetwarden.config import load_config
