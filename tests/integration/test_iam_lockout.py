@@ -411,3 +411,72 @@ def test_permissions_are_declared_for_each_call() -> None:
     assert set(PERMISSIONS) == {"lock", "release", "delete"}
     assert "iam:UpdateAccessKey" in PERMISSIONS["lock"] and "iam:DeleteUserPolicy" in PERMISSIONS["release"]
     assert {"iam:DeleteAccessKey", "iam:DeleteLoginProfile"} <= set(PERMISSIONS["delete"])
+
+
+# -- IAM names are unique case-insensitively (issue 8, defect 8) ---------------------------------------------
+def test_exempt_users_match_whatever_the_casing(factory: SessionFactory) -> None:
+    iam = factory.client("iam", region="us-east-1")
+    (glass_key,) = _user(iam, "breakglass")
+    (own_key,) = _user(iam, "fleetwarden")
+    (contractor_key,) = _user(iam, "contractor")
+    (alice_key,) = _user(iam, "alice")
+    rule = ExceptionRule(
+        id="exc-3",
+        kind=ExceptionKind.LOCKOUT_EXEMPT,
+        account_id=ACCOUNT,
+        resource_id="Contractor",
+        reason="on call tonight",
+        owner="ops",
+        created_at=NOW,
+    )
+    journal = Journal()
+    lockout = _lockout(
+        iam,
+        journal,
+        exempt_users=["BreakGlass"],
+        exceptions=ExceptionSet([rule], NOW),
+        self_arn=f"arn:aws:iam::{ACCOUNT}:user/FleetWarden",
+    )
+
+    results = _by(lockout.lock())
+
+    assert _keys(iam, "breakglass") == {glass_key: "Active"}
+    assert _user_policies(iam, "breakglass") == []
+    assert _keys(iam, "fleetwarden") == {own_key: "Active"} and _user_policies(iam, "fleetwarden") == []
+    assert _keys(iam, "contractor") == {contractor_key: "Active"} and _user_policies(iam, "contractor") == []
+    assert "exempt_users" in results[(DENY_USER, "breakglass")].reason
+    assert "fleetwarden runs as" in results[(DENY_USER, "fleetwarden")].reason
+    assert "exc-3" in results[(DENY_USER, "contractor")].reason
+    # Everyone else is still locked out.
+    assert _keys(iam, "alice") == {alice_key: "Inactive"} and _user_policies(iam, "alice") == [LOCKOUT_POLICY]
+    assert {e.resource_id for e in journal} == {"alice", alice_key}
+
+
+def test_exempt_roles_and_own_role_match_whatever_the_casing(factory: SessionFactory) -> None:
+    iam = factory.client("iam", region="us-east-1")
+    for role in ("breakglass-role", "fleetwarden", "ops-admin", "contractor-role"):
+        _role(iam, role)
+    rule = ExceptionRule(
+        id="exc-4",
+        kind=ExceptionKind.LOCKOUT_EXEMPT,
+        account_id=ACCOUNT,
+        resource_id="CONTRACTOR-ROLE",
+        reason="vendor access",
+        owner="ops",
+        created_at=NOW,
+    )
+    lockout = _lockout(
+        iam,
+        Journal(),
+        exempt_roles=["BreakGlass-Role"],
+        exceptions=ExceptionSet([rule], NOW),
+        self_arn=f"arn:aws:sts::{ACCOUNT}:assumed-role/FleetWarden/run",
+        revoke_role_sessions=["breakglass-role", "fleetwarden", "ops-admin", "contractor-role"],
+    )
+
+    results = _by(lockout.lock())
+
+    for role in ("breakglass-role", "fleetwarden", "contractor-role"):
+        assert _role_policies(iam, role) == [], role
+        assert results[("revoke-role-sessions", role)].outcome is ActionOutcome.SKIPPED, role
+    assert _role_policies(iam, "ops-admin") == [REVOKE_POLICY]

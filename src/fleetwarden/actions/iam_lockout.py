@@ -180,11 +180,17 @@ class IamLockout(JournaledActions):
         self.journal = journal
         self.clock = clock
         self.mode = mode
-        self.exempt_users = frozenset(exempt_users)
-        self.exempt_roles = frozenset(exempt_roles)
-        self.revoke_role_sessions = list(dict.fromkeys(revoke_role_sessions))
+        # IAM user and role names are unique case-insensitively: `BreakGlass` in the config is the user `breakglass`.
+        self.exempt_users = frozenset(_fold(u) for u in exempt_users)
+        self.exempt_roles = frozenset(_fold(r) for r in exempt_roles)
+        first_spelling: dict[str, str] = {}
+        for role in revoke_role_sessions:
+            first_spelling.setdefault(_fold(role), role)
+        self.revoke_role_sessions = list(first_spelling.values())
         self.self_arn = self_arn
-        self.self_user, self.self_role = self_principal(self_arn, account_id)
+        self_user, self_role = self_principal(self_arn, account_id)
+        self.self_user = _fold(self_user) if self_user else None
+        self.self_role = _fold(self_role) if self_role else None
         self.exceptions = exceptions
 
     # -- public API -----------------------------------------------------------------------------------
@@ -227,9 +233,9 @@ class IamLockout(JournaledActions):
             yield from page.get("Users", [])
 
     def _user_exemption(self, user: str) -> str | None:
-        if user == self.self_user:
+        if _fold(user) == self.self_user:
             return f"the principal fleetwarden runs as ({self.self_arn})"
-        if user in self.exempt_users:
+        if _fold(user) in self.exempt_users:
             return "exempt user (guard.lockout.exempt_users)"
         rule = self._exception(user)
         return f"lockout-exempt exception {rule}" if rule else None
@@ -237,6 +243,7 @@ class IamLockout(JournaledActions):
     def _exception(self, name: str) -> str | None:
         if self.exceptions is None:
             return None
+        # ExceptionRule matches lockout-exempt resource ids (IAM names) case-insensitively.
         rule = self.exceptions.find(ExceptionKind.LOCKOUT_EXEMPT, account_id=self.account_id, resource_id=name)
         return f"{rule.id} ({rule.reason})" if rule else None
 
@@ -324,10 +331,10 @@ class IamLockout(JournaledActions):
         return self._result(DELETE_LOGIN_PROFILE, user, ActionOutcome.DONE, "irreversible")
 
     def _revoke_role(self, role: str, *, apply: bool) -> ActionResult:
-        if role == self.self_role:
+        if _fold(role) == self.self_role:
             why = f"the principal fleetwarden runs as ({self.self_arn})"
             return self._result(REVOKE_ROLE_SESSIONS, role, ActionOutcome.SKIPPED, why)
-        if role in self.exempt_roles:
+        if _fold(role) in self.exempt_roles:
             return self._result(REVOKE_ROLE_SESSIONS, role, ActionOutcome.SKIPPED, "exempt role (guard.lockout)")
         rule = self._exception(role)
         if rule:
@@ -533,6 +540,11 @@ def _document(raw: Any) -> dict[str, Any] | None:
             return None
         return parsed if isinstance(parsed, dict) else None
     return None
+
+
+def _fold(name: str) -> str:
+    """An IAM user or role name as IAM compares it: case-insensitively (names are ASCII)."""
+    return name.lower()
 
 
 def _join(*parts: str) -> str:
