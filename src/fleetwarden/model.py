@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, model_validator
 
 RUN_SCHEMA = "fleetwarden.run/v1"
 
@@ -211,8 +212,28 @@ class RunReport(BaseModel):
         return self.model_dump(mode="json", by_alias=True)
 
 
+ACCOUNT_ID = re.compile(r"[0-9]{12}")  # ASCII digits only: str.isdigit() also accepts other scripts' digits
+
+# The scope fields an exception can narrow, with the CLI option that sets each one.
+SCOPE_FIELDS: dict[str, str] = {
+    "account_id": "--account",
+    "region": "--region",
+    "resource_id": "--resource-id",
+    "check": "--check",
+    "item": "--item",
+}
+
+
 class ExceptionRule(BaseModel):
-    """An exception: a kind plus a scope (omitted fields match everything), an owner and an optional expiry."""
+    """An exception: a kind plus a scope (omitted fields match everything), a reason, an owner, an optional expiry.
+
+    A rule can never cover everything by accident: it needs a non-blank reason and at least one scope field, or
+    `organization_wide=True` (and then no scope field). `check` and `item` narrow snoozes only (nothing else is
+    matched by them). `organization_wide=None` means a row stored before the field existed: it is honoured as it
+    was written, and one without any scope reports `legacy_unscoped` (and `covers_organization`) so that
+    `exceptions list`, the audit and the guard can flag it. Validating with `context={"strict_scope": True}` (for
+    new input, e.g. a config file) refuses a missing `organization_wide` too.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -223,10 +244,75 @@ class ExceptionRule(BaseModel):
     resource_id: str | None = None
     check: str | None = None
     item: str | None = None
+    organization_wide: bool | None = None
     reason: str
     owner: str
     created_at: datetime
     expires_at: datetime | None = None
+
+    @model_validator(mode="after")
+    def _scope_is_deliberate(self, info: ValidationInfo) -> ExceptionRule:
+        strict = bool(info.context and info.context.get("strict_scope"))
+        if self.organization_wide is None and not strict:
+            return self  # a row from before scopes were required: honoured, flagged by legacy_unscoped
+        problems = self.scope_problems()
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def scope_problems(self) -> list[str]:
+        """Why this rule is not deliberate enough to be accepted as new input (empty when it is)."""
+        problems: list[str] = []
+        if not self.reason.strip():
+            problems.append("the reason must not be blank: say why the exception exists")
+        for name, option in SCOPE_FIELDS.items():
+            value = getattr(self, name)
+            if value is not None and not value.strip():
+                problems.append(f"{option} must not be blank")
+        if self.account_id is not None and not ACCOUNT_ID.fullmatch(self.account_id):
+            problems.append(f"the account must be 12 digits 0-9, got {self.account_id!r}")
+        if self.kind is not ExceptionKind.SNOOZE and (self.check is not None or self.item is not None):
+            problems.append(f"--check and --item narrow snoozes only: a {self.kind.value} exception ignores them")
+        scoped = sorted(SCOPE_FIELDS[name] for name in self.scope)
+        if self.organization_wide is None:
+            problems.append("say whether the exception is organization-wide (organization_wide: true or false)")
+        elif self.organization_wide and scoped:
+            problems.append(f"an organization-wide exception takes no scope, got {', '.join(scoped)}")
+        elif not self.organization_wide and not scoped:
+            problems.append(
+                "an exception needs a scope (--account, --region, --resource-id, --check or --item), "
+                "or --organization-wide to cover every account and region"
+            )
+        return problems
+
+    @property
+    def scope(self) -> dict[str, str]:
+        """The scope fields that are set (field name -> value)."""
+        return {name: value for name in SCOPE_FIELDS if (value := getattr(self, name)) is not None}
+
+    @property
+    def legacy_unscoped(self) -> bool:
+        """A row stored before scopes were required, with no scope at all: it covers the whole organization."""
+        return self.organization_wide is None and not self.scope
+
+    @property
+    def covers_organization(self) -> bool:
+        """True if the rule applies in every account and region (deliberately, or as a legacy unscoped row)."""
+        return bool(self.organization_wide) or self.legacy_unscoped
+
+    @property
+    def covers_account(self) -> bool:
+        """True if the rule applies to a whole account: an account, but no region and no resource."""
+        return self.account_id is not None and self.region is None and self.resource_id is None
+
+    @property
+    def breadth(self) -> str | None:
+        """What a broad rule covers, for warnings ("the whole organization", "all of account ..."), else None."""
+        if self.covers_organization:
+            return "the whole organization" + (" (stored without any scope)" if self.legacy_unscoped else "")
+        if self.covers_account:
+            return f"all of account {self.account_id}"
+        return None
 
     def active(self, now: datetime) -> bool:
         return self.expires_at is None or now < self.expires_at
@@ -242,9 +328,16 @@ class ExceptionRule(BaseModel):
         check: str | None = None,
         item: str | None = None,
     ) -> bool:
-        """True if this active rule of `kind` covers the given resource (an omitted scope field matches all)."""
+        """True if this active rule of `kind` covers the given resource (an omitted scope field matches all).
+
+        Lockout-exempt resource ids are IAM user or role names, which IAM compares case-insensitively.
+        """
         if self.kind is not kind or not self.active(now):
             return False
+        if kind is ExceptionKind.LOCKOUT_EXEMPT and self.resource_id is not None and resource_id is not None:
+            if self.resource_id.lower() != resource_id.lower():
+                return False
+            resource_id = self.resource_id
         pairs = (
             (self.account_id, account_id),
             (self.region, region),
@@ -267,6 +360,10 @@ class ExceptionSet:
             if rule.matches(kind, now=self.now, **scope):
                 return rule
         return None
+
+    def broad(self, kinds: Collection[ExceptionKind] | None = None) -> list[ExceptionRule]:
+        """The active rules (of `kinds`, default all) that cover a whole account or the whole organization."""
+        return [r for r in self.rules if (kinds is None or r.kind in kinds) and r.breadth is not None]
 
 
 class JournalEntry(BaseModel):
