@@ -55,7 +55,10 @@ def test_open_then_close_returns_exactly_what_it_started(
     f = fleet(factory)
     keep = f["a_east_stopped"][0]
     config = window_config(tmp_path, aws.url)
-    cli("--config", str(config), "exceptions", "add", "--kind", "do-not-start", "--resource-id", keep, "--reason", "x")
+    added = cli(
+        "--config", str(config), "exceptions", "add", "--kind", "do-not-start", "--resource-id", keep, "--reason", "x"
+    )
+    assert added.exit_code == 0, added.stderr
     opened = cli("--config", str(config), "--json", "window", "open", "--apply")
     assert opened.exit_code == 0, opened.stderr
     window_id = opened.report["summary"]["window_id"]
@@ -70,7 +73,9 @@ def test_open_then_close_returns_exactly_what_it_started(
 
     # meanwhile someone starts the do-not-start instance by hand: the window did not start it
     ec2(factory, A, "us-east-1").start_instances(InstanceIds=[keep])
-    status = json.loads(cli("--config", str(config), "--json", "window", "status").stdout)
+    shown = cli("--config", str(config), "--json", "window", "status")
+    assert shown.exit_code == 0, shown.stderr
+    status = json.loads(shown.stdout)
     assert [w["window_id"] for w in status["windows"]] == [window_id]
     assert len(status["windows"][0]["instances"]) == len(started)
 
@@ -93,12 +98,19 @@ def test_do_not_stop_and_select_tags_and_asg(aws: EmulatorServer, tmp_path: Path
     )
     config = window_config(tmp_path, aws.url, select_tags={"team": "web"})
     stay = f["b_east_stopped"][0]
-    cli("--config", str(config), "exceptions", "add", "--kind", "do-not-stop", "--resource-id", stay, "--reason", "x")
-    opened = cli("--config", str(config), "--json", "window", "open", "--apply").report
+    added = cli(
+        "--config", str(config), "exceptions", "add", "--kind", "do-not-stop", "--resource-id", stay, "--reason", "x"
+    )
+    assert added.exit_code == 0, added.stderr
+    opening = cli("--config", str(config), "--json", "window", "open", "--apply")
+    assert opening.exit_code == 0, opening.stderr
+    opened = opening.report
     outcome = {a["resource_id"]: a for a in opened["actions"]}
     assert set(f["a_west_stopped"]).isdisjoint(outcome)  # team=data: not selected
     assert outcome[asg_member[0]]["outcome"] == "skipped" and "Auto Scaling" in outcome[asg_member[0]]["reason"]
-    closed = cli("--config", str(config), "--json", "window", "close", "--apply").report
+    closing = cli("--config", str(config), "--json", "window", "close", "--apply")
+    assert closing.exit_code == 0, closing.stderr
+    closed = closing.report
     after = all_states(factory, f)
     assert after[stay] == "running"  # do-not-stop honoured at close
     assert all(after[i] == "stopped" for i in f["a_east_stopped"] + f["b_east_stopped"][1:])
@@ -122,7 +134,10 @@ def test_one_instance_failing_to_start(aws: EmulatorServer, tmp_path: Path, fact
     assert opened.exit_code == 4
     # someone starts it by hand later: the window did not start it, so close leaves it running
     ec2(factory, A, "us-east-1").start_instances(InstanceIds=[bad])
-    cli("--config", str(config), "--json", "window", "close", "--apply")
+    closed = cli("--config", str(config), "--json", "window", "close", "--apply")
+    assert closed.exit_code == 0, closed.stderr
+    stopped = {a["resource_id"] for a in closed.report["actions"] if a["action"] == "stop" and a["outcome"] == "done"}
+    assert stopped == set(f["a_east_stopped"] + f["a_west_stopped"] + f["b_east_stopped"]) - {bad}
     after = all_states(factory, f)
     assert after[bad] == "running"
     assert all(after[i] == "stopped" for i in f["a_east_stopped"] if i != bad)
@@ -135,9 +150,13 @@ def test_tripped_account_is_refused(aws: EmulatorServer, tmp_path: Path, factory
     data["guard"] = {"max_running_instances": 0, "lockout": {"mode": "off"}}
     config.write_text(yaml.safe_dump(data))
     assert cli("--config", str(config), "guard", "run", "--apply").exit_code == 0  # A trips (1 running > 0)
-    opened = cli("--config", str(config), "--json", "window", "open", "--apply").report
-    skipped = {(t["account_id"], t["status"]) for t in opened["targets"]}
-    assert (A, "skipped") in skipped and (B, "ok") in skipped
+    opening = cli("--config", str(config), "--json", "window", "open", "--apply")
+    assert opening.exit_code == 0, opening.stderr
+    opened = opening.report
+    skipped = {(t["account_id"], t["region"], t["status"]) for t in opened["targets"]}
+    assert skipped == {(a, r, "ok" if a == B else "skipped") for a in (A, B) for r in REGIONS}
+    started = {a["resource_id"] for a in opened["actions"] if a["action"] == "start" and a["outcome"] == "done"}
+    assert started == set(f["b_east_stopped"])
     a_east = all_states(factory, {"a_east_all": f["a_east_stopped"] + f["a_east_running"]})
     assert set(a_east.values()) == {"stopped"}  # nothing started; the guard's halt stopped the running one
 
@@ -165,13 +184,31 @@ def test_guard_does_not_count_window_instances(aws: EmulatorServer, tmp_path: Pa
     f = fleet(factory)
     config = window_config(tmp_path, aws.url)
     data = yaml.safe_load(config.read_text())
-    data["guard"] = {"max_running_instances": 2}
+    # A limit of 2: counting the window's 5 instances in A (1 + 5 = 6) or its 2 in B would trip both accounts.
+    data["guard"] = {"max_running_instances": 2, "lockout": {"mode": "off"}}
     config.write_text(yaml.safe_dump(data))
-    cli("--config", str(config), "window", "open", "--apply")
-    report = cli("--config", str(config), "--json", "guard", "run").report
-    assert report["summary"]["running_by_account"][A] == 1  # the 5 window instances are not counted
-    assert report["summary"]["tripped"] == []
-    assert len(f) == 4
+    opened = cli("--config", str(config), "--json", "window", "open", "--apply")
+    assert opened.exit_code == 0, opened.stderr
+    window_ids = f["a_east_stopped"] + f["a_west_stopped"] + f["b_east_stopped"]
+    assert {a["resource_id"] for a in opened.report["actions"] if a["outcome"] == "done"} == set(window_ids)
+    assert set(all_states(factory, f).values()) == {"running"}  # the window really started them
+
+    guard = cli("--config", str(config), "--json", "guard", "run")
+    assert guard.exit_code == 0, guard.stderr
+    assert guard.report["summary"]["running_by_account"] == {A: 1, B: 0}  # only a_east_running is counted
+    assert guard.report["summary"]["tripped"] == []
+    assert guard.report["actions"] == []
+
+    # Control: instances started by hand ARE counted (1 + 2 = 3 > 2), the window's still are not (else 8).
+    by_hand = launch(factory, A, "eu-west-1", {"team": "data"}, 2)
+    tripped = cli("--config", str(config), "--json", "guard", "run")
+    assert tripped.exit_code == 0, tripped.stderr
+    assert tripped.report["summary"]["running_by_account"] == {A: 3, B: 0}
+    assert tripped.report["summary"]["tripped"] == [A]
+    # The dry run plans the halt of A's running instances (window ones included) and changes nothing.
+    planned = {a["resource_id"] for a in tripped.report["actions"] if a["action"] == "stop"}
+    assert planned == set(f["a_east_stopped"] + f["a_east_running"] + f["a_west_stopped"] + by_hand)
+    assert set(all_states(factory, f).values()) == {"running"}
 
 
 def test_config_aggregator_discovery(aws: EmulatorServer, tmp_path: Path, factory: SessionFactory) -> None:
