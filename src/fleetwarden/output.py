@@ -8,6 +8,7 @@ import io
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
@@ -64,13 +65,60 @@ _OUTCOME_STYLE = {"planned": "cyan", "done": "green", "skipped": "dim", "failed"
 
 
 # -- files ------------------------------------------------------------------------------------------------
-def findings_csv(findings: Iterable[Finding]) -> bytes:
-    """The findings as CSV (UTF-8, a header row, one row per finding; `details` is compact JSON)."""
+# A spreadsheet (Excel, LibreOffice, Google Sheets) evaluates a cell that starts with one of these as a formula
+# (OWASP "CSV injection"): `=`, `+`, `-`, `@`, tab, carriage return, and the full-width forms some of them also
+# accept. Leading whitespace does not hide them: applications trim it before deciding.
+FORMULA_TRIGGERS = frozenset("=+-@\t\r\uff1d\uff0b\uff0d\uff20")
+CSV_NEUTRALISER = "'"
+
+
+def csv_cell(value: object) -> object:
+    """One CSV cell made inert for spreadsheets: text whose first non-blank character would start a formula
+    gets a leading `'` (OWASP's rule), so `=HYPERLINK(...)` arrives as the text `'=HYPERLINK(...)`.
+
+    Real numbers (`int`/`float`, never text that looks like one) stay numbers, so `-3` stays numeric; `None`
+    is the empty cell. Everything else is written as its `str()`."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return str(value)
+    if isinstance(value, int | float):
+        return value
+    text = str(value)
+    if text[:1] in FORMULA_TRIGGERS or text.lstrip()[:1] in FORMULA_TRIGGERS:
+        return CSV_NEUTRALISER + text
+    return text
+
+
+class SafeCsvWriter:
+    """A `csv.writer` whose every cell goes through `csv_cell`: the only way fleetwarden writes CSV."""
+
+    def __init__(self, buffer: io.StringIO, **kwargs: Any) -> None:
+        self._writer = csv.writer(buffer, **kwargs)
+
+    def writerow(self, row: Iterable[object]) -> None:
+        self._writer.writerow([csv_cell(v) for v in row])
+
+    def writerows(self, rows: Iterable[Iterable[object]]) -> None:
+        for row in rows:
+            self.writerow(row)
+
+
+def csv_bytes(header: Iterable[str], rows: Iterable[Iterable[object]]) -> bytes:
+    """A whole CSV file (UTF-8, CRLF line ends, a header row) with every cell neutralised by `csv_cell`."""
     buffer = io.StringIO(newline="")
-    writer = csv.writer(buffer, lineterminator="\r\n")
-    writer.writerow(CSV_COLUMNS)
-    for f in findings:
-        writer.writerow(
+    writer = SafeCsvWriter(buffer, lineterminator="\r\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue().encode("utf-8")
+
+
+def findings_csv(findings: Iterable[Finding]) -> bytes:
+    """The findings as CSV (UTF-8, a header row, one row per finding; `details` is compact JSON); cells that
+    a spreadsheet would run as formulas are neutralised (see `csv_cell`)."""
+    return csv_bytes(
+        CSV_COLUMNS,
+        (
             (
                 f.id,
                 f.check,
@@ -85,8 +133,9 @@ def findings_csv(findings: Iterable[Finding]) -> bytes:
                 f.last_seen.isoformat(),
                 compact_json(f.details),
             )
-        )
-    return buffer.getvalue().encode("utf-8")
+            for f in findings
+        ),
+    )
 
 
 def _write(path: Path, data: bytes) -> Path:

@@ -149,6 +149,10 @@ class EmailSink(Sink):
         recipients = [_address(a) for a in cfg.to]
         # Resolve before connecting: a missing secret is a SecretError, not a half-open SMTP session.
         password = self.context.secrets.resolve(cfg.password) if cfg.password is not None else None
+        if cfg.username is not None and password is not None:
+            # AUTH PLAIN sends base64("\\0user\\0password"), AUTH LOGIN base64(user) then base64(password): a relay
+            # that echoes either back in its refusal must not put them into the delivery error.
+            self.context.secrets.protect_login(cfg.username, password)
         step = "connect"
         try:
             smtp: smtplib.SMTP

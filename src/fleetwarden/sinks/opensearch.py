@@ -238,7 +238,10 @@ class OpenSearchSink(Sink):
     def _http_auth(self) -> Any:
         auth = self.settings.auth
         if isinstance(auth, BasicAuth):
-            return (auth.username, self.context.secrets.resolve(auth.password))
+            password = self.context.secrets.resolve(auth.password)
+            # The Authorization header is base64("user:password"): an echo of it is redacted too.
+            self.context.secrets.protect_login(auth.username, password)
+            return (auth.username, password)
         if isinstance(auth, SigV4Auth):
             from opensearchpy import Urllib3AWSV4SignerAuth
 

@@ -3,7 +3,10 @@ external-upload flow (files.getUploadURLExternal, POST to the upload URL, files.
 
 from __future__ import annotations
 
+import random
 import re
+import time
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -17,6 +20,7 @@ from .base import Notification, Sink, SinkConfig, sink_registry
 if TYPE_CHECKING:
     from slack_sdk import WebClient
     from slack_sdk.errors import SlackApiError
+    from slack_sdk.http_retry import RetryHandler
 
 CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{8,}$")
 DEFAULT_API_URL = "https://slack.com/api/"
@@ -42,6 +46,10 @@ class SlackSinkConfig(SinkConfig):
     api_url: str = DEFAULT_API_URL
     files_in_thread: bool = False  # upload attachments as replies to the message instead of into the channel
     timeout_seconds: int = Field(default=30, ge=1, le=300)
+    # HTTP 429: wait as long as Slack's Retry-After says and try again, at most this many times per call...
+    rate_limit_retries: int = Field(default=3, ge=0, le=10)
+    # ...unless Slack asks for a longer wait than this (then the delivery fails at once; an outbox retries later).
+    rate_limit_max_wait_seconds: int = Field(default=30, ge=0, le=300)
 
     @field_validator("channel")
     @classmethod
@@ -65,8 +73,15 @@ class SlackSinkConfig(SinkConfig):
 
 
 def mrkdwn_escape(text: str) -> str:
-    """Escape the three characters Slack's mrkdwn treats as control characters."""
+    """Escape the three characters Slack's mrkdwn treats as control characters (so `<!channel>` or
+    `<https://x|label>` from a tag value or an item title is shown, never acted on)."""
     return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _unfence(text: str) -> str:
+    # A run of three backticks in a value would close the code block the text is shown in; a zero-width
+    # space between them keeps the block closed and reads the same.
+    return text.replace("``", "`\u200b`")
 
 
 def _split_escaped(line: str, limit: int) -> list[str]:
@@ -89,7 +104,7 @@ def text_sections(text: str, limit: int = SECTION_MAX, max_sections: int = MAX_S
     current: list[str] = []
     size = 0
     for raw in text.rstrip("\n").splitlines():
-        for piece in _split_escaped(mrkdwn_escape(raw), limit):
+        for piece in _split_escaped(mrkdwn_escape(_unfence(raw)), limit):
             if current and size + 1 + len(piece) > limit:
                 chunks.append("\n".join(current))
                 current, size = [], 0
@@ -110,13 +125,72 @@ def message_blocks(notification: Notification, report: RunReport) -> list[dict[s
     if len(subject) > HEADER_MAX:
         subject = subject[: HEADER_MAX - 1].rstrip() + "…"
     blocks: list[dict[str, Any]] = [{"type": "header", "text": {"type": "plain_text", "text": subject}}]
+    # verbatim: Slack does not turn bare URLs, #channel names or @here/@channel in the text into links or mentions.
     for chunk in text_sections(notification.text):
-        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"```{chunk}```"}})
+        blocks.append({"type": "section", "text": {"type": "mrkdwn", "text": f"```{chunk}```", "verbatim": True}})
     mode = "dry run" if report.dry_run else "applied"
     files = ", ".join(a.filename for a in notification.attachments)
     context = f"fleetwarden {report.workflow} · run {report.run_id} · {mode}" + (f" · files: {files}" if files else "")
-    blocks.append({"type": "context", "elements": [{"type": "mrkdwn", "text": mrkdwn_escape(context)}]})
+    context_text = {"type": "mrkdwn", "text": mrkdwn_escape(context), "verbatim": True}
+    blocks.append({"type": "context", "elements": [context_text]})
     return blocks
+
+
+def fallback_text(notification: Notification) -> str:
+    """The message's top-level `text` (notifications, screen readers): the subject on one line, escaped like mrkdwn
+    because Slack parses `<!channel>` there too."""
+    return mrkdwn_escape(" ".join(notification.subject.split()))
+
+
+def retry_after_seconds(headers: Mapping[str, list[str] | str]) -> float | None:
+    """Slack's Retry-After (seconds) from a 429 response's headers; None when absent or unreadable."""
+    for name, values in headers.items():
+        if name.lower() == "retry-after" and values:
+            try:
+                return max(0.0, float(values if isinstance(values, str) else values[0]))
+            except ValueError:
+                return None
+    return None
+
+
+def rate_limit_handler(max_retries: int, max_wait_seconds: int) -> RetryHandler:
+    """slack_sdk's RateLimitErrorRetryHandler, bounded: at most `max_retries` retries per call, each after the
+    Retry-After Slack sent (1 s if none) plus a little jitter; no retry when Slack asks for more than
+    `max_wait_seconds`."""
+    from slack_sdk.http_retry import RateLimitErrorRetryHandler
+    from slack_sdk.http_retry.request import HttpRequest
+    from slack_sdk.http_retry.response import HttpResponse
+    from slack_sdk.http_retry.state import RetryState
+
+    class BoundedRateLimitHandler(RateLimitErrorRetryHandler):
+        def _can_retry(
+            self,
+            *,
+            state: RetryState,
+            request: HttpRequest,
+            response: HttpResponse | None = None,
+            error: Exception | None = None,
+        ) -> bool:
+            if response is None or response.status_code != 429:
+                return False
+            wait = retry_after_seconds(response.headers)
+            return wait is None or wait <= max_wait_seconds
+
+        def prepare_for_next_attempt(
+            self,
+            *,
+            state: RetryState,
+            request: HttpRequest,
+            response: HttpResponse | None = None,
+            error: Exception | None = None,
+        ) -> None:
+            wait = retry_after_seconds(response.headers) if response is not None else None
+            state.next_attempt_requested = True
+            # The jitter spreads out clients that were all told the same second.
+            time.sleep((1.0 if wait is None else wait) + random.uniform(0, 0.25))
+            state.increment_current_attempt()
+
+    return BoundedRateLimitHandler(max_retry_count=max_retries)
 
 
 @sink_registry.register("slack")
@@ -135,10 +209,18 @@ class SlackSink(Sink):
 
     def _client(self) -> WebClient:
         from slack_sdk import WebClient
+        from slack_sdk.http_retry import ConnectionErrorRetryHandler
 
         cfg = self.settings
         return WebClient(
-            token=self.context.secrets.resolve(cfg.token), base_url=cfg.api_url, timeout=cfg.timeout_seconds
+            token=self.context.secrets.resolve(cfg.token),
+            base_url=cfg.api_url,
+            timeout=cfg.timeout_seconds,
+            # The SDK's default is the connection-error handler alone: a 429 would fail the delivery at once.
+            retry_handlers=[
+                ConnectionErrorRetryHandler(),
+                rate_limit_handler(cfg.rate_limit_retries, cfg.rate_limit_max_wait_seconds),
+            ],
         )
 
     def send(self, notification: Notification, report: RunReport) -> None:
@@ -150,7 +232,7 @@ class SlackSink(Sink):
         try:
             posted = client.chat_postMessage(
                 channel=cfg.channel,
-                text=" ".join(notification.subject.split()),  # the fallback for notifications and screen readers
+                text=fallback_text(notification),
                 blocks=message_blocks(notification, report),
                 unfurl_links=False,
                 unfurl_media=False,
@@ -180,7 +262,16 @@ class SlackSink(Sink):
         api_url = str(getattr(response, "api_url", "") or "")
         if api_url:
             method = api_url.rstrip("/").rsplit("/", 1)[-1]
-        code = str(response.get("error") or f"http_{getattr(response, 'status_code', 'error')}")
+        status = getattr(response, "status_code", None)
+        code = str(response.get("error") or f"http_{status or 'error'}")
         needed = response.get("needed")
         detail = f"needed scope: {needed}" if needed else ""
+        if status == 429:
+            cfg = self.settings
+            wait = retry_after_seconds(getattr(response, "headers", None) or {})
+            asked = f"Retry-After {wait:g} s" if wait is not None else "no Retry-After"
+            if wait is not None and wait > cfg.rate_limit_max_wait_seconds:
+                detail = f"HTTP 429 rate limited, {asked} is over rate_limit_max_wait_seconds"
+            else:
+                detail = f"HTTP 429 rate limited ({asked}); gave up after {cfg.rate_limit_retries} retries"
         return SlackError(method, self.context.secrets.redact(code), self.context.secrets.redact(detail))

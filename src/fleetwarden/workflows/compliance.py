@@ -8,8 +8,6 @@ their findings; a target in error resolves nothing.
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 from collections import Counter
 from dataclasses import dataclass
@@ -20,6 +18,7 @@ from ..aws.targets import resolve_targets
 from ..collect.compliance import ComplianceScan, item_finding, scan
 from ..model import ExceptionSet, Finding, FindingStatus, RunReport, TargetResult, TargetStatus
 from ..outbox import Outbox
+from ..output import csv_bytes
 from ..reconcile import reconcile
 from ..sinks import Attachment, Notification, deliver
 from .base import RunContext
@@ -53,12 +52,11 @@ class ReportOptions:
 
 
 def compliance_csv(findings: list[Finding]) -> bytes:
-    """One row per compliance finding (header included)."""
-    out = io.StringIO()
-    writer = csv.writer(out)
-    writer.writerow(CSV_COLUMNS)
-    for f in sorted(findings, key=lambda f: (f.account_id, f.region, f.resource_id, f.control)):
-        writer.writerow(
+    """One row per compliance finding (header included); cells a spreadsheet would run as formulas (an item id
+    or title from PutComplianceItems such as `=HYPERLINK(...)`) are neutralised by `output.csv_cell`."""
+    return csv_bytes(
+        CSV_COLUMNS,
+        (
             [
                 f.account_id,
                 f.region,
@@ -73,8 +71,9 @@ def compliance_csv(findings: list[Finding]) -> bytes:
                 f.details.get("execution_time", ""),
                 f.id,
             ]
-        )
-    return out.getvalue().encode("utf-8")
+            for f in sorted(findings, key=lambda f: (f.account_id, f.region, f.resource_id, f.control))
+        ),
+    )
 
 
 def _scanned_since(result: ComplianceScan, finding: Finding) -> bool:
