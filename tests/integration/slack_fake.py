@@ -37,12 +37,22 @@ class FakeSlack:
     requests: list[Request] = field(default_factory=list)
     uploads: dict[str, bytes] = field(default_factory=dict)
     fail: dict[str, str] = field(default_factory=dict)  # method -> Slack error code to answer with
+    # method -> how many more calls to answer with HTTP 429 ("ratelimited", Retry-After: retry_after); -1: forever
+    rate_limited: dict[str, int] = field(default_factory=dict)
+    retry_after: str = "0"
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def calls(self, method: str) -> list[Request]:
         return [r for r in self.requests if r.method == method]
 
-    def handle(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
+    def handle(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """The status, JSON body and extra headers of the answer (a 429 carries Retry-After)."""
+        status, payload = self._answer(path, headers, body)
+        if status == 429:
+            return status, payload, {"Retry-After": self.retry_after}
+        return status, payload, {}
+
+    def _answer(self, path: str, headers: dict[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
         parts = urlsplit(path)
         method = "upload" if parts.path.startswith("/upload/") else parts.path.rsplit("/", 1)[-1]
         params: dict[str, Any] = dict(parse_qsl(parts.query))
@@ -63,6 +73,12 @@ class FakeSlack:
             return 404, {"ok": False, "error": "unknown_method"}
         if headers.get("authorization") != f"Bearer {self.token}":
             return 200, {"ok": False, "error": "invalid_auth"}
+        with self.lock:
+            left = self.rate_limited.get(method, 0)
+            if left:
+                self.rate_limited[method] = left - 1 if left > 0 else left
+        if left:
+            return 429, {"ok": False, "error": "ratelimited"}
         if method in self.fail:
             return 200, {"ok": False, "error": self.fail[method]}
         if method == "chat.postMessage":
@@ -83,10 +99,12 @@ def serve_fake_slack(token: str = TOKEN) -> Iterator[FakeSlack]:
         def do_POST(self) -> None:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             headers = {k.lower(): v for k, v in self.headers.items()}
-            status, payload = fake.handle(self.path, headers, body)
+            status, payload, extra = fake.handle(self.path, headers, body)
             data = json.dumps(payload).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json; charset=utf-8")
+            for name, value in extra.items():
+                self.send_header(name, value)
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
             self.wfile.write(data)
