@@ -10,6 +10,7 @@ import pytest
 import yaml
 from fleet import ACCOUNTS, cli, ec2, launch, role, states
 
+from fleetwarden.actions.iam_lockout import LOCKOUT_POLICY
 from fleetwarden.aws.session import SessionFactory
 from fleetwarden.emulator.server import EmulatorServer
 
@@ -119,7 +120,7 @@ def test_trip_halts_locks_out_notifies_once_and_release_restores(
     assert set(states(factory, B, "us-east-1", tripping["b_east"]).values()) == {"running"}
     # lockout: the active key is deactivated, the already-inactive one stays as it was, the deny policy is on
     assert set(key_status(factory, A, "dev").values()) == {"Inactive"}
-    assert user_policies(factory, A, "dev") != []
+    assert user_policies(factory, A, "dev") == [LOCKOUT_POLICY]
     assert key_status(factory, A, "breakglass") == {tripping["glass_keys"][0]: "Active"}  # exempt
     assert user_policies(factory, A, "breakglass") == []
     assert key_status(factory, B, "dev") == {tripping["b_keys"][0]: "Active"}
@@ -270,8 +271,16 @@ def test_unreadable_spend_source_is_reported_not_zero(
     )
     result = cli("--config", str(config), "--json", "guard", "run")
     assert result.exit_code == 4
-    errors = [t["error"] for t in result.report["targets"] if t["status"] == "error"]
-    assert errors and "cur" in errors[0]
+    errors = [(t["account_id"], t["region"], t["error"]) for t in result.report["targets"] if t["status"] == "error"]
+    assert errors == [
+        (
+            "*",
+            "global",
+            "spend source: cur: reading the CUR 2.0 export at s3://no-such-bucket/cur with the current credentials: "
+            "ListObjectsV2 failed: NoSuchBucket: The specified bucket does not exist",
+        )
+    ]
+    assert result.report["summary"]["tripped"] == []  # an unreadable source is not zero spend, nor a trip
 
 
 def test_stop_protection_cleared_by_the_halt_is_restored_on_release(
@@ -301,3 +310,166 @@ def test_stop_protection_cleared_by_the_halt_is_restored_on_release(
     released = cli("--config", str(config), "--json", "guard", "release", "--account", A, "--apply")
     assert released.exit_code == 0, released.stderr
     assert stop_protected() is True
+
+
+def _set_instance_attributes(account: str, region: str, ids: list[str], **attributes: Any) -> None:
+    """Set attributes moto has no API for on its in-process instances (the test server runs in this process):
+    an instance-store root device, or the spot request id moto leaves out of DescribeInstances."""
+    from moto.ec2.models import ec2_backends
+
+    wanted = set(ids)
+    found = [i for r in ec2_backends[account][region].reservations.values() for i in r.instances if i.id in wanted]
+    assert {i.id for i in found} == wanted
+    for instance in found:
+        for name, value in attributes.items():
+            setattr(instance, name, value)
+
+
+def _unstoppable(factory: SessionFactory) -> dict[str, Any]:
+    """Account A in us-east-1: 3 ordinary instances, one with an instance-store root, one one-time spot."""
+    client = ec2(factory, A, "us-east-1")
+    out: dict[str, Any] = {"plain": launch(factory, A, "us-east-1", {}, 3)}
+    out["store"] = launch(factory, A, "us-east-1", {})[0]
+    _set_instance_attributes(A, "us-east-1", [out["store"]], root_device_type="instance-store")
+    request = client.request_spot_instances(
+        InstanceCount=1, Type="one-time", LaunchSpecification={"ImageId": "ami-12345678", "InstanceType": "t3.micro"}
+    )["SpotInstanceRequests"][0]
+    out["spot"] = request["InstanceId"]
+    _set_instance_attributes(A, "us-east-1", [out["spot"]], spot_instance_request_id=request["SpotInstanceRequestId"])
+    return out
+
+
+def test_unstoppable_instances_are_left_running_by_default(
+    aws: EmulatorServer, tmp_path: Path, factory: SessionFactory
+) -> None:
+    fleet = _unstoppable(factory)
+    config = guard_config(tmp_path, aws.url, lockout={"mode": "off"})
+    result = cli("--config", str(config), "--json", "guard", "run", "--apply")
+    assert result.exit_code == 0, result.stderr
+    assert result.report["summary"]["tripped"] == [A]
+    everything = [*fleet["plain"], fleet["store"], fleet["spot"]]
+    assert states(factory, A, "us-east-1", everything) == {
+        **{i: "stopped" for i in fleet["plain"]},
+        fleet["store"]: "running",
+        fleet["spot"]: "running",
+    }
+    outcomes = {a["resource_id"]: (a["action"], a["outcome"], a["reason"]) for a in result.report["actions"]}
+    assert outcomes[fleet["store"]] == (
+        "stop",
+        "skipped",
+        "cannot be stopped (instance-store root volume); on_unstoppable: leave",
+    )
+    assert outcomes[fleet["spot"]] == (
+        "stop",
+        "skipped",
+        "cannot be stopped (one-time spot instance); on_unstoppable: leave",
+    )
+    assert {outcomes[i][:2] for i in fleet["plain"]} == {("stop", "done")}
+    assert not [a for a in result.report["actions"] if a["action"] == "terminate"]
+
+
+def test_unstoppable_instances_are_snapshotted_then_terminated(
+    aws: EmulatorServer, tmp_path: Path, factory: SessionFactory
+) -> None:
+    fleet = _unstoppable(factory)
+    client = ec2(factory, A, "us-east-1")
+    unstoppable = [fleet["store"], fleet["spot"]]
+    volumes = {
+        raw["InstanceId"]: {m["Ebs"]["VolumeId"] for m in raw["BlockDeviceMappings"]}
+        for r in client.describe_instances(InstanceIds=unstoppable)["Reservations"]
+        for raw in r["Instances"]
+    }
+    assert all(volumes[i] for i in unstoppable)  # each has a volume to snapshot
+    config = guard_config(tmp_path, aws.url, on_unstoppable="terminate", lockout={"mode": "off"})
+
+    plan = cli("--config", str(config), "--json", "guard", "run")
+    assert plan.exit_code == 0, plan.stderr
+    planned = {(a["action"], a["resource_id"], a["outcome"]) for a in plan.report["actions"]}
+    assert {("terminate", i, "planned") for i in unstoppable} <= planned
+    assert set(states(factory, A, "us-east-1", unstoppable).values()) == {"running"}  # the dry run changed nothing
+
+    result = cli("--config", str(config), "--json", "guard", "run", "--apply")
+    assert result.exit_code == 0, result.stderr
+    assert states(factory, A, "us-east-1", [*fleet["plain"], *unstoppable]) == {
+        **{i: "stopped" for i in fleet["plain"]},
+        **{i: "terminated" for i in unstoppable},
+    }
+    snapshots = client.describe_snapshots(
+        Filters=[{"Name": "tag:fleetwarden:instance-id", "Values": unstoppable}], OwnerIds=["self"]
+    )["Snapshots"]
+    by_instance: dict[str, set[str]] = {}
+    for snap in snapshots:
+        tags = {t["Key"]: t["Value"] for t in snap["Tags"]}
+        by_instance.setdefault(tags["fleetwarden:instance-id"], set()).add(snap["VolumeId"])
+        assert snap["State"] == "completed"
+    assert by_instance == volumes  # every volume of each terminated instance was snapshotted
+    terminated = {a["resource_id"]: a for a in result.report["actions"] if a["action"] == "terminate"}
+    assert set(terminated) == set(unstoppable)
+    for instance_id, action in terminated.items():
+        mine = sorted(s["SnapshotId"] for s in snapshots if s["VolumeId"] in volumes[instance_id])
+        assert action["outcome"] == "done" and action["reason"].endswith(f"snapshots: {', '.join(mine)}")
+
+
+def test_a_failing_region_still_trips_on_the_partial_count(
+    aws: EmulatorServer, tmp_path: Path, factory: SessionFactory
+) -> None:
+    """docs/guard.md: a region that cannot be counted makes the count a lower bound; the account still trips
+    if the regions that answered already pass the limit (and is only reported as partial otherwise)."""
+    a_east = launch(factory, A, "us-east-1", {}, 3)
+    a_west = launch(factory, A, "eu-west-1", {}, 2)
+    b_east = launch(factory, B, "us-east-1", {}, 1)
+    b_west = launch(factory, B, "eu-west-1", {}, 5)  # B is over the limit too, but only in the region that fails
+    keys = iam_user(factory, A, "dev")
+    aws.client.set_faults([{"region": "eu-west-1", "service": "ec2", "action": "DescribeInstances"}])
+    config = guard_config(tmp_path, aws.url, max_running_instances=2)
+    result = cli("--config", str(config), "--json", "guard", "run", "--apply")
+    aws.client.set_faults([])
+    assert result.exit_code == 4
+    summary = result.report["summary"]
+    assert summary["running_by_account"] == {A: 3, B: 1}
+    assert summary["tripped"] == [A] and summary["newly_tripped"] == [A]
+    errors = {(t["account_id"], t["region"]) for t in result.report["targets"] if t["status"] == "error"}
+    assert errors == {(A, "eu-west-1"), (B, "eu-west-1")}
+    # A is halted where it could be counted, and locked out; the region nobody could read is untouched.
+    assert set(states(factory, A, "us-east-1", a_east).values()) == {"stopped"}
+    assert set(states(factory, A, "eu-west-1", a_west).values()) == {"running"}
+    assert key_status(factory, A, "dev") == {keys[0]: "Inactive"}
+    # B (1 counted of a real 6) does not trip on what was seen; nothing of B changes.
+    assert set(states(factory, B, "us-east-1", b_east).values()) == {"running"}
+    assert set(states(factory, B, "eu-west-1", b_west).values()) == {"running"}
+    status = json.loads(cli("--config", str(config), "--json", "guard", "status").stdout)
+    assert [(s["account_id"], s["tripped"]) for s in status] == [(A, True)]
+
+
+def test_a_failed_lockout_is_reported_and_the_halt_still_happens(
+    aws: EmulatorServer, tmp_path: Path, tripping: dict[str, Any], factory: SessionFactory
+) -> None:
+    aws.client.set_faults([{"service": "iam", "action": "ListUsers"}])
+    config = guard_config(tmp_path, aws.url)
+    result = cli("--config", str(config), "--json", "guard", "run", "--apply")
+    aws.client.set_faults([])
+    assert result.exit_code == 4
+    assert set(states(factory, A, "us-east-1", tripping["a_east"]).values()) == {"stopped"}
+    assert set(states(factory, A, "eu-west-1", tripping["a_west"]).values()) == {"stopped"}
+    # Without the user list nothing can be locked: reported as one failed lockout action of account A.
+    failed = [a for a in result.report["actions"] if a["outcome"] == "failed"]
+    assert [(a["account_id"], a["action"], a["resource_id"]) for a in failed] == [(A, "deny-user", "*")]
+    assert failed[0]["reason"].startswith("cannot list users: ") and "ServiceUnavailable" in failed[0]["reason"]
+    # Nothing of the lockout happened: the active key is still active, no deny policy.
+    assert key_status(factory, A, "dev") == {tripping["a_keys"][0]: "Active", tripping["a_keys"][1]: "Inactive"}
+    assert user_policies(factory, A, "dev") == []
+    status = json.loads(cli("--config", str(config), "--json", "guard", "status").stdout)
+    assert [(s["account_id"], s["tripped"]) for s in status] == [(A, True)]
+
+
+def test_a_failed_lockout_is_retried_by_the_next_run(
+    aws: EmulatorServer, tmp_path: Path, tripping: dict[str, Any], factory: SessionFactory
+) -> None:
+    aws.client.set_faults([{"service": "iam", "action": "ListUsers"}])
+    config = guard_config(tmp_path, aws.url)
+    assert cli("--config", str(config), "--json", "guard", "run", "--apply").exit_code == 4
+    aws.client.set_faults([])
+    again = cli("--config", str(config), "--json", "guard", "run", "--apply")
+    assert again.exit_code == 0, again.stderr
+    assert set(key_status(factory, A, "dev").values()) == {"Inactive"}
+    assert user_policies(factory, A, "dev") == [LOCKOUT_POLICY]
