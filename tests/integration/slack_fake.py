@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ class Request:
     headers: dict[str, str]
     body: bytes
     params: dict[str, Any]
+    at: float = 0.0  # time.monotonic() when it arrived
 
 
 @dataclass
@@ -62,7 +64,7 @@ class FakeSlack:
         elif content_type.startswith("application/x-www-form-urlencoded"):
             params.update(parse_qsl(body.decode("utf-8")))
         with self.lock:
-            self.requests.append(Request(parts.path, method, headers, body, params))
+            self.requests.append(Request(parts.path, method, headers, body, params, time.monotonic()))
             n = sum(r.method == method for r in self.requests)
         if method == "upload":
             file_id = parts.path.rsplit("/", 1)[-1]

@@ -177,6 +177,78 @@ def test_an_unreachable_api_is_a_failed_delivery(monkeypatch: pytest.MonkeyPatch
     assert "connection_error" in (deliveries[0].error or "") and TOKEN not in (deliveries[0].error or "")
 
 
+# -- rate limits (issue 8, defect 14) -----------------------------------------------------------------------
+def test_a_rate_limited_call_is_retried_after_retry_after(slack: FakeSlack, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEETWARDEN_SLACK_TOKEN", TOKEN)
+    slack.rate_limited = {"chat.postMessage": 1, "files.getUploadURLExternal": 1}
+    slack.retry_after = "1"
+    notification, csv = _notification()
+
+    deliveries = deliver(["chat"], {"chat": _sink_config(slack)}, notification, make_report(), _env_context())
+
+    assert [(d.outcome, d.error) for d in deliveries] == [("sent", None)]
+    assert [r.method for r in slack.requests] == [
+        "chat.postMessage",  # 429
+        "chat.postMessage",
+        "files.getUploadURLExternal",  # 429
+        "files.getUploadURLExternal",
+        "upload",
+        "files.completeUploadExternal",
+    ]
+    posts = slack.calls("chat.postMessage")
+    assert posts[1].params == posts[0].params  # the same message, retried
+    assert posts[1].at - posts[0].at >= 1.0  # after the Retry-After Slack asked for
+    urls = slack.calls("files.getUploadURLExternal")
+    assert urls[1].at - urls[0].at >= 1.0
+    assert list(slack.uploads.values()) == [csv]
+
+
+def test_rate_limited_forever_fails_after_the_bounded_retries(
+    slack: FakeSlack, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FLEETWARDEN_SLACK_TOKEN", TOKEN)
+    slack.rate_limited = {"chat.postMessage": -1}
+    config = _sink_config(slack, rate_limit_retries=2)
+
+    deliveries = deliver(["chat"], {"chat": config}, _notification()[0], make_report(), _env_context())
+
+    assert [d.outcome for d in deliveries] == ["failed"]
+    assert deliveries[0].error == (
+        "SlackError: Slack chat.postMessage: ratelimited"
+        " (HTTP 429, still rate limited after 2 retries (Retry-After 0 s))"
+    )
+    assert [r.method for r in slack.requests] == ["chat.postMessage"] * 3  # the first try and two retries
+    assert slack.uploads == {}
+
+
+def test_a_retry_after_longer_than_the_limit_fails_at_once(slack: FakeSlack, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEETWARDEN_SLACK_TOKEN", TOKEN)
+    slack.rate_limited = {"chat.postMessage": 1}
+    slack.retry_after = "120"
+    config = _sink_config(slack, rate_limit_max_wait_seconds=5)
+
+    deliveries = deliver(["chat"], {"chat": config}, _notification()[0], make_report(), _env_context())
+
+    assert [d.outcome for d in deliveries] == ["failed"]
+    assert "ratelimited (HTTP 429, Retry-After 120 s is longer than rate_limit_max_wait_seconds (5): not retried)" in (
+        deliveries[0].error or ""
+    )
+    assert [r.method for r in slack.requests] == ["chat.postMessage"]  # no sleep, no retry
+
+
+def test_connection_errors_are_still_retried() -> None:
+    from slack_sdk.http_retry import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
+
+    sink = build_sink("chat", {"type": "slack", "channel": CHANNEL, "token": "env:T"}, _env_context())
+    assert isinstance(sink, SlackSink)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("T", TOKEN)
+        handlers = sink._client().retry_handlers
+    assert len(handlers) == 2
+    assert isinstance(handlers[0], ConnectionErrorRetryHandler)
+    assert isinstance(handlers[1], RateLimitErrorRetryHandler) and handlers[1].max_retry_count == 3
+
+
 @pytest.mark.parametrize(
     ("changes", "message"),
     [

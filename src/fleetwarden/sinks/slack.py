@@ -269,9 +269,12 @@ class SlackSink(Sink):
         if status == 429:
             cfg = self.settings
             wait = retry_after_seconds(getattr(response, "headers", None) or {})
-            asked = f"Retry-After {wait:g} s" if wait is not None else "no Retry-After"
             if wait is not None and wait > cfg.rate_limit_max_wait_seconds:
-                detail = f"HTTP 429 rate limited, {asked} is over rate_limit_max_wait_seconds"
+                detail = (
+                    f"HTTP 429, Retry-After {wait:g} s is longer than rate_limit_max_wait_seconds"
+                    f" ({cfg.rate_limit_max_wait_seconds}): not retried"
+                )
             else:
-                detail = f"HTTP 429 rate limited ({asked}); gave up after {cfg.rate_limit_retries} retries"
+                asked = f"Retry-After {wait:g} s" if wait is not None else "no Retry-After"
+                detail = f"HTTP 429, still rate limited after {cfg.rate_limit_retries} retries ({asked})"
         return SlackError(method, self.context.secrets.redact(code), self.context.secrets.redact(detail))
