@@ -48,6 +48,13 @@ class ConfigError(FleetwardenError):
         super().__init__("\n".join(lines))
 
 
+class CredentialsError(FleetwardenError):
+    """The base credentials cannot be used (none, expired, STS unreachable, Organizations refused): nothing was
+    done."""
+
+    exit_code = EXIT_USAGE
+
+
 class SafetyRefusal(FleetwardenError):
     """A safety rule refused the run (blast radius, missing confirmation, lock held). Nothing was done."""
 

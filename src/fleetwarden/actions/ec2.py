@@ -55,8 +55,11 @@ _WRONG_STATE = "IncorrectInstanceState"
 # whole batch at once, since splitting it would only repeat the same failure.
 _PER_INSTANCE = frozenset({_NOT_FOUND, _MALFORMED, _NOT_PERMITTED, _WRONG_STATE})
 # Codes caused by some instances of a batch but naming none (capacity for one type or zone, an instance kind
-# that cannot take the action): the batch is split until the culprits are alone, and only they fail.
-_SPLIT = frozenset({"InsufficientInstanceCapacity", "UnsupportedOperation", "Unsupported"})
+# that cannot take the action, an IAM or SCP deny conditioned on tags or resources): the batch is split in
+# halves until the culprits are alone, and only they fail. A deny that covers every instance costs 2n-1 calls
+# for n instances; a halt pays that rather than leave one stoppable instance running.
+_DENIED = frozenset({"UnauthorizedOperation", "AccessDenied", "AccessDeniedException"})
+_SPLIT = frozenset({"InsufficientInstanceCapacity", "UnsupportedOperation", "Unsupported"}) | _DENIED
 # The protection attributes as EC2 names them in messages -> modify_instance_attribute parameter.
 _PROTECTIONS = {"disableApiTermination": "DisableApiTermination", "disableApiStop": "DisableApiStop"}
 _GONE = frozenset({"shutting-down", "terminated"})
@@ -318,7 +321,9 @@ class Ec2Actions(JournaledActions):
             (e.resource_id, attribute)
             for e in entries
             if e.action == "clear-protection"
-            and e.outcome is ActionOutcome.DONE
+            # `planned`: the run died around the call. EC2 reported the flag set before it, so setting it again
+            # is right whether or not the call went through.
+            and e.outcome in (ActionOutcome.DONE, ActionOutcome.PLANNED)
             and e.account_id == self.account_id
             and e.region == self.region
             for attribute, value in e.before.items()

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from ..config import Config
+from ..errors import CredentialsError
 from ..model import Target, TargetResult, TargetStatus
 from .session import AccountAccess, SessionFactory
 
 log = logging.getLogger(__name__)
+_ROLE_ACCOUNT = re.compile(r"^arn:aws[a-z-]*:iam::([0-9]{12}):role/", re.ASCII)
 
 
 @dataclass
@@ -33,6 +37,38 @@ def error_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+def base_identity(factory: SessionFactory) -> dict[str, str]:
+    """The base credentials' identity (`sts:GetCallerIdentity`, once), or a one-line CredentialsError (exit 2)."""
+    try:
+        return factory.caller_identity()
+    except NoCredentialsError:
+        raise CredentialsError(
+            "no AWS credentials found (environment, profile, SSO or instance role); nothing was done"
+        ) from None
+    except (ClientError, BotoCoreError) as exc:
+        raise CredentialsError(f"cannot use the AWS credentials: {error_text(exc)}; nothing was done") from None
+
+
+def _organization_accounts(config: Config, factory: SessionFactory) -> list[dict[str, Any]]:
+    """The organization's accounts, each marked `_management` or not; a refusal is a one-line error."""
+    client = factory.client("organizations", region=config.aws.sts_region)
+    try:
+        management = client.describe_organization()["Organization"]["MasterAccountId"]
+        listed = [
+            {**acct, "_management": acct["Id"] == management}
+            for page in client.get_paginator("list_accounts").paginate()
+            for acct in page["Accounts"]
+        ]
+    except NoCredentialsError:
+        raise CredentialsError("no AWS credentials found to list the organization's accounts") from None
+    except (ClientError, BotoCoreError) as exc:
+        raise CredentialsError(
+            f"cannot list the organization's accounts: {error_text(exc)}; nothing was done "
+            "(organization: in the config needs organizations:DescribeOrganization and ListAccounts)"
+        ) from None
+    return listed
+
+
 def resolve_accounts(config: Config, factory: SessionFactory) -> list[AccountAccess]:
     """Explicit accounts, merged with the ACTIVE accounts of the organization (an explicit entry wins)."""
     accounts: dict[str, AccountAccess] = {
@@ -40,25 +76,48 @@ def resolve_accounts(config: Config, factory: SessionFactory) -> list[AccountAcc
     }
     if config.organization is not None:
         org = config.organization
-        client = factory.client("organizations", region=config.aws.sts_region)
-        management = client.describe_organization()["Organization"]["MasterAccountId"]
-        for page in client.get_paginator("list_accounts").paginate():
-            for acct in page["Accounts"]:
-                if acct.get("Status") != "ACTIVE" or acct["Id"] in accounts:
-                    continue
-                if acct["Id"] == management:
-                    if org.include_management_account:
-                        accounts[acct["Id"]] = AccountAccess(acct["Id"], None, None, acct.get("Name"))
-                    continue
-                role_arn = f"arn:aws:iam::{acct['Id']}:role/{org.role_name}"
-                accounts[acct["Id"]] = AccountAccess(acct["Id"], role_arn, org.external_id, acct.get("Name"))
+        for acct in _organization_accounts(config, factory):
+            if acct.get("Status") != "ACTIVE" or acct["Id"] in accounts:
+                continue
+            if acct["_management"]:
+                if org.include_management_account:
+                    accounts[acct["Id"]] = AccountAccess(acct["Id"], None, None, acct.get("Name"))
+                continue
+            role_arn = f"arn:aws:iam::{acct['Id']}:role/{org.role_name}"
+            accounts[acct["Id"]] = AccountAccess(acct["Id"], role_arn, org.external_id, acct.get("Name"))
     if not accounts:
         # No accounts configured: work on the account of the current credentials.
-        ident = factory.caller_identity()
+        ident = base_identity(factory)
         accounts[ident["account_id"]] = AccountAccess(ident["account_id"], None, None, "current")
     for access in accounts.values():
         factory.register_account(access)
     return list(accounts.values())
+
+
+def verify_accounts(accounts: list[AccountAccess], factory: SessionFactory) -> list[TargetResult]:
+    """Check that the credentials used for each configured account act in that account: a role ARN must name
+    the account's own id, and the current credentials (no role_arn) must belong to it (GetCallerIdentity, once).
+    Each account that fails is an error target, never audited or acted on under the wrong label."""
+    errors: list[TargetResult] = []
+    for access in accounts:
+        problem = None
+        if access.role_arn is not None:
+            match = _ROLE_ACCOUNT.match(access.role_arn)
+            if match is None or match.group(1) != access.account_id:
+                problem = f"role_arn {access.role_arn} is not a role of account {access.account_id}"
+        else:
+            acting = base_identity(factory)["account_id"]
+            if acting != access.account_id:
+                problem = (
+                    f"no role_arn, and the current credentials belong to account {acting}, not {access.account_id}; "
+                    "this account was skipped (give it a role_arn, or use credentials of that account)"
+                )
+        if problem:
+            log.warning("account %s: %s", access.account_id, problem)
+            errors.append(
+                TargetResult(account_id=access.account_id, region="*", status=TargetStatus.ERROR, error=problem)
+            )
+    return errors
 
 
 def enabled_regions(factory: SessionFactory, account_id: str, home_region: str) -> list[str]:
@@ -78,8 +137,11 @@ def resolve_targets(config: Config, factory: SessionFactory, only_accounts: Iter
     if only_accounts is not None:
         wanted = set(only_accounts)
         accounts = [a for a in accounts if a.account_id in wanted]
+    refused = verify_accounts(accounts, factory)
+    bad = {r.account_id for r in refused}
+    accounts = [a for a in accounts if a.account_id not in bad]
     excluded = set(config.exclude_regions)
-    plan = TargetPlan(accounts=accounts, targets=[])
+    plan = TargetPlan(accounts=accounts, targets=[], errors=refused)
     if config.regions == "all":
         from .fanout import fan_out  # fanout imports error_text from here
 
@@ -109,7 +171,18 @@ def resolve_targets(config: Config, factory: SessionFactory, only_accounts: Iter
             regions = by_account[access.account_id]
         else:
             regions = list(config.regions)
-        plan.targets += [Target(access.account_id, r) for r in regions if r not in excluded]
+        kept = [Target(access.account_id, r) for r in regions if r not in excluded]
+        if not kept:
+            # An account with nothing to look at would pass as "all clear": it is an error target instead.
+            plan.errors.append(
+                TargetResult(
+                    account_id=access.account_id,
+                    region="*",
+                    status=TargetStatus.ERROR,
+                    error=f"no region left to check: exclude_regions removes every one of {', '.join(regions) or '-'}",
+                )
+            )
+        plan.targets += kept
     return plan
 
 

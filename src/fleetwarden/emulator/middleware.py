@@ -9,10 +9,13 @@ back to the constructor's settings.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
 import random
 import re
+import signal
 import threading
 import time
 import urllib.parse
@@ -101,6 +104,66 @@ class FaultRule:
         }
 
 
+@dataclass
+class KillRule:
+    """Signal a process right after the emulator has carried out the Nth matching call (kill-point tests).
+
+    The call's effect is in the emulator's state when the signal is sent, and its response is never read: this
+    is "the process died right after the call". `actions` of None match every call; `service` narrows them.
+    """
+
+    pid: int
+    after: int
+    actions: frozenset[str] | None = None
+    service: str | None = None
+    signal: int = int(signal.SIGKILL)
+    seen: int = 0
+    fired: bool = False
+
+    @classmethod
+    def parse(cls, raw: Any) -> KillRule:
+        if not isinstance(raw, dict):
+            raise AdminError('kill: POST {"pid": PID, "after": N, "actions": [...], "service": null, "signal": 9}')
+        known = {"pid", "after", "actions", "service", "signal"}
+        unknown = set(raw) - known
+        if unknown:
+            raise AdminError(f"unknown kill rule keys: {sorted(unknown)} (expected some of {sorted(known)})")
+        pid, after = raw.get("pid"), raw.get("after")
+        if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 1 or pid == os.getpid():
+            raise AdminError("kill: pid must be the id of another process (an integer > 1)")
+        if not isinstance(after, int) or isinstance(after, bool) or after < 1:
+            raise AdminError("kill: after must be a positive integer (the Nth matching call)")
+        actions = raw.get("actions")
+        if actions is not None and (not isinstance(actions, list) or not all(isinstance(a, str) for a in actions)):
+            raise AdminError("kill: actions must be a list of action names, or null for every call")
+        number = raw.get("signal", int(signal.SIGKILL))
+        if not isinstance(number, int) or isinstance(number, bool) or number <= 0:
+            raise AdminError("kill: signal must be a positive signal number")
+        return cls(
+            pid=pid,
+            after=after,
+            actions=frozenset(actions) if actions is not None else None,
+            service=_opt_str(raw, "service"),
+            signal=number,
+        )
+
+    def matches(self, call: CallInfo) -> bool:
+        return (self.actions is None or call.action in self.actions) and (
+            self.service is None or self.service == call.service
+        )
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "pid": self.pid,
+            "after": self.after,
+            "actions": sorted(self.actions) if self.actions is not None else None,
+            "service": self.service,
+            "signal": self.signal,
+            "seen": self.seen,
+            "fired": self.fired,
+        }
+
+
 def _opt_str(raw: Mapping[str, Any], key: str) -> str | None:
     value = raw.get(key)
     if value is None:
@@ -174,6 +237,7 @@ class FleetwardenMiddleware:
         self._fault_hits: list[int] = [0] * len(self._faults)
         self._calls: dict[tuple[str, str, str], int] = {}
         self._injected: dict[tuple[str, str, str], int] = {}
+        self._kill: KillRule | None = None
 
     # -- settings (also reachable in-process) ------------------------------------------------------------
     def set_latency(self, latency_ms: Latency) -> None:
@@ -202,6 +266,28 @@ class FleetwardenMiddleware:
             self._fault_hits = [0] * len(self._faults)
             self._calls.clear()
             self._injected.clear()
+            self._kill = None
+
+    def set_kill(self, rule: KillRule | None) -> None:
+        with self._lock:
+            self._kill = rule
+
+    def kill_state(self) -> dict[str, Any]:
+        with self._lock:
+            return {"kill": self._kill.as_dict() if self._kill else None}
+
+    def _after_call(self, call: CallInfo) -> None:
+        """Count the call against the kill rule; signal its process once the Nth matching call is done."""
+        with self._lock:
+            rule = self._kill
+            if rule is None or rule.fired or not rule.matches(call):
+                return
+            rule.seen += 1
+            if rule.seen < rule.after:
+                return
+            rule.fired = True
+        with contextlib.suppress(ProcessLookupError):  # the process already ended
+            os.kill(rule.pid, rule.signal)
 
     def calls(self) -> dict[str, Any]:
         """Call counts per (service, region, action), and how many of them got an injected fault."""
@@ -245,11 +331,11 @@ class FleetwardenMiddleware:
             self._sleep((lo if lo == hi else self._random.uniform(lo, hi)) / 1000.0)
         if fault is not None:
             return _fault_response(fault, call, start_response)
-        if self.extensions:
-            answered = self._extend(call, environ, start_response)
-            if answered is not None:
-                return answered
-        return self.app(environ, start_response)  # type: ignore[no-any-return]
+        answered = self._extend(call, environ, start_response) if self.extensions else None
+        if answered is None:
+            answered = self.app(environ, start_response)
+        self._after_call(call)
+        return answered
 
     def _extend(self, call: CallInfo, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes] | None:
         """Offer the request to each extension; the body is buffered and handed on to moto unchanged."""
@@ -341,6 +427,8 @@ class FleetwardenMiddleware:
                 return self.calls()
             if name in ("settings", "faults", "latency"):
                 return self.settings()
+            if name == "kill":
+                return self.kill_state()
             return None
         if method != "POST":
             return None
@@ -364,6 +452,9 @@ class FleetwardenMiddleware:
             return self.settings()
         if name == "launch-time":
             return _backdate(body)
+        if name == "kill":
+            self.set_kill(None if body is None else KillRule.parse(body))
+            return self.kill_state()
         return None
 
 

@@ -76,6 +76,22 @@ class EmulatorAdmin:
         result: dict[str, Any] = self._json("/_fleetwarden/launch-time", body)
         return result
 
+    def set_kill(
+        self, pid: int, after: int, actions: Sequence[str] | None = None, *, service: str | None = None
+    ) -> dict[str, Any]:
+        """Arm the kill point: SIGKILL `pid` right after the emulator carries out the `after`-th call among
+        `actions` (every call when None). One rule at a time; a reset disarms it."""
+        body: dict[str, Any] = {"pid": pid, "after": after, "actions": list(actions) if actions is not None else None}
+        if service is not None:
+            body["service"] = service
+        result: dict[str, Any] = self._json("/_fleetwarden/kill", body)
+        return result
+
+    def kill_state(self) -> dict[str, Any]:
+        """`{"kill": {"pid", "after", "actions", "seen", "fired", ...} or None}`."""
+        result: dict[str, Any] = self._json("/_fleetwarden/kill", method="GET")
+        return result
+
     def reset(self) -> None:
         """Reset moto's backends and the middleware settings; keep Lambda off Docker."""
         self.request("/moto-api/reset")

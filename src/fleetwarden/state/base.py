@@ -89,6 +89,14 @@ class StateStore(ABC):
     def release_lease(self, workflow: str, account_id: str, owner: str) -> None:
         """Give the lease back if we hold it."""
 
+    @abstractmethod
+    def get_lease(self, workflow: str, account_id: str) -> tuple[str, datetime] | None:
+        """The holder of the (workflow, account) lease and when it expires (expired ones included), or None."""
+
+    @abstractmethod
+    def break_lease(self, workflow: str, account_id: str) -> None:
+        """Remove the lease whoever holds it (an operator's `--break-lease`; the caller journals it)."""
+
     # -- records (guard state, window ledger, outbox: later workflows) ------------------------------------
     @abstractmethod
     def get_record(self, kind: str, key: str) -> tuple[dict[str, Any], int] | None:

@@ -356,6 +356,17 @@ class DynamoDbStore(StateStore):
             ExpressionAttributeValues={":owner": _s(owner)},
         )
 
+    def get_lease(self, workflow: str, account_id: str) -> tuple[str, datetime] | None:
+        key = {"pk": _s(_LEASE_PK), "sk": _s(f"{workflow}#{account_id}")}
+        item: Item | None = self._call("get_item", Key=key, ConsistentRead=True).get("Item")
+        if item is None:
+            return None
+        expires = datetime.strptime(item["expires_at"]["S"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+        return item["owner"]["S"], expires
+
+    def break_lease(self, workflow: str, account_id: str) -> None:
+        self._call("delete_item", Key={"pk": _s(_LEASE_PK), "sk": _s(f"{workflow}#{account_id}")})
+
     # -- records --------------------------------------------------------------------------------------
     def get_record(self, kind: str, key: str) -> tuple[dict[str, Any], int] | None:
         response = self._call("get_item", Key={"pk": _s(_RECORD_PREFIX + kind), "sk": _s(key)}, ConsistentRead=True)

@@ -273,6 +273,18 @@ class SqliteStore(StateStore):
                 "DELETE FROM leases WHERE workflow = ? AND account_id = ? AND owner = ?", (workflow, account_id, owner)
             )
 
+    def get_lease(self, workflow: str, account_id: str) -> tuple[str, datetime] | None:
+        rows = self._select(
+            "SELECT owner, expires_at FROM leases WHERE workflow = ? AND account_id = ?", (workflow, account_id)
+        )
+        if not rows:
+            return None
+        return str(rows[0]["owner"]), _parse_time_key(str(rows[0]["expires_at"]))
+
+    def break_lease(self, workflow: str, account_id: str) -> None:
+        with self._write() as conn:
+            conn.execute("DELETE FROM leases WHERE workflow = ? AND account_id = ?", (workflow, account_id))
+
     # -- records --------------------------------------------------------------------------------------
     def get_record(self, kind: str, key: str) -> tuple[dict[str, Any], int] | None:
         rows = self._select("SELECT data, version FROM records WHERE kind = ? AND key = ?", (kind, key))
@@ -327,3 +339,8 @@ def _conflict_message(kind: str, key: str, expected_version: int | None) -> str:
     if expected_version is None:
         return f"record {kind}/{key} already exists"
     return f"record {kind}/{key} is no longer at version {expected_version}"
+
+
+def _parse_time_key(text: str) -> datetime:
+    """The inverse of `_time_key`: an aware UTC datetime."""
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -13,14 +14,107 @@ from datetime import datetime
 from ..aws.session import SessionFactory
 from ..config import Config
 from ..errors import EXIT_FINDINGS, EXIT_OK, EXIT_PARTIAL, SafetyRefusal
-from ..model import ActionOutcome, FindingStatus, RunReport, Severity, TargetStatus, utcnow
+from ..model import ActionOutcome, FindingStatus, JournalEntry, RunReport, Severity, TargetStatus, utcnow
 from ..secrets import SecretResolver
 from ..sinks import SinkContext
 from ..state import StateStore, open_store
 
 log = logging.getLogger(__name__)
 
-LEASE_TTL_SECONDS = 3600
+# Leases are short and renewed while a run works (every third of their life), so a run that dies (a Lambda
+# timeout, a kill) frees its accounts within two minutes, before the guard's next five-minute poll.
+LEASE_TTL_SECONDS = 120
+
+
+class LeaseKeeper:
+    """The (workflow, account) leases one run holds: taken before acting, renewed by a background thread while
+    the run works, given back at the end. `break_lease` (an operator's choice) takes over a lease held by another
+    run, journaled with the holder it displaced."""
+
+    def __init__(self, ctx: RunContext, workflow: str, *, break_lease: bool = False, ttl: int = LEASE_TTL_SECONDS):
+        self.ctx = ctx
+        self.workflow = workflow
+        self.break_lease = break_lease
+        self.ttl = ttl
+        self.held: list[str] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def holder(self, account_id: str) -> str:
+        """Who holds the lease on an account, for messages."""
+        lease = self.ctx.store.get_lease(self.workflow, account_id)
+        if lease is None:
+            return "another run"
+        owner, expires = lease
+        return f"run {owner} (until {expires.strftime('%H:%M:%SZ')} unless renewed)"
+
+    def acquire(self, account_id: str) -> bool:
+        """Take the lease (or confirm it is ours); with break_lease, take it over from another holder."""
+        store, now = self.ctx.store, self.ctx.clock()
+        if not store.acquire_lease(self.workflow, account_id, self.ctx.run_id, now, self.ttl):
+            if not self.break_lease:
+                return False
+            self._journal_break(account_id)
+            store.break_lease(self.workflow, account_id)
+            if not store.acquire_lease(self.workflow, account_id, self.ctx.run_id, self.ctx.clock(), self.ttl):
+                return False
+        with self._lock:
+            if account_id not in self.held:
+                self.held.append(account_id)
+        self._start()
+        return True
+
+    def _journal_break(self, account_id: str) -> None:
+        lease = self.ctx.store.get_lease(self.workflow, account_id)
+        owner, expires = lease if lease else ("", None)
+        now = self.ctx.clock()
+        entry = JournalEntry(
+            id=str(uuid.uuid4()),
+            run_id=self.ctx.run_id,
+            workflow=self.workflow,
+            account_id=account_id,
+            region="global",
+            resource_id=f"lease:{self.workflow}",
+            action="break-lease",
+            outcome=ActionOutcome.DONE,
+            at=now,
+            before={"owner": owner, "expires_at": expires.isoformat() if expires else None},
+            after={"owner": self.ctx.run_id},
+        )
+        self.ctx.store.journal(entry)
+        log.warning("%s lease on %s broken by operator request (held by %s)", self.workflow, account_id, owner)
+
+    def _start(self) -> None:
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(target=self._renew_loop, name="lease-renewal", daemon=True)
+            self._thread.start()
+
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(max(1.0, self.ttl / 3)):
+            with self._lock:
+                held = list(self.held)
+            for account_id in held:
+                try:
+                    kept = self.ctx.store.acquire_lease(
+                        self.workflow, account_id, self.ctx.run_id, self.ctx.clock(), self.ttl
+                    )
+                except Exception:  # a store hiccup must not kill the renewal of the other leases
+                    log.warning("could not renew the %s lease on %s", self.workflow, account_id, exc_info=True)
+                    continue
+                if not kept:
+                    log.warning("the %s lease on %s was taken over by another run", self.workflow, account_id)
+
+    def release_all(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        with self._lock:
+            held, self.held = list(self.held), []
+        for account_id in held:
+            self.ctx.store.release_lease(self.workflow, account_id, self.ctx.run_id)
 
 
 def new_run_id(now: datetime) -> str:
@@ -60,21 +154,21 @@ class RunContext:
         return SinkContext(self.factory, self.secrets)
 
     @contextmanager
-    def account_leases(self, workflow: str, account_ids: list[str]) -> Iterator[None]:
-        """Hold the (workflow, account) leases for the block; refuse (exit 5) if another run holds one."""
-        taken: list[str] = []
+    def account_leases(self, workflow: str, account_ids: list[str], *, break_lease: bool = False) -> Iterator[None]:
+        """Hold (and renew) the (workflow, account) leases for the block; refuse (exit 5) if another run holds
+        one, unless break_lease."""
+        keeper = LeaseKeeper(self, workflow, break_lease=break_lease)
         try:
             for account_id in sorted(set(account_ids)):
-                if not self.store.acquire_lease(workflow, account_id, self.run_id, self.clock(), LEASE_TTL_SECONDS):
+                if not keeper.acquire(account_id):
                     raise SafetyRefusal(
-                        f"another {workflow} run holds the lock on account {account_id}; nothing was done "
-                        "(it expires after an hour if that run died)"
+                        f"{keeper.holder(account_id)} holds the {workflow} lock on account {account_id}; nothing "
+                        f"was done (a lease of a run that died expires within {LEASE_TTL_SECONDS} s; "
+                        "--break-lease takes it over)"
                     )
-                taken.append(account_id)
             yield
         finally:
-            for account_id in taken:
-                self.store.release_lease(workflow, account_id, self.run_id)
+            keeper.release_all()
 
 
 def exit_code(report: RunReport, fail_on: Severity | None = None) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -16,7 +17,7 @@ from ...aws.targets import error_text
 from ...collect.ec2 import one_time_spot_ids
 from ...errors import FleetwardenError
 from ...model import ActionOutcome, ActionResult, ExceptionKind, ExceptionSet, Instance, Target
-from ..base import LEASE_TTL_SECONDS, RunContext
+from ..base import LeaseKeeper, RunContext
 
 log = logging.getLogger(__name__)
 
@@ -31,9 +32,10 @@ class _Job:
 
 
 class Halter:
-    """Runs halt work on its own pool while the inventory is still streaming in."""
+    """Runs halt work on its own pool while the inventory is still streaming in: an account's lockout is
+    submitted first (credentials are what an attacker holds), its regions' stops run beside it."""
 
-    def __init__(self, ctx: RunContext, exceptions: ExceptionSet, *, apply: bool) -> None:
+    def __init__(self, ctx: RunContext, exceptions: ExceptionSet, *, apply: bool, break_lease: bool = False) -> None:
         self.ctx = ctx
         self.exceptions = exceptions
         self.apply = apply
@@ -42,6 +44,7 @@ class Halter:
         self._lock = threading.Lock()
         self._jobs: list[tuple[_Job, Future[list[ActionResult]]]] = []
         self._asg_done: set[Target] = set()
+        self._leases = LeaseKeeper(ctx, WORKFLOW, break_lease=break_lease)
         self.claimed: set[str] = set()
         self.refused: dict[str, str] = {}
 
@@ -55,18 +58,26 @@ class Halter:
         if not self.apply:
             self.claimed.add(account_id)
             return True
-        if self.ctx.store.acquire_lease(WORKFLOW, account_id, self.ctx.run_id, self.ctx.clock(), LEASE_TTL_SECONDS):
+        if self._leases.acquire(account_id):
             self.claimed.add(account_id)
             return True
-        self.refused[account_id] = "another guard run holds the lock on this account; it was not halted by this run"
+        self.refused[account_id] = (
+            f"{self._leases.holder(account_id)} holds the guard lock on this account; it was not halted by this run "
+            "(the lock of a run that died expires within two minutes; --break-lease takes it over)"
+        )
         return False
 
     def release_leases(self) -> None:
         if self.apply:
-            for account_id in self.claimed:
-                self.ctx.store.release_lease(WORKFLOW, account_id, self.ctx.run_id)
+            self._leases.release_all()
 
     # -- work --------------------------------------------------------------------------------------------
+    def submit_lockout(self, account_id: str, lockout: Callable[[], list[ActionResult]]) -> None:
+        """Lock an account's principals out, on the pool beside its stops."""
+        with self._lock:
+            job = _Job(Target(account_id, "global"), "lockout", [])
+            self._jobs.append((job, self._pool.submit(lockout)))
+
     def submit(self, target: Target, instances: list[Instance]) -> None:
         """Halt one region of a claimed account: stop its instances and (once) suspend its ASG processes."""
         with self._lock:
@@ -89,7 +100,9 @@ class Halter:
             except (ClientError, BotoCoreError, FleetwardenError) as exc:
                 message = error_text(exc)
                 log.warning("%s: %s failed: %s", job.target, job.action, message)
-                ids = job.instance_ids or [f"asg:{job.target.region}"]
+                ids = job.instance_ids or [
+                    job.target.account_id if job.action == "lockout" else f"asg:{job.target.region}"
+                ]
                 results += [
                     ActionResult(
                         action=job.action,

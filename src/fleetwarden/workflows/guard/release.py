@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from ...actions.asg import AsgProcesses
 from ...actions.ec2 import Ec2Actions
 from ...actions.iam_lockout import IamLockout
-from ...aws.targets import resolve_accounts
+from ...aws.targets import resolve_accounts, verify_accounts
 from ...errors import UsageError
 from ...model import ActionOutcome, ActionResult, JournalEntry, RunReport
 from ...sinks import deliver
@@ -27,6 +27,7 @@ class ReleaseOptions:
     account_id: str
     apply: bool = False
     start_instances: bool = False
+    break_lease: bool = False
 
 
 def guard_status(ctx: RunContext) -> list[TripState]:
@@ -48,12 +49,16 @@ def release_guard(ctx: RunContext, options: ReleaseOptions) -> RunReport:
         report.summary = {"account_id": account_id, "released": False, "reason": "the account is not tripped"}
         report.finished_at = ctx.clock()
         return report
-    known = {a.account_id for a in resolve_accounts(ctx.config, ctx.factory)}  # registers how to reach each
-    if account_id not in known:
+    accounts = [a for a in resolve_accounts(ctx.config, ctx.factory) if a.account_id == account_id]
+    if not accounts:
         raise UsageError(f"account {account_id} is not among the configured targets; cannot reach it to release")
-    with ctx.account_leases(WORKFLOW, [account_id]):
+    for problem in verify_accounts(accounts, ctx.factory):
+        raise UsageError(f"account {account_id}: {problem.error}; nothing was released")
+    with ctx.account_leases(WORKFLOW, [account_id], break_lease=options.break_lease):
         entries = _trip_entries(ctx, state)
-        done = [e for e in entries if e.outcome == ActionOutcome.DONE]
+        # A change still `planned` in the journal may have happened (the run died around the call): it is undone
+        # like a done one, after checking the current state (starting a running instance changes nothing).
+        done = [e for e in entries if e.outcome in (ActionOutcome.DONE, ActionOutcome.PLANNED)]
         report.actions = _restore(ctx, account_id, entries, done, options.start_instances, apply=options.apply)
         if options.apply:
             state.tripped = False

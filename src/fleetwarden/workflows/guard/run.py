@@ -45,6 +45,7 @@ ACTIVE_STATES = ("pending", "running")
 @dataclass
 class GuardOptions:
     apply: bool = False
+    break_lease: bool = False  # take over a guard lease another run holds (an operator's decision, journaled)
 
 
 def _inventory(ctx: RunContext, target: Target) -> list[Instance]:
@@ -53,6 +54,9 @@ def _inventory(ctx: RunContext, target: Target) -> list[Instance]:
 
 
 def run_guard(ctx: RunContext, options: GuardOptions) -> RunReport:
+    """Count, evaluate, halt. With --apply, an account's trip is latched in the state store BEFORE its first halt
+    call, so a run that dies mid-halt leaves a trip the next run finishes and `guard release` undoes (see
+    docs/crash-safety.md)."""
     config = ctx.config
     now = ctx.clock()
     report = RunReport(run_id=ctx.run_id, workflow=WORKFLOW, dry_run=not options.apply, started_at=now)
@@ -62,21 +66,31 @@ def run_guard(ctx: RunContext, options: GuardOptions) -> RunReport:
     states = load_states(ctx.store)
     latched = {a for a in accounts if a in states and states[a].tripped}
     exceptions = ExceptionSet(ctx.store.list_exceptions(), now)
-    halter = Halter(ctx, exceptions, apply=options.apply)
+    halter = Halter(ctx, exceptions, apply=options.apply, break_lease=options.break_lease)
     # Instances an open scan window started are not counted (they go back to stopped when it closes).
     in_window = Ledger(ctx.store).started_instance_ids()
     inventory: dict[Target, list[Instance]] = {}
     running: dict[str, int] = defaultdict(int)
     halting: set[str] = set()
+    lockouts: set[str] = set()
 
-    def start_halt(account_id: str) -> None:
+    def start_halt(account_id: str, triggers: list[Trigger]) -> None:
         if account_id in halting or not halter.claim(account_id):
             return
         halting.add(account_id)
+        if options.apply and account_id not in latched:
+            # The latch comes first: whatever happens to this process from here on, the trip is on record.
+            _latch(ctx, states, account_id, triggers, since=now)
+        state = states.get(account_id)
+        if state is None or not state.tripped or not state.lockout_done:
+            lockouts.add(account_id)
+            halter.submit_lockout(account_id, lambda: _lockout(ctx, account_id, exceptions, apply=options.apply))
         for target, instances in inventory.items():
             if target.account_id == account_id:
                 halter.submit(target, instances)
 
+    evaluation = Evaluation()
+    newly: list[str] = []
     try:
         # Each region is halted as soon as its inventory arrives once its account is known to be tripped:
         # latched from an earlier run, or already over its count limit with the regions seen so far.
@@ -99,30 +113,27 @@ def run_guard(ctx: RunContext, options: GuardOptions) -> RunReport:
             running[target.account_id] += sum(1 for i in outcome.value if i.id not in in_window)
             if target.account_id in halting:
                 halter.submit(target, outcome.value)
-            elif target.account_id in latched or count_trigger(config, target.account_id, running[target.account_id]):
-                start_halt(target.account_id)
+                continue
+            trigger = count_trigger(config, target.account_id, running[target.account_id])
+            if target.account_id in latched or trigger is not None:
+                start_halt(target.account_id, [trigger] if trigger else [])
 
         evaluation = _evaluate(ctx, report, accounts, inventory, running)
-        tripped = evaluation.tripped | latched
-        for account_id in sorted(tripped):
-            start_halt(account_id)
+        for account_id in sorted(evaluation.tripped | latched):
+            start_halt(account_id, evaluation.triggers.get(account_id, []))
         report.actions += halter.wait()
         for account_id, why in halter.refused.items():
             report.targets.append(
                 TargetResult(account_id=account_id, region="global", status=TargetStatus.ERROR, error=why)
             )
         newly = sorted(a for a in evaluation.tripped if a not in latched and a in halter.claimed)
-        for account_id in sorted(halter.claimed):
-            state = states.get(account_id)
-            if state is None or not state.tripped or not state.lockout_done:
-                report.actions += _lockout(ctx, account_id, exceptions, apply=options.apply)
         report.findings = _findings(ctx, evaluation, apply=options.apply)
         if options.apply:
-            _record(ctx, states, evaluation, newly, latched & halter.claimed, since=now)
+            _record(ctx, states, evaluation, report, halter.claimed, lockouts)
     finally:
         halter.release_leases()
 
-    report.summary = _summary(report, evaluation, latched, newly)
+    report.summary = _summary(report, evaluation, latched, newly, exceptions)
     if options.apply and config.guard.notify and _worth_telling(report, newly, latched):
         from .notify import guard_notification
 
@@ -130,6 +141,29 @@ def run_guard(ctx: RunContext, options: GuardOptions) -> RunReport:
         report.deliveries = deliver(config.guard.notify, config.sinks, notification, report, ctx.sink_context)
     report.finished_at = ctx.clock()
     return report
+
+
+def _latch(
+    ctx: RunContext, states: dict[str, TripState], account_id: str, triggers: list[Trigger], *, since: datetime
+) -> None:
+    """Record the trip before the halt starts. `since` is the run's start, so release finds every journal entry
+    of the halt; `lockout_done` stays false until a lockout of this trip has completed without a failure."""
+    previous = states.get(account_id)
+    state = TripState(
+        account_id=account_id,
+        tripped=True,
+        since=since.isoformat(),
+        run_id=ctx.run_id,
+        scope=_scope(triggers),
+        triggers=[t.as_dict() for t in triggers],
+        lockout_done=False,
+        version=previous.version if previous else None,
+    )
+    states[account_id] = save_state(ctx.store, state)
+
+
+def _scope(triggers: list[Trigger]) -> str:
+    return "org" if triggers and all(t.kind == "org-count" for t in triggers) else "account"
 
 
 def _evaluate(
@@ -184,6 +218,21 @@ def _lockout(ctx: RunContext, account_id: str, exceptions: ExceptionSet, *, appl
     lockout_cfg = ctx.config.guard.lockout
     if lockout_cfg.mode == "off":
         return []
+    self_arn, problem = _self_arn(ctx, account_id)
+    if self_arn is None:
+        # Never lock out where the acting principal is unknown: it could be locked out itself, and then neither
+        # `guard release` nor the next run could act. The account is reported (exit 4); the next run retries.
+        log.warning("lockout of %s skipped: %s", account_id, problem)
+        return [
+            ActionResult(
+                action="lockout",
+                account_id=account_id,
+                region="global",
+                resource_id=account_id,
+                outcome=ActionOutcome.FAILED,
+                reason=f"not locked out: {problem}",
+            )
+        ]
     client = ctx.factory.client("iam", region=ctx.config.aws.sts_region, account_id=account_id)
     lockout = IamLockout(
         client,
@@ -196,7 +245,7 @@ def _lockout(ctx: RunContext, account_id: str, exceptions: ExceptionSet, *, appl
         exempt_users=lockout_cfg.exempt_users,
         exempt_roles=lockout_cfg.exempt_roles,
         revoke_role_sessions=lockout_cfg.revoke_role_sessions,
-        self_arn=_self_arn(ctx, account_id),
+        self_arn=self_arn,
         exceptions=exceptions,
     )
     try:
@@ -215,14 +264,20 @@ def _lockout(ctx: RunContext, account_id: str, exceptions: ExceptionSet, *, appl
         ]
 
 
-def _self_arn(ctx: RunContext, account_id: str) -> str | None:
-    """The principal fleetwarden acts as in this account (the assumed role, or the base identity)."""
+def _self_arn(ctx: RunContext, account_id: str) -> tuple[str | None, str]:
+    """The principal fleetwarden acts as in this account (the assumed role, or the base identity), or None and
+    why it cannot be told."""
     try:
         sts = ctx.factory.client("sts", region=ctx.config.aws.sts_region, account_id=account_id)
-        return str(sts.get_caller_identity()["Arn"])
+        identity = sts.get_caller_identity()
     except (ClientError, BotoCoreError) as exc:
-        log.warning("cannot tell which principal fleetwarden runs as: %s", exc)
-        return None
+        return None, f"cannot tell which principal fleetwarden runs as ({error_text(exc)})"
+    arn, acting_account = str(identity.get("Arn", "")), str(identity.get("Account", ""))
+    if not arn:
+        return None, "GetCallerIdentity returned no principal ARN"
+    if acting_account != account_id:
+        return None, f"the credentials for this account act in account {acting_account or '?'} ({arn})"
+    return arn, ""
 
 
 def _findings(ctx: RunContext, evaluation: Evaluation, *, apply: bool) -> list[Finding]:
@@ -243,31 +298,32 @@ def _record(
     ctx: RunContext,
     states: dict[str, TripState],
     evaluation: Evaluation,
-    newly: list[str],
-    enforced: set[str],
-    *,
-    since: datetime,
+    report: RunReport,
+    claimed: set[str],
+    lockouts: set[str],
 ) -> None:
-    """Latch new trips. `since` is the run's start, so release finds every journal entry of the halt."""
-    for account_id in newly:
-        triggers: list[Trigger] = evaluation.triggers[account_id]
-        previous = states.get(account_id)
-        state = TripState(
-            account_id=account_id,
-            tripped=True,
-            since=since.isoformat(),
-            run_id=ctx.run_id,
-            scope="org" if all(t.kind == "org-count" for t in triggers) else "account",
-            triggers=[t.as_dict() for t in triggers],
-            lockout_done=True,
-            version=previous.version if previous else None,
-        )
-        save_state(ctx.store, state)
-    for account_id in enforced:
-        state = states[account_id]
-        if not state.lockout_done:
-            state.lockout_done = True
-            save_state(ctx.store, state)
+    """After the halt: the full triggers of each trip this run latched, and `lockout_done` once a lockout of the
+    trip finished with no failure (otherwise the next run locks out again)."""
+    for account_id in sorted(claimed):
+        state = states.get(account_id)
+        if state is None or not state.tripped:
+            continue
+        changed = False
+        if state.run_id == ctx.run_id and evaluation.triggers.get(account_id):
+            triggers: list[Trigger] = evaluation.triggers[account_id]
+            state.triggers = [t.as_dict() for t in triggers]
+            state.scope = _scope(triggers)
+            changed = True
+        if account_id in lockouts and not state.lockout_done:
+            failed = any(
+                a.account_id == account_id and a.region == "global" and a.outcome == ActionOutcome.FAILED
+                for a in report.actions
+            )
+            if not failed:
+                state.lockout_done = True
+                changed = True
+        if changed:
+            states[account_id] = save_state(ctx.store, state)
 
 
 def _worth_telling(report: RunReport, newly: list[str], latched: set[str]) -> bool:
@@ -281,11 +337,21 @@ def _worth_telling(report: RunReport, newly: list[str], latched: set[str]) -> bo
     return acted or failed
 
 
-def _summary(report: RunReport, evaluation: Evaluation, latched: set[str], newly: list[str]) -> dict[str, object]:
+def _summary(
+    report: RunReport, evaluation: Evaluation, latched: set[str], newly: list[str], exceptions: ExceptionSet
+) -> dict[str, object]:
     outcomes: dict[str, int] = defaultdict(int)
     for action in report.actions:
         outcomes[f"{action.action}:{action.outcome.value}"] += 1
+    by_exception: dict[str, int] = defaultdict(int)
+    for action in report.actions:
+        if action.outcome == ActionOutcome.SKIPPED:
+            kind = next((k for k in _EXCEPTION_KINDS if action.reason.startswith(k)), None)
+            if kind:
+                by_exception[kind] += 1
     return {
+        "skipped_by_exceptions": dict(sorted(by_exception.items())),
+        "broad_exceptions": _broad_exceptions(exceptions),
         "running_by_account": dict(sorted(evaluation.running.items())),
         "spend_by_account": {
             a: {source: round(usd, 2) for source, usd, _ in readings}
@@ -298,3 +364,19 @@ def _summary(report: RunReport, evaluation: Evaluation, latched: set[str], newly
         "actions": dict(sorted(outcomes.items())),
         "targets_error": sum(1 for t in report.targets if t.status == TargetStatus.ERROR),
     }
+
+
+_EXCEPTION_KINDS = ("do-not-stop", "do-not-terminate", "lockout-exempt")
+
+
+def _broad_exceptions(exceptions: ExceptionSet) -> list[str]:
+    """Warnings for active exceptions that exempt a whole account (or more) from the halt or the lockout."""
+    warnings = []
+    for rule in exceptions.rules:
+        if rule.kind.value not in _EXCEPTION_KINDS or rule.region or rule.resource_id:
+            continue
+        scope = f"account {rule.account_id}" if rule.account_id else "the whole organization"
+        warnings.append(f"{rule.kind.value} exception {rule.id} covers {scope} ({rule.reason or 'no reason'})")
+    for warning in warnings:
+        log.warning("guard: %s", warning)
+    return warnings

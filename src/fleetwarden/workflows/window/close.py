@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from ...actions.ec2 import Ec2Actions
 from ...aws.fanout import fan_out
-from ...aws.targets import resolve_accounts
+from ...aws.targets import resolve_accounts, verify_accounts
 from ...collect.ec2 import instance_from_api
 from ...errors import UsageError
 from ...model import (
@@ -61,9 +61,35 @@ def _current(ctx: RunContext, target: Target, ids: list[str]) -> dict[str, Insta
     return found
 
 
+def _recover_interrupted(entries: list[LedgerEntry], attempts: dict[str, ActionOutcome]) -> None:
+    """Settle ledger entries an interrupted open left `planned`, from the journal of its start calls.
+
+    A start journaled `done`, or still `planned` (the process died around the call), may have happened: the
+    entry counts as started, so close stops the instance if it runs. No journal entry, or a failed one: the
+    window never started it, and close never touches it.
+    """
+    for entry in entries:
+        if entry.start != "planned":
+            continue
+        attempt = attempts.get(entry.instance_id)
+        if attempt in (ActionOutcome.DONE, ActionOutcome.PLANNED):
+            entry.start = "done"
+            entry.start_error = "the open was interrupted after its start call; treated as started"
+        else:
+            entry.start = "not-started"
+            entry.start_error = "the open was interrupted before its start call"
+
+
 def _close_target(
-    ctx: RunContext, ledger: Ledger, target: Target, entries: list[LedgerEntry], exceptions: ExceptionSet, apply: bool
+    ctx: RunContext,
+    ledger: Ledger,
+    target: Target,
+    entries: list[LedgerEntry],
+    exceptions: ExceptionSet,
+    apply: bool,
+    attempts: dict[str, ActionOutcome],
 ) -> list[ActionResult]:
+    _recover_interrupted(entries, attempts)
     current = _current(ctx, target, [e.instance_id for e in entries])
     results: list[ActionResult] = []
     to_stop: list[Instance] = []
@@ -135,8 +161,11 @@ def _verify(ctx: RunContext, target: Target, entries: list[LedgerEntry]) -> list
         entry.final_state = instance.state if instance else "gone"
         if entry.start != "done":
             continue
+        # Verified means stopped (or gone): a window with an instance still stopping stays open, and the next
+        # close checks it again.
         expected = "running" if entry.stop == "skipped" else "stopped"
-        if entry.final_state not in (expected, "stopping" if expected == "stopped" else expected, "terminated", "gone"):
+        accepted = {"running", "pending"} if expected == "running" else {"stopped", "terminated", "shutting-down"}
+        if entry.final_state not in accepted | {"gone"}:
             problems.append(
                 ActionResult(
                     action="verify",
@@ -174,7 +203,8 @@ def open_windows(ctx: RunContext, window_id: str | None) -> list[WindowRecord]:
 def close_window(ctx: RunContext, options: CloseOptions) -> RunReport:
     now = ctx.clock()
     report = RunReport(run_id=ctx.run_id, workflow="window-close", dry_run=not options.apply, started_at=now)
-    resolve_accounts(ctx.config, ctx.factory)  # registers how to reach each configured account
+    # Registers how to reach each configured account; one whose credentials act elsewhere is not closed here.
+    refused = {r.account_id: r.error for r in verify_accounts(resolve_accounts(ctx.config, ctx.factory), ctx.factory)}
     ledger = Ledger(ctx.store)
     exceptions = ExceptionSet(ctx.store.list_exceptions(), now)
     windows = open_windows(ctx, options.window_id)
@@ -190,12 +220,29 @@ def close_window(ctx: RunContext, options: CloseOptions) -> RunReport:
         by_target: dict[Target, list[LedgerEntry]] = defaultdict(list)
         for entry in ledger.entries(window.window_id):
             by_target[entry.target].append(entry)
+        attempts = ledger.start_attempts(window)
         failed_targets = 0
+        unverified = 0
 
-        def work(target: Target, groups: dict[Target, list[LedgerEntry]] = by_target) -> list[ActionResult]:
-            return _close_target(ctx, ledger, target, groups[target], exceptions, options.apply)
+        def work(
+            target: Target,
+            groups: dict[Target, list[LedgerEntry]] = by_target,
+            attempts: dict[str, ActionOutcome] = attempts,
+        ) -> list[ActionResult]:
+            return _close_target(ctx, ledger, target, groups[target], exceptions, options.apply, attempts)
 
-        for outcome in fan_out(list(by_target), work, max_concurrency=ctx.config.aws.max_concurrency, label="closing"):
+        for target in [t for t in by_target if t.account_id in refused]:
+            failed_targets += 1
+            report.targets.append(
+                TargetResult(
+                    account_id=target.account_id,
+                    region=target.region,
+                    status=TargetStatus.ERROR,
+                    error=refused[target.account_id],
+                )
+            )
+        reachable = [t for t in by_target if t.account_id not in refused]
+        for outcome in fan_out(reachable, work, max_concurrency=ctx.config.aws.max_concurrency, label="closing"):
             target = outcome.key
             if outcome.value is None:
                 failed_targets += 1
@@ -210,8 +257,14 @@ def close_window(ctx: RunContext, options: CloseOptions) -> RunReport:
             else:
                 report.targets.append(TargetResult(account_id=target.account_id, region=target.region))
                 report.actions += outcome.value
-        if options.apply and failed_targets == 0:
-            # Only a complete close releases the locks and marks the window closed; otherwise a retry finishes it.
+                unverified += sum(
+                    1 for a in outcome.value if a.outcome == ActionOutcome.FAILED and a.action in ("stop", "verify")
+                )
+        if options.apply and (failed_targets or unverified):
+            report.summary.setdefault("left_open", []).append(window.window_id)
+        if options.apply and failed_targets == 0 and unverified == 0:
+            # Only a close whose instances are verified stopped releases the locks and marks the window closed;
+            # otherwise it stays open, and the next close (or the state machine's retry) finishes it.
             for account_id, region in window.targets:
                 ledger.unlock(Target(account_id, region), window.window_id)
             window.status = "closed"

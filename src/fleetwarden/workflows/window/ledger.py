@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ...model import Target
+from ...model import ActionOutcome, Target
 from ...state import StateStore, VersionConflict
 
 WINDOW = "window"
@@ -43,7 +43,9 @@ class LedgerEntry:
     region: str
     instance_id: str
     prior_state: str
-    start: str = "planned"  # planned | done | failed
+    # planned: written before the start call; done | failed: its outcome; not-started: an interrupted open never
+    # made the call (no journal entry), so the instance is not the window's to stop.
+    start: str = "planned"
     start_error: str | None = None
     stop: str | None = None  # done | failed | skipped
     stop_reason: str | None = None
@@ -100,6 +102,16 @@ class Ledger:
 
     def save_entry(self, entry: LedgerEntry) -> None:
         entry.version = self.store.put_record(INSTANCE, entry.key, entry.data(), expected_version=entry.version)
+
+    def start_attempts(self, window: WindowRecord) -> dict[str, ActionOutcome]:
+        """What the journal says of the window's start calls, by instance id: `planned` means the run died around
+        the call (it may have started the instance), `done`/`failed`/`skipped` its outcome. An instance absent
+        here was never in a start call."""
+        attempts: dict[str, ActionOutcome] = {}
+        for entry in self.store.list_journal(run_id=window.run_id, workflow="window"):
+            if entry.action == "start":
+                attempts[entry.resource_id] = entry.outcome
+        return attempts
 
     def started_instance_ids(self) -> set[str]:
         """Instances started by windows that are still open (the guard does not count them)."""

@@ -70,7 +70,16 @@ def window_status(ctx: RunContext, window_id: str | None = None, *, check_covera
     out: list[dict[str, Any]] = []
     for window in windows:
         entries = ledger.entries(window.window_id)
-        item: dict[str, Any] = {**window.data(), "instances": [e.data() for e in entries]}
+        attempts = ledger.start_attempts(window)
+        instances = []
+        for entry in entries:
+            data = entry.data()
+            if entry.start == "planned":
+                # An open that died around its start call: what the journal knows (see docs/crash-safety.md).
+                attempt = attempts.get(entry.instance_id)
+                data["start"] = f"planned ({'may have started' if attempt else 'no start call made'})"
+            instances.append(data)
+        item: dict[str, Any] = {**window.data(), "instances": instances}
         if check_coverage and window.status != "closed":
             from ...aws.targets import resolve_accounts
 
