@@ -89,6 +89,15 @@ def sync(path: Path, *extra: str) -> Any:
     return cli("--config", str(path), "--json", "compliance", "sync", *extra)
 
 
+def stored_status(path: Path, account: str, region: str) -> dict[tuple[str, str], str]:
+    """The open compliance findings the state store holds for one target: (instance, control) -> status."""
+    from fleetwarden.config import load_config
+    from fleetwarden.state import open_store
+
+    found = open_store(load_config(path).state).load_findings("compliance", account, region)
+    return {(f.resource_id, f.control): f.status.value for f in found.values()}
+
+
 def messages(slack: FakeSlack) -> list[str]:
     return [json.dumps(r.params) for r in slack.calls("chat.postMessage")]
 
@@ -120,6 +129,7 @@ def test_first_sync_alerts_everything_new_once(
     }
     # Unchanged results: no alert.
     again = sync(path, "--apply")
+    assert again.exit_code == 0, again.stderr
     assert again.report["summary"]["new"] == 0 and again.report["summary"]["resolved"] == 0
     assert len(slack.calls("chat.postMessage")) == 1
 
@@ -132,7 +142,7 @@ def test_partial_resolution_and_unscanned_instances_keep_findings(
     factory: SessionFactory,
 ) -> None:
     path = config(tmp_path, aws.url, slack)
-    sync(path, "--apply")
+    assert sync(path, "--apply").exit_code == 0
     # a_east is scanned again later: c-1 fixed, c-2 still failing
     put_items(
         factory,
@@ -142,7 +152,9 @@ def test_partial_resolution_and_unscanned_instances_keep_findings(
         T0 + timedelta(days=1),
         [("c-1", "COMPLIANT", "HIGH"), ("c-2", "NON_COMPLIANT", "LOW")],
     )
-    result = sync(path, "--apply").report
+    rescanned = sync(path, "--apply")
+    assert rescanned.exit_code == 0, rescanned.stderr
+    result = rescanned.report
     status = {(f["resource_id"], f["control"]): f["status"] for f in result["findings"]}
     assert status[(fleet["a_east"], "Custom:InSpec:c-1")] == "resolved"
     assert status[(fleet["a_east"], "Custom:InSpec:c-2")] == "ongoing"
@@ -158,10 +170,12 @@ def test_partial_resolution_and_unscanned_instances_keep_findings(
         Items=[],
         UploadType="COMPLETE",
     )
-    later = sync(path, "--apply").report
-    assert later["summary"]["resolved"] == 0
-    stored = {f["resource_id"]: f["status"] for f in later["findings"]}
-    assert fleet["b_east"] not in stored or stored[fleet["b_east"]] != "resolved"
+    later = sync(path, "--apply")
+    assert later.exit_code == 0, later.stderr
+    assert later.report["summary"]["resolved"] == 0
+    # Carried over untouched: not in this run's findings, still open in the store as the last sync left it.
+    assert fleet["b_east"] not in {f["resource_id"] for f in later.report["findings"]}
+    assert stored_status(path, B, "us-east-1") == {(fleet["b_east"], "Custom:InSpec:c-9"): "ongoing"}
 
 
 def test_slack_failure_is_retried_from_the_outbox(
@@ -209,7 +223,9 @@ def test_snooze_suppresses_until_it_expires(
         "1h",
     )
     assert added.exit_code == 0
-    first = sync(path, "--apply").report
+    synced = sync(path, "--apply")
+    assert synced.exit_code == 0, synced.stderr
+    first = synced.report
     status = {f["resource_id"]: f["status"] for f in first["findings"] if f["control"].endswith("c-9")}
     assert status == {fleet["b_east"]: "suppressed"}
     assert first["summary"]["new"] == 3 and "c-9" not in next(iter(slack.uploads.values())).decode()
@@ -221,7 +237,9 @@ def test_snooze_suppresses_until_it_expires(
     rule = store.list_exceptions()[0]
     store.remove_exception(rule.id)
     store.add_exception(rule.model_copy(update={"expires_at": datetime.now(UTC) - timedelta(seconds=1)}))
-    after = sync(path, "--apply").report
+    expired = sync(path, "--apply")
+    assert expired.exit_code == 0, expired.stderr
+    after = expired.report
     assert after["summary"]["new"] == 1
     assert [f["status"] for f in after["findings"] if f["control"].endswith("c-9")] == ["new"]
 
@@ -235,20 +253,22 @@ def test_report_puts_csv_in_s3_and_summary_in_slack(
 ) -> None:
     path = config(tmp_path, aws.url, slack)
     factory.client("s3", region="us-east-1").create_bucket(Bucket="fw-reports")
-    sync(path, "--apply")
+    assert sync(path, "--apply").exit_code == 0
     dry = cli("--config", str(path), "--json", "--output-dir", str(tmp_path / "out"), "compliance", "report")
     assert dry.exit_code == 0
     local = list((tmp_path / "out").glob("compliance-*.csv"))
     assert len(local) == 1
     posted = len(slack.calls("chat.postMessage"))
+    before = datetime.now(UTC)
     result = cli("--config", str(path), "--json", "compliance", "report", "--apply")
     assert result.exit_code == 0, result.stderr
     summary = result.report["summary"]
     assert (summary["affected_instances"], summary["open_items"]) == (3, 4)
     assert summary["by_account"] == {A: 3, B: 1}
     url = summary["csv_url"]
-    now = datetime.now(UTC)
-    assert url.startswith(f"s3://fw-reports/fleetwarden/{now:%Y}/{now:%m}/compliance-") and url.endswith(".csv")
+    # The key is dated by the run's clock; a run that straddles a month boundary may take either month.
+    months = {f"{when:%Y}/{when:%m}" for when in (before, datetime.now(UTC))}
+    assert any(url.startswith(f"s3://fw-reports/fleetwarden/{m}/compliance-") for m in months) and url.endswith(".csv")
     body = (
         factory.client("s3", region="us-east-1")
         .get_object(Bucket="fw-reports", Key=url.split("/", 3)[3])["Body"]
@@ -257,3 +277,33 @@ def test_report_puts_csv_in_s3_and_summary_in_slack(
     assert len(list(csv.DictReader(io.StringIO(body.decode())))) == 4
     assert len(slack.calls("chat.postMessage")) == posted + 1
     assert "Open non-compliant items: 4" in messages(slack)[-1]
+
+
+def test_error_target_never_resolves(
+    aws: EmulatorServer,
+    tmp_path: Path,
+    fleet: dict[str, str],
+    slack: FakeSlack,
+) -> None:
+    path = config(tmp_path, aws.url, slack)
+    first = sync(path, "--apply")
+    assert first.exit_code == 0, first.stderr
+    west = (fleet["a_west"], "Custom:InSpec:c-1")
+    assert {(f["resource_id"], f["control"]): f["status"] for f in first.report["findings"]}[west] == "new"
+    # eu-west-1 cannot be read: its findings are neither resolved nor reported, and nothing is alerted.
+    posted = len(slack.calls("chat.postMessage"))
+    aws.client.set_faults([{"region": "eu-west-1", "service": "ssm"}])
+    broken = sync(path, "--apply")
+    aws.client.set_faults([])
+    assert broken.exit_code == 4
+    errors = {(t["account_id"], t["region"]) for t in broken.report["targets"] if t["status"] == "error"}
+    assert errors == {(A, "eu-west-1"), (B, "eu-west-1")}
+    assert broken.report["summary"]["resolved"] == 0 and broken.report["summary"]["new"] == 0
+    assert [f for f in broken.report["findings"] if f["region"] == "eu-west-1"] == []
+    assert len(slack.calls("chat.postMessage")) == posted
+    assert stored_status(path, A, "eu-west-1") == {west: "new"}  # as the first sync stored it
+    after = sync(path, "--apply")
+    assert after.exit_code == 0, after.stderr
+    status = {(f["resource_id"], f["control"]): f["status"] for f in after.report["findings"]}
+    assert status[west] == "ongoing"  # still open from the first sync, never resolved in between
+    assert after.report["summary"]["resolved"] == 0 and after.report["summary"]["new"] == 0
