@@ -17,13 +17,15 @@ import pytest
 from markupsafe import escape
 
 from fleetwarden.model import FindingStatus, Severity
-from fleetwarden.output import FORMULA_TRIGGERS, csv_bytes, csv_cell, findings_csv, write_outputs
+from fleetwarden.output import csv_bytes, csv_cell, findings_csv, write_outputs
 from fleetwarden.report import render_html
 from fleetwarden.secrets import REDACTED, RedactingFilter, SecretResolver, encoded_forms
 from fleetwarden.workflows.compliance import compliance_csv
 from sample_reports import make_report, sample_finding
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "fleetwarden"
+# What a spreadsheet reads as the start of a formula (OWASP), with the full-width forms.
+TRIGGERS = frozenset("=+-@\t\r\uff1d\uff0b\uff0d\uff20")
 HOSTILE = [
     '=HYPERLINK("http://x","y")',
     "@SUM(A1)",
@@ -44,9 +46,7 @@ HOSTILE = [
 def formula_cells(data: bytes) -> list[str]:
     """Every cell of a CSV file that a spreadsheet would evaluate: its first non-blank character is a trigger."""
     rows = csv.reader(io.StringIO(data.decode("utf-8"), newline=""))
-    return [
-        cell for row in rows for cell in row if cell[:1] in FORMULA_TRIGGERS or cell.lstrip()[:1] in FORMULA_TRIGGERS
-    ]
+    return [cell for row in rows for cell in row if cell[:1] in TRIGGERS or cell.lstrip()[:1] in TRIGGERS]
 
 
 # -- CSV --------------------------------------------------------------------------------------------------
