@@ -6,7 +6,15 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from fleetwarden.checks.tags import TagCheck, canary_tags, is_canary
+from fleetwarden.checks.tags import (
+    CANARY_DUPLICATE,
+    CANARY_LOOKALIKE,
+    TagCheck,
+    canary_tags,
+    has_canary_tags,
+    is_canary,
+    judge_canaries,
+)
 from fleetwarden.config import AuditConfig, CanaryConfig
 from fleetwarden.model import Instance, finding_id
 
@@ -14,9 +22,11 @@ NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 GOOD = {"created_by": "alice", "department": "eng", "project": "web-1"}
 
 
-def instance(tags: dict[str, str], *, age_minutes: int = 120, state: str = "running") -> Instance:
+def instance(
+    tags: dict[str, str], *, age_minutes: int = 120, state: str = "running", instance_id: str = "i-0abc"
+) -> Instance:
     return Instance(
-        id="i-0abc",
+        id=instance_id,
         account_id="111111111111",
         region="eu-west-1",
         state=state,
@@ -106,6 +116,51 @@ def test_canary_tags_substitute_the_region() -> None:
     config = AuditConfig(canary=CanaryConfig(tags={"Name": "api-canary-{region}"}))
     wanted = canary_tags(config, "eu-west-1")
     assert wanted == {"Name": "api-canary-eu-west-1"}
-    assert is_canary(instance({"Name": "api-canary-eu-west-1"}), wanted)
-    assert not is_canary(instance({"Name": "api-canary-us-east-1"}), wanted)
+    assert is_canary(instance({"Name": "api-canary-eu-west-1"}, state="stopped"), wanted)
+    assert not is_canary(instance({"Name": "api-canary-us-east-1"}, state="stopped"), wanted)
     assert canary_tags(AuditConfig(), "eu-west-1") is None
+
+
+# -- canary identity (issue 8, defect 9) -------------------------------------------------------------------------
+CANARY = {"Name": "api-canary-eu-west-1"}
+GRACE = timedelta(minutes=45)
+
+
+@pytest.mark.parametrize("state", ["pending", "running", "stopping"])
+def test_a_canary_must_be_stopped(state: str) -> None:
+    lookalike = instance(CANARY, state=state)
+    assert has_canary_tags(lookalike, CANARY) and not is_canary(lookalike, CANARY)
+
+
+def test_one_stopped_canary_is_the_canary_and_gets_no_finding() -> None:
+    verdict = judge_canaries([instance(CANARY, state="stopped", instance_id="i-c")], NOW, GRACE)
+    assert (verdict.canary, verdict.findings) == ("i-c", [])
+
+
+def test_a_running_lookalike_is_not_the_canary_and_gets_a_finding() -> None:
+    real = instance(CANARY, state="stopped", instance_id="i-c")
+    fake = instance(CANARY, state="running", instance_id="i-x")
+    verdict = judge_canaries([real, fake], NOW, GRACE)
+    assert verdict.canary == "i-c" and verdict.lookalikes == ["i-x"]
+    (finding,) = verdict.findings
+    assert (finding.resource_id, finding.control, finding.check) == ("i-x", CANARY_LOOKALIKE, "tags")
+    assert "tagged like this region's canary but is running" in finding.title
+    # Within its grace period (a canary being set up) it is not reported yet.
+    fresh = instance(CANARY, state="pending", instance_id="i-y", age_minutes=5)
+    assert judge_canaries([real, fresh], NOW, GRACE).findings == []
+
+
+def test_several_stopped_canaries_are_all_a_finding_and_none_is_the_canary() -> None:
+    twins = [instance(CANARY, state="stopped", instance_id=i) for i in ("i-2", "i-1")]
+    verdict = judge_canaries(twins, NOW, GRACE)
+    assert verdict.canary is None
+    assert [(f.resource_id, f.control) for f in verdict.findings] == [
+        ("i-1", CANARY_DUPLICATE),
+        ("i-2", CANARY_DUPLICATE),
+    ]
+    assert verdict.findings[0].details["stopped_canaries"] == ["i-1", "i-2"]
+
+
+def test_terminated_instances_with_canary_tags_are_ignored() -> None:
+    verdict = judge_canaries([instance(CANARY, state="terminated")], NOW, GRACE)
+    assert (verdict.canary, verdict.stopped, verdict.lookalikes, verdict.findings) == (None, [], [], [])

@@ -1,10 +1,12 @@
 """The tag check: required tags (exact, case-sensitive keys; blank values count as missing), allowed values,
-`created_by` naming a real IAM user of the instance's own account, after a grace period from launch."""
+`created_by` naming a real IAM user of the instance's own account, after a grace period from launch; and the
+region canary's identity (one stopped instance with the canary tags per region)."""
 
 from __future__ import annotations
 
 import re
 from collections.abc import Collection
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
@@ -14,6 +16,14 @@ from . import Check, check_registry
 
 CONTROL = "required-tags"
 AUDITED_STATES = frozenset({"pending", "running", "stopping", "stopped"})
+# A region's canary is a stopped instance with the canary tags; instances that only look like it get these controls.
+CANARY_STATE = "stopped"
+CANARY_LOOKALIKE = "canary-lookalike"
+CANARY_DUPLICATE = "canary-duplicate"
+CANARY_REMEDIATION = {
+    CANARY_LOOKALIKE: "Stop the instance if it is the canary, or remove the canary tags from it.",
+    CANARY_DUPLICATE: "Keep one stopped canary per region: remove the canary tags from the others.",
+}
 
 
 @check_registry.register("tags")
@@ -115,5 +125,77 @@ def canary_tags(config: AuditConfig, region: str) -> dict[str, str] | None:
     return {k: v.replace("{region}", region) for k, v in config.canary.tags.items()}
 
 
-def is_canary(instance: Instance, wanted: dict[str, str] | None) -> bool:
+def has_canary_tags(instance: Instance, wanted: dict[str, str] | None) -> bool:
+    """True if the instance carries every canary tag (whatever its state)."""
     return wanted is not None and all(instance.tags.get(k) == v for k, v in wanted.items())
+
+
+def is_canary(instance: Instance, wanted: dict[str, str] | None) -> bool:
+    """True if the instance matches the canary definition: the canary tags AND the state `stopped`.
+
+    Only one such instance per region is the canary (see `judge_canaries`).
+    """
+    return instance.state == CANARY_STATE and has_canary_tags(instance, wanted)
+
+
+@dataclass
+class CanaryVerdict:
+    """Which instance of a region is its canary, and the findings about instances that only look like one."""
+
+    canary: str | None = None
+    stopped: list[str] = field(default_factory=list)
+    lookalikes: list[str] = field(default_factory=list)
+    findings: list[Finding] = field(default_factory=list)
+
+
+def judge_canaries(candidates: list[Instance], now: datetime, grace: timedelta) -> CanaryVerdict:
+    """Decide a region's canary among the instances carrying its tags (states outside AUDITED_STATES ignored).
+
+    Exactly one stopped instance is the canary. One that is pending, running or stopping is not (a finding says it
+    looks like the canary; it is audited like any instance), once its grace period is over. Several stopped ones are
+    all a finding and none is the canary: which one is genuine cannot be told, so every one is audited normally.
+    """
+    verdict = CanaryVerdict()
+    for instance in sorted(candidates, key=lambda i: i.id):
+        if instance.state not in AUDITED_STATES:
+            continue
+        if instance.state == CANARY_STATE:
+            verdict.stopped.append(instance.id)
+        else:
+            verdict.lookalikes.append(instance.id)
+            if instance.age(now) >= grace:
+                title = f"{instance.id} is tagged like this region's canary but is {instance.state}, not stopped"
+                verdict.findings.append(_canary_finding(instance, CANARY_LOOKALIKE, title, now))
+    if len(verdict.stopped) == 1:
+        verdict.canary = verdict.stopped[0]
+    elif verdict.stopped:
+        others = {i.id: i for i in candidates}
+        for instance_id in verdict.stopped:
+            title = (
+                f"{instance_id} is one of {len(verdict.stopped)} stopped instances tagged as this region's canary "
+                f"({', '.join(verdict.stopped)}): none is taken as the canary"
+            )
+            finding = _canary_finding(others[instance_id], CANARY_DUPLICATE, title, now)
+            finding.details["stopped_canaries"] = list(verdict.stopped)
+            verdict.findings.append(finding)
+    return verdict
+
+
+def _canary_finding(instance: Instance, control: str, title: str, now: datetime) -> Finding:
+    return Finding.create(
+        check=TagCheck.name,
+        account_id=instance.account_id,
+        region=instance.region,
+        resource_id=instance.id,
+        control=control,
+        title=title,
+        now=now,
+        severity=Severity.HIGH,
+        details={
+            "state": instance.state,
+            "instance_type": instance.instance_type,
+            "launch_time": instance.launch_time.isoformat(),
+            "tags": dict(instance.tags),
+            "remediation": CANARY_REMEDIATION[control],
+        },
+    )

@@ -1,19 +1,20 @@
 """`fleetwarden audit`: the tag audit across every account and region, and what to do with violators.
 
-collect (per target, streamed) -> evaluate (TagCheck) -> reconcile (state store) -> plan (exceptions,
-canaries, blast radius) -> execute (only with --apply) -> deliver (audit.notify) -> RunReport.
+collect (per target, streamed) -> evaluate (TagCheck, canary identity) -> reconcile (state store) -> plan
+(exceptions, the canary, blast radius) -> execute (only with --apply) -> deliver (audit.notify) -> RunReport.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..actions.ec2 import Ec2Actions
 from ..aws.fanout import fan_out
 from ..aws.targets import resolve_targets
-from ..checks.tags import TagCheck, canary_tags, is_canary
+from ..checks.tags import CONTROL, TagCheck, canary_tags, has_canary_tags, judge_canaries
 from ..collect.ec2 import iter_instances
 from ..collect.iam import PerAccount, list_users
 from ..errors import FleetwardenError, SafetyRefusal
@@ -59,7 +60,7 @@ class TargetAudit:
     target: Target
     findings: list[Finding] = field(default_factory=list)
     violators: dict[str, Instance] = field(default_factory=dict)
-    canaries: set[str] = field(default_factory=set)
+    canaries: set[str] = field(default_factory=set)  # the region's one canary (empty without one)
     instances_seen: int = 0
 
 
@@ -70,34 +71,53 @@ def _audit_target(ctx: RunContext, check: TagCheck, users: PerAccount, target: T
         names = {u.name for u in users.get(target.account_id)}
     wanted_canary = canary_tags(ctx.config.audit, target.region)
     result = TargetAudit(target)
+    candidates: list[Instance] = []
     ec2 = ctx.factory.client("ec2", region=target.region, account_id=target.account_id)
     for instance in iter_instances(ec2, target.account_id, target.region):
         result.instances_seen += 1
-        if is_canary(instance, wanted_canary):
-            result.canaries.add(instance.id)
+        if has_canary_tags(instance, wanted_canary):
+            candidates.append(instance)
         finding = check.evaluate(instance, names, now)
         if finding is not None:
             result.findings.append(finding)
             result.violators[instance.id] = instance
-    if wanted_canary is not None and not result.canaries:
+    if wanted_canary is None:
+        return result
+    verdict = judge_canaries(candidates, now, check.grace)
+    if not verdict.stopped:
         shown = ", ".join(f"{k}={v}" for k, v in wanted_canary.items())
-        raise CanaryMissing(f"canary instance ({shown}) not found: this region's answer is not trusted")
+        lookalikes = (
+            f" ({', '.join(verdict.lookalikes)} carry its tags but are not stopped)" if verdict.lookalikes else ""
+        )
+        raise CanaryMissing(
+            f"stopped canary instance ({shown}) not found{lookalikes}: this region's answer is not trusted"
+        )
+    if verdict.canary is not None:
+        result.canaries.add(verdict.canary)
+    else:
+        log.warning("%s: %d stopped instances carry the canary tags; none is exempt", target, len(verdict.stopped))
+    result.findings += verdict.findings
     return result
 
 
 def _plan(
     ctx: RunContext, audits: list[TargetAudit], findings: list[Finding], exceptions: ExceptionSet
-) -> tuple[dict[Target, list[Instance]], list[ActionResult]]:
-    """Which violators the configured action applies to; everything else is reported as skipped."""
+) -> tuple[dict[Target, list[Instance]], list[ActionResult], Counter[str]]:
+    """Which violators the configured action applies to; everything else is reported as skipped.
+
+    Also returns how many actions exceptions skipped, by exception kind.
+    """
     action = ctx.config.audit.action
     plan: dict[Target, list[Instance]] = {}
     results: list[ActionResult] = []
+    by_exception: Counter[str] = Counter()
     if action == "report":
-        return plan, results
+        return plan, results, by_exception
     by_target = {a.target: a for a in audits}
     blocking_kind = ExceptionKind.DO_NOT_STOP if action == "stop" else ExceptionKind.DO_NOT_TERMINATE
     for finding in findings:
-        if finding.status not in (FindingStatus.NEW, FindingStatus.ONGOING):
+        # Only the tag rule leads to an action: a canary finding alone never does.
+        if finding.control != CONTROL or finding.status not in (FindingStatus.NEW, FindingStatus.ONGOING):
             continue
         target = Target(finding.account_id, finding.region)
         audit = by_target[target]
@@ -122,11 +142,12 @@ def _plan(
             skip("canary instances are never acted on")
         elif rule is not None:
             skip(f"{blocking_kind.value} exception {rule.id}: {rule.reason}")
+            by_exception[blocking_kind.value] += 1
         elif action == "stop" and instance.state not in STOPPABLE:
             skip(f"already {instance.state}")
         else:
             plan.setdefault(target, []).append(instance)
-    return plan, results
+    return plan, results, by_exception
 
 
 def _confirm_terminate(options: AuditOptions, plan: dict[Target, list[Instance]]) -> None:
@@ -224,7 +245,8 @@ def run_audit(ctx: RunContext, options: AuditOptions) -> RunReport:
             previous = ctx.store.load_findings(check.name, audit.target.account_id, audit.target.region)
             findings += reconcile(previous, audit.findings, now, exceptions)
 
-        plan, skipped = _plan(ctx, audits, findings, exceptions)
+        plan, skipped, by_exception = _plan(ctx, audits, findings, exceptions)
+        broad = _broad_exceptions(exceptions, config.audit.action)
         planned = sum(len(v) for v in plan.values())
         limit = config.audit.max_actions
         over_limit = planned > limit
@@ -257,6 +279,7 @@ def run_audit(ctx: RunContext, options: AuditOptions) -> RunReport:
             ]
 
     report.summary = _summary(report, audits, over_limit, limit)
+    report.summary.update(_exception_summary(report, by_exception, broad))
     report.summary["required_tags"] = list(config.audit.required_tags)
     if config.audit.notify:
         from ..output import summary_subject, summary_text
@@ -269,6 +292,35 @@ def run_audit(ctx: RunContext, options: AuditOptions) -> RunReport:
         report.deliveries = deliver(config.audit.notify, config.sinks, notification, report, ctx.sink_context)
     report.finished_at = ctx.clock()
     return report
+
+
+def _broad_exceptions(exceptions: ExceptionSet, action: str) -> list[str]:
+    """Warnings (also logged) for active exceptions this audit honours that cover a whole account or the org."""
+    kinds = {ExceptionKind.SNOOZE}
+    if action != "report":
+        kinds.add(ExceptionKind.DO_NOT_STOP if action == "stop" else ExceptionKind.DO_NOT_TERMINATE)
+    warnings = []
+    for rule in exceptions.broad(kinds):
+        warning = f"{rule.id} ({rule.kind.value}) covers {rule.breadth}"
+        log.warning("exception %s", warning)
+        warnings.append(warning)
+    return warnings
+
+
+def _exception_summary(report: RunReport, by_exception: Counter[str], broad: list[str]) -> dict[str, object]:
+    """What exceptions did in this run: actions skipped by kind, snoozed findings, broad exceptions."""
+    skipped = sum(by_exception.values())
+    snoozed = sum(1 for f in report.findings if f.status is FindingStatus.SUPPRESSED)
+    kinds = ", ".join(f"{kind}: {count}" for kind, count in sorted(by_exception.items()))
+    summary: dict[str, object] = {
+        "skipped_by_exception": dict(sorted(by_exception.items())),
+        "exceptions": f"{skipped} action(s) skipped"
+        + (f" ({kinds})" if kinds else "")
+        + f", {snoozed} finding(s) snoozed",
+    }
+    if broad:
+        summary["broad_exceptions"] = "; ".join(broad)
+    return summary
 
 
 def _summary(report: RunReport, audits: list[TargetAudit], over_limit: bool, limit: int) -> dict[str, object]:
