@@ -92,7 +92,8 @@ class SecretResolver:
     def redact(self, text: str) -> str:
         """`text` with every secret replaced by `***`: the value itself and its encoded forms (see
         `encoded_forms`). A value shorter than 4 characters is replaced only where it stands alone (no letter
-        or digit touching it), so a short secret does not blank every word that happens to contain it."""
+        or digit touching it), so a short secret does not blank every word that happens to contain it; one of
+        only punctuation (e.g. `:`) cannot be told from the text's own and is not replaced at all."""
         pattern = self._compiled()
         return text if pattern is None else pattern.sub(REDACTED, text)
 
@@ -168,7 +169,7 @@ def _build_pattern(values: list[str], encoded_only: list[str]) -> re.Pattern[str
         forms = encoded_forms(value)
         if len(value) >= MIN_SUBSTRING:
             anywhere |= forms
-        else:
+        elif any(ch.isalnum() for ch in value):
             embedded = _embedded_base64(value.encode("utf-8"))
             anywhere |= embedded
             alone |= forms - embedded

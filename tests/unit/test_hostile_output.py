@@ -209,6 +209,12 @@ def test_a_short_secret_is_redacted_only_where_it_stands_alone(monkeypatch: pyte
     assert long.redact("xlonger-secret-valuex") == f"x{REDACTED}x"
 
 
+def test_a_short_punctuation_secret_leaves_json_intact(monkeypatch: pytest.MonkeyPatch) -> None:
+    resolver = _resolver(monkeypatch, '"')
+    document = json.dumps({"a": "b"})
+    assert resolver.redact(document) == document
+
+
 def test_nothing_resolved_redacts_nothing() -> None:
     resolver = SecretResolver(None)
     assert not resolver.active
