@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, TypeVar, get_args
@@ -36,8 +37,25 @@ Trigger = Literal["invoke", "schedule", "alarm", "ssm-association"]
 SCHEDULED = "Scheduled Event"
 ALARM_CHANGE = "CloudWatch Alarm State Change"
 SSM_ASSOCIATION_CHANGE = "EC2 State Manager Association State Change"
-_ACCOUNT_ID = re.compile(r"^\d{12}$")
-_WINDOW_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+# Matched whole (fullmatch) and ASCII only: `\d` accepts other scripts' digits and `$` a trailing newline.
+_ACCOUNT_ID = re.compile(r"[0-9]{12}")
+_WINDOW_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+# An event is small (Lambda caps an asynchronous payload at 256 KB, a synchronous one at 6 MB); a JSON string event
+# larger than this is refused before it is decoded.
+MAX_EVENT_CHARS = 6 * 1024 * 1024
+MAX_PROBLEMS = 10  # problems listed in one error; the rest are counted
+
+_short = reprlib.Repr()
+_short.maxstring = _short.maxother = 60
+_short.maxlevel = 2
+_short.maxlist = _short.maxdict = _short.maxtuple = _short.maxset = 4
+
+
+def _shown(value: object) -> str:
+    """repr() bounded in length and depth: an event's values are echoed in errors, and an event can be hostile."""
+    return _short.repr(value)
+
+
 WINDOW_ACTIONS = frozenset({"window-open", "window-status", "window-close"})
 
 
@@ -46,8 +64,8 @@ class EventError(UsageError):
 
 
 def _account_id(value: str) -> str:
-    if not _ACCOUNT_ID.match(value):
-        raise ValueError(f"an AWS account id is 12 digits, got {value!r}")
+    if not _ACCOUNT_ID.fullmatch(value):
+        raise ValueError(f"an AWS account id is 12 digits (ASCII 0-9), got {_shown(value)}")
     return value
 
 
@@ -91,8 +109,8 @@ class GuardReleaseEvent(ActionEvent):
 
 
 def _window_id(value: str) -> str:
-    if not _WINDOW_ID.match(value):
-        raise ValueError(f"a window id is 1-128 letters, digits, '.', '_', ':' or '-', got {value!r}")
+    if not _WINDOW_ID.fullmatch(value):
+        raise ValueError(f"a window id is 1-128 ASCII letters, digits, '.', '_', ':' or '-', got {_shown(value)}")
     return value
 
 
@@ -245,13 +263,17 @@ class ParsedEvent:
 
 
 def parse_event(event: object) -> ParsedEvent:
-    """Map a Lambda event to the action it asks for; raises EventError for unknown or malformed events."""
+    """Map a Lambda event to the action it asks for; raises EventError (and nothing else) for any other value."""
     if isinstance(event, str | bytes):
         # A console test invocation or a CLI payload sometimes arrives double-encoded.
+        if len(event) > MAX_EVENT_CHARS:
+            raise EventError(f"the event is a string of {len(event)} characters; expected a JSON object")
         try:
             event = json.loads(event)
-        except ValueError:
+        except ValueError:  # also bytes that are not UTF-8
             raise EventError("the event is a string that is not JSON; expected a JSON object") from None
+        except RecursionError:
+            raise EventError("the event is a string of JSON nested too deeply; expected a JSON object") from None
     if not isinstance(event, Mapping):
         raise EventError(f"the event must be a JSON object, got {_json_type(event)}")
     if "action" in event:
@@ -270,7 +292,7 @@ def parse_event(event: object) -> ParsedEvent:
 def _parse_action(event: Mapping[str, Any]) -> ParsedEvent:
     action = event["action"]
     if not isinstance(action, str) or action not in ACTION_MODELS:
-        raise EventError(f"unknown action {action!r}; expected one of: {', '.join(ACTIONS)}")
+        raise EventError(f"unknown action {_shown(action)}; expected one of: {', '.join(ACTIONS)}")
     model = _validate(ACTION_MODELS[action], event, f"{action!r} event")
     reason = 'the event is {"action": "pass"}' if action == "pass" else f"the event asks for {action}"
     return ParsedEvent(action=model.action, apply=model.apply, params=model.params(), reason=reason)
@@ -295,7 +317,7 @@ def _parse_eventbridge(event: Mapping[str, Any]) -> ParsedEvent:
             reason=f"SSM association {detail.association_id} ({detail.document_name}) changed state",
         )
     raise EventError(
-        f"unsupported EventBridge event detail-type {kind!r}; expected {SCHEDULED!r}, {ALARM_CHANGE!r} "
+        f"unsupported EventBridge event detail-type {_shown(kind)}; expected {SCHEDULED!r}, {ALARM_CHANGE!r} "
         f"or {SSM_ASSOCIATION_CHANGE!r}"
     )
 
@@ -303,12 +325,15 @@ def _parse_eventbridge(event: Mapping[str, Any]) -> ParsedEvent:
 def _from_alarm(detail: AlarmDetail, how: str) -> ParsedEvent:
     state = detail.state.value
     if state != "ALARM":
+        shown_state = state if state.isalnum() and len(state) <= 40 else _shown(state)
         return ParsedEvent(
             action="pass",
             trigger="alarm",
-            reason=f"alarm {detail.alarmName!r} changed to {state}: the guard runs only when an alarm enters ALARM",
+            reason=f"alarm {_shown(detail.alarmName)} changed to {shown_state}: the guard runs only when an alarm "
+            "enters ALARM",
         )
-    return ParsedEvent(action="guard", trigger="alarm", reason=f"alarm {detail.alarmName!r} entered ALARM ({how})")
+    reason = f"alarm {_shown(detail.alarmName)} entered ALARM ({how})"
+    return ParsedEvent(action="guard", trigger="alarm", reason=reason)
 
 
 def association_matches(parsed: ParsedEvent, association_ids: list[str], document_names: list[str]) -> str | None:
@@ -333,7 +358,7 @@ def _problems(exc: ValidationError, model: type[BaseModel]) -> str:
     keys = ", ".join(f.alias or name for name, f in model.model_fields.items())
     parts = []
     for err in exc.errors():
-        where = ".".join(str(p) for p in err["loc"]) or "(event)"
+        where = ".".join(_shown(p) if not isinstance(p, str) or len(p) > 60 else p for p in err["loc"]) or "(event)"
         if err["type"] == "extra_forbidden":
             parts.append(f"{where}: unknown key (expected: {keys})")
         elif err["type"] == "missing":
@@ -341,7 +366,9 @@ def _problems(exc: ValidationError, model: type[BaseModel]) -> str:
         elif err["type"] == "value_error":
             parts.append(f"{where}: {str(err['msg']).removeprefix('Value error, ')}")
         else:
-            parts.append(f"{where}: {err['msg']} (got {err.get('input')!r})")
+            parts.append(f"{where}: {err['msg']} (got {_shown(err.get('input'))})")
+    if len(parts) > MAX_PROBLEMS:
+        parts[MAX_PROBLEMS:] = [f"and {len(parts) - MAX_PROBLEMS} more"]
     return "; ".join(parts)
 
 
