@@ -11,6 +11,7 @@ from botocore.stub import ANY, Stubber
 
 from fleetwarden.actions.ec2 import PERMISSIONS, Ec2Actions
 from fleetwarden.aws.session import SessionFactory
+from fleetwarden.emulator.server import EmulatorServer
 from fleetwarden.model import ActionOutcome, Instance, JournalEntry
 
 REGION = "us-east-1"
@@ -209,6 +210,89 @@ def test_an_error_naming_no_id_is_bisected_on_moto(ec2: Any, factory: SessionFac
     assert factory.counter.calls["ec2:StartInstances"] == 5
 
 
+def _fail_calls_with(aws: EmulatorServer, action: str, ids: list[str], code: str, status: int) -> None:
+    """The emulator's ec2_faults: every `action` call that includes one of `ids` fails with `code`, naming no id."""
+    rule = {"action": action, "instance_ids": ids, "code": code, "message": "refused", "status": status}
+    aws.admin("/_fleetwarden/ec2_faults/rules", {"rules": [rule]})
+
+
+def _emulator_calls(aws: EmulatorServer, action: str) -> int:
+    """How many `action` requests reached the emulator (retries included)."""
+    return sum(c["count"] for c in aws.client.calls()["calls"] if c["service"] == "ec2" and c["action"] == action)
+
+
+def test_error_naming_no_id_bisects_to_the_culprit(aws: EmulatorServer, ec2: Any) -> None:
+    # ec2_faults fails StartInstances/StopInstances only; terminate goes through the same batch loop (_mutate).
+    a, b, c, d = _launch(ec2, 4)
+    ids = [a.id, b.id, c.id, d.id]
+    _fail_calls_with(aws, "StopInstances", [d.id], "InvalidInstanceID.Malformed", 400)
+    aws.client.reset_calls()
+
+    results = _outcomes(_actions(ec2, Journal()).stop([a, b, c, d], reason="x"))
+
+    assert results == {
+        a.id: (ActionOutcome.DONE, "x"),
+        b.id: (ActionOutcome.DONE, "x"),
+        c.id: (ActionOutcome.DONE, "x"),
+        d.id: (ActionOutcome.FAILED, "malformed instance id"),
+    }
+    assert _states(ec2, ids) == {a.id: "stopped", b.id: "stopped", c.id: "stopped", d.id: "running"}
+    # [a, b, c, d] fails -> [a, b] ok, [c, d] fails -> [c] ok, [d] fails
+    assert _emulator_calls(aws, "StopInstances") == 5
+
+
+def test_an_authorisation_denial_is_bisected_so_every_other_instance_stops(aws: EmulatorServer, ec2: Any) -> None:
+    # e.g. a deny conditioned on one instance's tags: EC2 fails the whole call and names no instance.
+    a, b, c, d = _launch(ec2, 4)
+    ids = [a.id, b.id, c.id, d.id]
+    _fail_calls_with(aws, "StopInstances", [b.id], "UnauthorizedOperation", 403)
+    aws.client.reset_calls()
+
+    results = _outcomes(_actions(ec2, Journal()).stop([a, b, c, d], reason="halt"))
+
+    assert _states(ec2, ids) == {a.id: "stopped", b.id: "running", c.id: "stopped", d.id: "stopped"}
+    assert {i: o for i, (o, _) in results.items()} == {
+        a.id: ActionOutcome.DONE,
+        b.id: ActionOutcome.FAILED,
+        c.id: ActionOutcome.DONE,
+        d.id: ActionOutcome.DONE,
+    }
+    assert "UnauthorizedOperation" in results[b.id][1]
+    # [a, b, c, d] fails -> [a, b] fails -> [a] ok, [b] fails -> [c, d] ok
+    assert _emulator_calls(aws, "StopInstances") == 5
+
+
+def test_a_denial_of_every_instance_fails_each_of_them(aws: EmulatorServer, ec2: Any) -> None:
+    a, b = _launch(ec2, 2)
+    _fail_calls_with(aws, "StopInstances", [a.id, b.id], "UnauthorizedOperation", 403)
+    aws.client.reset_calls()
+
+    results = _outcomes(_actions(ec2, Journal()).stop([a, b], reason="halt"))
+
+    assert _states(ec2, [a.id, b.id]) == {a.id: "running", b.id: "running"}
+    assert {o for o, _ in results.values()} == {ActionOutcome.FAILED}
+    assert all("UnauthorizedOperation" in why for _, why in results.values())
+    assert _emulator_calls(aws, "StopInstances") == 3  # 2n-1: [a, b], [a], [b]
+
+
+def test_other_errors_fail_the_batch_without_splitting(aws: EmulatorServer, ec2: Any) -> None:
+    # EC2 unavailable (the emulator's fault rule; retries exhausted): splitting would only repeat the failure.
+    a, b = _launch(ec2, 2)
+    aws.client.set_faults([{"service": "ec2", "action": "StopInstances"}])
+    aws.client.reset_calls()
+
+    results = _outcomes(_actions(ec2, Journal()).stop([a, b], reason="halt"))
+
+    calls = _emulator_calls(aws, "StopInstances")
+    aws.client.set_faults([])
+    assert _states(ec2, [a.id, b.id]) == {a.id: "running", b.id: "running"}
+    assert {o for o, _ in results.values()} == {ActionOutcome.FAILED}
+    assert all("Unavailable" in why for _, why in results.values())
+    # One batch, never split: the first attempt and botocore's 2 retries (botocore's retries.max_attempts counts
+    # retries, not attempts).
+    assert calls == 3
+
+
 def test_permissions_cover_each_action() -> None:
     assert set(PERMISSIONS) == {"stop", "start", "terminate", "snapshot", "clear-protection"}
     assert {"ec2:TerminateInstances", "ec2:CreateSnapshots", "ec2:ModifyInstanceAttribute"} <= set(
@@ -217,7 +301,8 @@ def test_permissions_cover_each_action() -> None:
     assert all(a.startswith("ec2:") for actions in PERMISSIONS.values() for a in actions)
 
 
-# -- Stubber: error shapes moto cannot produce ------------------------------------------------------------
+# -- Stubber: error shapes the emulator cannot produce --------------------------------------------------------
+# (snapshots that fail or stay pending, instances seen pending by a waiter: moto completes both at once)
 A, B, C, D = (f"i-0{c * 16}" for c in "abcd")
 
 
@@ -339,47 +424,6 @@ def test_same_incorrect_state_after_waiting_fails_instead_of_looping(ec2: Any) -
         stub.assert_no_pending_responses()
 
     assert results[A][0] is ActionOutcome.FAILED and "IncorrectInstanceState" in results[A][1]
-
-
-def test_error_naming_no_id_bisects_to_the_culprit(ec2: Any) -> None:
-    # Stubber: a Malformed error whose message names no id of the batch.
-    def fails(ids: list[str]) -> None:
-        stub.add_client_error(
-            "terminate_instances", "InvalidInstanceID.Malformed", "Invalid id", expected_params={"InstanceIds": ids}
-        )
-
-    def works(ids: list[str]) -> None:
-        changes = [_change(i, "running", "shutting-down") for i in ids]
-        stub.add_response("terminate_instances", {"TerminatingInstances": changes}, {"InstanceIds": ids})
-
-    with Stubber(ec2) as stub:
-        fails([A, B, C, D])
-        works([A, B])
-        fails([C, D])
-        works([C])
-        fails([D])
-        results = _outcomes(
-            _actions(ec2, Journal()).terminate([_fake(i) for i in (A, B, C, D)], reason="x", snapshot=False)
-        )
-        stub.assert_no_pending_responses()
-
-    assert results == {
-        A: (ActionOutcome.DONE, "x"),
-        B: (ActionOutcome.DONE, "x"),
-        C: (ActionOutcome.DONE, "x"),
-        D: (ActionOutcome.FAILED, "malformed instance id"),
-    }
-
-
-def test_other_errors_fail_the_batch_without_splitting(ec2: Any) -> None:
-    # Stubber: an account-wide denial; bisecting it would only repeat the failure 2n-1 times.
-    with Stubber(ec2) as stub:
-        stub.add_client_error("stop_instances", "UnauthorizedOperation", "You are not authorized")
-        results = _outcomes(_actions(ec2, Journal()).stop([_fake(A), _fake(B)], reason="halt"))
-        stub.assert_no_pending_responses()
-
-    assert {o for o, _ in results.values()} == {ActionOutcome.FAILED}
-    assert "UnauthorizedOperation" in results[A][1]
 
 
 def test_instances_of_another_target_are_refused(ec2: Any) -> None:
