@@ -611,11 +611,11 @@ class _Loader(_BaseLoader):
         return super().resolve(kind, value, implicit)  # type: ignore[no-untyped-call]
 
     def construct_scalar_value(self, node: yaml.Node, build: Callable[[Any, Any], Any]) -> Any:
-        """`build(self, node)`, with the ValueError, OverflowError or KeyError of a bad scalar (`!!int x`,
-        `2024-13-45`, a 5,000-digit number, `!!bool maybe`) as a problem at its key path."""
+        """`build(self, node)`, with the ValueError, OverflowError or LookupError of a bad scalar (`!!int x`, `!!int`
+        with no value, `2024-13-45`, a 5,000-digit number, `!!bool maybe`) as a problem at its key path."""
         try:
             return build(self, node)
-        except (ValueError, OverflowError, KeyError):
+        except (ValueError, OverflowError, LookupError, AttributeError, TypeError):  # yaml assumes a well-formed value
             # Not the exception's text: it would echo the value, which may be a mistyped secret.
             kind = node.tag.rsplit(":", 1)[-1]
             where = self._path_of(node)
@@ -688,6 +688,8 @@ def load_yaml(text: str, source: str) -> Any:
         raise ConfigError(source, [exc.problem]) from None
     except UnicodeError:  # an unpaired surrogate in a str that never came from a file
         raise ConfigError(source, [ConfigProblem("", "not valid Unicode text")]) from None
+    except (ValueError, LookupError, OverflowError, TypeError, AttributeError):  # a constructor not guarded above
+        raise ConfigError(source, [ConfigProblem("", "a value cannot be read as YAML")]) from None
     except RecursionError:  # only the pure-Python parser recurses while composing
         raise ConfigError(source, [ConfigProblem("", f"nested deeper than {MAX_DEPTH} levels")]) from None
     finally:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from .config import Config, load_config, parse_config
+from .config import MAX_CONFIG_BYTES, Config, decode_config, load_config, parse_config
 from .errors import ConfigError, ConfigProblem
 
 if TYPE_CHECKING:
@@ -56,12 +56,13 @@ def _read_s3(ref: str, factory: SessionFactory | None) -> str:
         raise ConfigError(ref, [ConfigProblem("", "expected s3://BUCKET/KEY")])
     try:
         s3 = _factory(factory).client("s3", region=default_region())
-        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        # Bounded: a huge object must not exhaust the function's memory (decode_config refuses what is over).
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"].read(MAX_CONFIG_BYTES + 1)
     except ClientError as exc:
         raise ConfigError(ref, [ConfigProblem("", f"cannot read from S3: {_client_error(exc)}")]) from None
     except BotoCoreError as exc:
         raise ConfigError(ref, [ConfigProblem("", f"cannot read from S3: {exc}")]) from None
-    return _decode(ref, body)
+    return decode_config(body, ref)
 
 
 def _read_ssm(ref: str, factory: SessionFactory | None) -> str:
@@ -78,13 +79,6 @@ def _read_ssm(ref: str, factory: SessionFactory | None) -> str:
     except BotoCoreError as exc:
         raise ConfigError(ref, [ConfigProblem("", f"cannot read the SSM parameter: {exc}")]) from None
     return str(value)
-
-
-def _decode(ref: str, body: bytes) -> str:
-    try:
-        return body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ConfigError(ref, [ConfigProblem("", "not UTF-8 text")]) from None
 
 
 def _client_error(exc: Exception) -> str:
