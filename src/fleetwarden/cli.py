@@ -474,18 +474,23 @@ def report(
 def exceptions() -> None:
     """Manage exceptions: do-not-start, do-not-stop, do-not-terminate, lockout-exempt, snooze.
 
-    Scope fields you leave out match everything. Changes take effect at once (they only touch the state store).
+    An exception needs a reason and at least one scope field (account, region, resource, check, item); scope
+    fields you leave out match everything. Changes take effect at once (they only touch the state store).
     """
 
 
 @exceptions.command("add")
 @click.option("--kind", required=True, type=click.Choice([k.value for k in ExceptionKind]), help="What it affects.")
-@click.option("--account", "account_id", help="12-digit account id (default: all accounts).")
-@click.option("--region", help="Region (default: all regions).")
-@click.option("--resource-id", help="Resource, e.g. an instance id or IAM user name (default: all).")
-@click.option("--check", help="Check name, for snooze (tags, compliance, ...).")
-@click.option("--item", help="Item or control, for snooze.")
-@click.option("--reason", required=True, help="Why: shown in reports and journals.")
+@click.option("--account", "account_id", help="12-digit account id.")
+@click.option("--region", help="Region.")
+@click.option("--resource-id", help="Resource: an instance id, or an IAM user or role name (lockout-exempt).")
+@click.option("--check", help="Check name, for snooze only (tags, compliance, ...).")
+@click.option("--item", help="Item or control, for snooze only.")
+@click.option(
+    "--organization-wide", is_flag=True, help="Cover every account and region (no scope fields); must be confirmed."
+)
+@click.option("--yes", is_flag=True, help="Confirm --organization-wide without the prompt (for scripts).")
+@click.option("--reason", required=True, help="Why (not blank): shown in reports and journals.")
 @click.option("--owner", help="Who owns it (default: your AWS identity).")
 @click.option("--expires", help="Expiry: a date (2027-01-31), a timestamp, or a duration (7d, 12h).")
 @global_options
@@ -499,12 +504,17 @@ def exceptions_add(
     resource_id: str | None,
     check: str | None,
     item: str | None,
+    organization_wide: bool,
+    yes: bool,
     reason: str,
     owner: str | None,
     expires: str | None,
 ) -> None:
-    """Add an exception; omitted scope fields (account, region, resource, check, item) match everything."""
-    from .errors import UsageError
+    """Add an exception: a reason, and at least one scope field (--account, --region, --resource-id, --check,
+    --item) or --organization-wide, confirmed at the prompt or with --yes; omitted scope fields match everything."""
+    from pydantic import ValidationError
+
+    from .errors import SafetyRefusal, UsageError
 
     opts = _opts(ctx)
     config = _load(opts)
@@ -515,27 +525,42 @@ def exceptions_add(
         raise UsageError(str(exc)) from None
     if expires_at is not None and expires_at <= now:
         raise UsageError(f"--expires {expires} is in the past")
-    if account_id is not None and not (account_id.isdigit() and len(account_id) == 12):
-        raise UsageError(f"--account must be a 12-digit account id, got {account_id!r}")
+    try:
+        # Validated before anything else happens; the owner (an AWS call by default) is filled in after.
+        rule = ExceptionRule(
+            id="exc-" + uuid.uuid4().hex[:12],
+            kind=ExceptionKind(kind),
+            account_id=account_id,
+            region=region,
+            resource_id=resource_id,
+            check=check,
+            item=item,
+            organization_wide=organization_wide,
+            reason=reason.strip(),
+            owner=owner or "",
+            created_at=now,
+            expires_at=expires_at,
+        )
+    except ValidationError as exc:
+        problems = [str(e["msg"]).removeprefix("Value error, ") for e in exc.errors()]
+        raise UsageError("; ".join(problems) + "; nothing was added") from None
+    if organization_wide and not yes:
+        what = f"a {kind} exception for EVERY account and region of the organization"
+        if not sys.stdin.isatty():
+            raise SafetyRefusal(f"--organization-wide adds {what}: confirm it with --yes; nothing was added")
+        click.echo(f"About to add {what}.", err=True)
+        typed = click.prompt("Type 'organization-wide' to confirm", err=True, default="")
+        if typed.strip() != "organization-wide":
+            raise SafetyRefusal("--organization-wide was not confirmed; nothing was added")
     run = _context(config)
-    rule = ExceptionRule(
-        id="exc-" + uuid.uuid4().hex[:12],
-        kind=ExceptionKind(kind),
-        account_id=account_id,
-        region=region,
-        resource_id=resource_id,
-        check=check,
-        item=item,
-        reason=reason,
-        owner=owner or _caller(run),
-        created_at=now,
-        expires_at=expires_at,
-    )
+    rule = rule.model_copy(update={"owner": owner or _caller(run)})
     run.store.add_exception(rule)
     run.store.close()
     if opts.json:
         click.echo(rule.model_dump_json(indent=2))
-    opts.console().print(f"added {rule.id} ({rule.kind.value}) owned by {rule.owner}")
+    opts.console().print(f"added {rule.id} ({rule.kind.value}) owned by {rule.owner}", markup=False)
+    if rule.breadth:
+        opts.console().print(f"warning: {rule.id} covers {rule.breadth}", style="bold yellow", markup=False)
 
 
 def _caller(run: Any) -> str:
@@ -553,31 +578,58 @@ def _caller(run: Any) -> str:
 @click.pass_context
 @handle_errors
 def exceptions_list(ctx: click.Context, show_all: bool) -> None:
-    """List exceptions (active ones unless --all)."""
+    """List exceptions (active ones unless --all); broad ones are flagged, unscoped legacy ones loudly."""
+    from rich.text import Text
+
     opts = _opts(ctx)
     run = _context(_load(opts))
     now = utcnow()
     rules = [r for r in run.store.list_exceptions() if show_all or r.active(now)]
     run.store.close()
+    legacy = [r.id for r in rules if r.legacy_unscoped]
     if opts.json:
-        click.echo(json.dumps([r.model_dump(mode="json") for r in rules], indent=2))
-        return
-    table = Table(title=f"{len(rules)} exception(s)")
-    for column in ("id", "kind", "account", "region", "resource", "check/item", "owner", "expires", "reason"):
-        table.add_column(column)
-    for r in rules:
-        table.add_row(
-            r.id,
-            r.kind.value,
-            r.account_id or "*",
-            r.region or "*",
-            r.resource_id or "*",
-            "/".join(x for x in (r.check, r.item) if x) or "*",
-            r.owner,
-            r.expires_at.isoformat() if r.expires_at else "never",
-            r.reason,
+        listed = [
+            {**r.model_dump(mode="json"), "covers": r.breadth, "legacy_unscoped": r.legacy_unscoped} for r in rules
+        ]
+        click.echo(json.dumps(listed, indent=2))
+    else:
+        table = Table(title=f"{len(rules)} exception(s)")
+        for column in (
+            "id",
+            "kind",
+            "account",
+            "region",
+            "resource",
+            "check/item",
+            "owner",
+            "expires",
+            "reason",
+            "covers",
+        ):
+            table.add_column(column)
+        for r in rules:
+            covers = Text(r.breadth or "", style="bold red" if r.legacy_unscoped else "yellow")
+            table.add_row(
+                Text(r.id),
+                r.kind.value,
+                r.account_id or "*",
+                r.region or "*",
+                Text(r.resource_id or "*"),
+                Text("/".join(x for x in (r.check, r.item) if x) or "*"),
+                Text(r.owner),
+                r.expires_at.isoformat() if r.expires_at else "never",
+                Text(r.reason),
+                covers,
+            )
+        Console().print(table)
+    if legacy:
+        opts.console().print(
+            f"WARNING: {len(legacy)} exception(s) stored without any scope cover the whole organization and are "
+            f"still honoured: {', '.join(legacy)}. Remove them (`exceptions remove ID`) and add them again with a "
+            "scope, or with --organization-wide if that is really meant.",
+            style="bold red",
+            markup=False,
         )
-    Console().print(table)
 
 
 @exceptions.command("remove")

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fleet import ACCOUNTS, GOOD_TAGS, cli, ec2, launch, states, users, write_config
@@ -403,3 +406,132 @@ def test_terminate_confirmed_by_typing_the_account_ids(
     report = run_audit(RunContext.create(config), AuditOptions(apply=True, confirm_prompt=lambda accounts: True))
     assert [(a.resource_id, a.outcome.value) for a in report.actions if a.action == "terminate"] == [(bad[0], "done")]
     assert states(factory, A, "us-east-1", bad)[bad[0]] == "terminated"
+
+
+# -- exceptions that cannot exempt everything by accident (issue 8, defect 7) ---------------------------------
+def _exceptions(config: Path, *args: str, input: str | None = None) -> Any:
+    return cli("--config", str(config), "exceptions", *args, input=input)
+
+
+def _stored(config: Path) -> list[dict[str, Any]]:
+    return list(json.loads(cli("--config", str(config), "--json", "exceptions", "list").stdout))
+
+
+def test_an_exception_without_reason_or_scope_is_refused_and_exempts_nothing(
+    aws: EmulatorServer, tmp_path: Path, factory: SessionFactory
+) -> None:
+    users(factory, A, "alice")
+    bad = launch(factory, A, "us-east-1", {"created_by": "alice"}, 2)
+    config = write_config(tmp_path, aws.url, (A,), ["us-east-1"], action="stop")
+
+    blank = _exceptions(config, "add", "--kind", "do-not-stop", "--reason", "")
+    assert blank.exit_code == 2
+    assert "reason must not be blank" in blank.stderr and "needs a scope" in blank.stderr
+    assert blank.stderr.strip().endswith("nothing was added")
+    unscoped = _exceptions(config, "add", "--kind", "do-not-stop", "--reason", "maintenance")
+    assert unscoped.exit_code == 2 and "--organization-wide" in unscoped.stderr
+    wide = _exceptions(config, "add", "--kind", "do-not-stop", "--reason", "freeze", "--organization-wide")
+    assert wide.exit_code == 5 and "confirm it with --yes" in wide.stderr  # not interactive, no --yes
+    arabic = "".join(chr(0x0660 + int(d)) for d in A)  # passes str.isdigit(), is not an account id
+    foreign = _exceptions(config, "add", "--kind", "do-not-stop", "--reason", "x", "--account", arabic)
+    assert foreign.exit_code == 2 and "12 digits" in foreign.stderr
+    snooze_scope = _exceptions(config, "add", "--kind", "do-not-stop", "--reason", "x", "--check", "tags")
+    assert snooze_scope.exit_code == 2 and "snoozes only" in snooze_scope.stderr
+    assert _stored(config) == []
+
+    result = cli("--config", str(config), "--json", "audit", "--apply")
+    assert result.exit_code == 0, result.stderr
+    assert set(states(factory, A, "us-east-1", bad).values()) == {"stopped"}
+    assert result.report["summary"]["skipped_by_exception"] == {}
+    assert "broad_exceptions" not in result.report["summary"]
+
+
+def test_an_organization_wide_exception_needs_confirming_and_is_counted_and_warned(
+    aws: EmulatorServer, tmp_path: Path, factory: SessionFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import click.testing
+
+    users(factory, A, "alice")
+    bad = launch(factory, A, "us-east-1", {"created_by": "alice"}, 3)
+    config = write_config(tmp_path, aws.url, (A,), ["us-east-1"], action="stop")
+    # An interactive terminal: the command asks for the confirmation instead of refusing outright.
+    monkeypatch.setattr(click.testing._NamedTextIOWrapper, "isatty", lambda self: True)
+    args = ("add", "--kind", "do-not-stop", "--reason", "change freeze", "--owner", "ops", "--organization-wide")
+    wrong = _exceptions(config, *args, input="yes\n")
+    assert wrong.exit_code == 5 and "not confirmed" in wrong.stderr
+    assert _stored(config) == []
+    typed = _exceptions(config, *args, input="organization-wide\n")
+    assert typed.exit_code == 0, typed.stderr
+    assert "covers the whole organization" in typed.stderr
+    (stored,) = _stored(config)
+    assert (stored["organization_wide"], stored["covers"], stored["account_id"]) == (
+        True,
+        "the whole organization",
+        None,
+    )
+    scripted = _exceptions(config, *args, "--yes")  # the same for scripts
+    assert scripted.exit_code == 0, scripted.stderr
+    _exceptions(config, "remove", stored["id"])
+
+    result = cli("--config", str(config), "--json", "audit", "--apply")
+
+    assert result.exit_code == 0, result.stderr
+    assert set(states(factory, A, "us-east-1", bad).values()) == {"running"}
+    summary = result.report["summary"]
+    assert summary["skipped_by_exception"] == {"do-not-stop": 3}
+    assert summary["exceptions"] == "3 action(s) skipped (do-not-stop: 3), 0 finding(s) snoozed"
+    assert summary["broad_exceptions"].endswith("(do-not-stop) covers the whole organization")
+    console = re.sub(r"\x1b\[[0-9;]*m", "", result.stderr)  # colours: the terminal is "interactive" here
+    assert "exceptions: 3 action(s) skipped (do-not-stop: 3), 0 finding(s) snoozed" in console
+    assert "broad exceptions: exc-" in console
+
+
+def test_an_account_wide_exception_is_warned_about_in_the_audit(
+    aws: EmulatorServer, tmp_path: Path, factory: SessionFactory
+) -> None:
+    users(factory, A, "alice")
+    users(factory, B, "alice")
+    kept = launch(factory, A, "us-east-1", {"created_by": "alice"})
+    stopped = launch(factory, B, "us-east-1", {"created_by": "alice"})
+    config = write_config(tmp_path, aws.url, (A, B), ["us-east-1"], action="stop")
+    added = _exceptions(config, "add", "--kind", "do-not-stop", "--account", A, "--reason", "prod", "--owner", "ops")
+    assert added.exit_code == 0 and f"covers all of account {A}" in added.stderr
+
+    report = cli("--config", str(config), "--json", "audit", "--apply").report
+
+    assert states(factory, A, "us-east-1", kept) == {kept[0]: "running"}
+    assert states(factory, B, "us-east-1", stopped) == {stopped[0]: "stopped"}
+    assert report["summary"]["skipped_by_exception"] == {"do-not-stop": 1}
+    assert f"covers all of account {A}" in report["summary"]["broad_exceptions"]
+
+
+def test_a_legacy_unscoped_exception_is_honoured_and_flagged_loudly(
+    aws: EmulatorServer, tmp_path: Path, factory: SessionFactory
+) -> None:
+    from fleetwarden.config import load_config
+    from fleetwarden.model import ExceptionRule
+    from fleetwarden.state import open_store
+
+    users(factory, A, "alice")
+    bad = launch(factory, A, "us-east-1", {"created_by": "alice"})
+    config = write_config(tmp_path, aws.url, (A,), ["us-east-1"], action="stop")
+    store = open_store(load_config(config).state)
+    # A row as the state store holds it from before scopes were required: no organization_wide, no scope.
+    row = '{"id": "exc-old", "kind": "do-not-stop", "reason": "", "owner": "me", "created_at": "2026-01-01T00:00:00Z"}'
+    store.add_exception(ExceptionRule.model_validate_json(row))
+    store.close()
+
+    listed = cli("--config", str(config), "exceptions", "list")
+    assert listed.exit_code == 0
+    assert "WARNING: 1 exception(s) stored without any scope cover the whole organization" in listed.stderr
+    assert "exc-old" in listed.stderr
+    (stored,) = _stored(config)
+    assert stored["legacy_unscoped"] is True and stored["covers"].startswith("the whole organization")
+
+    report = cli("--config", str(config), "--json", "audit", "--apply").report
+    assert states(factory, A, "us-east-1", bad) == {bad[0]: "running"}
+    assert report["summary"]["skipped_by_exception"] == {"do-not-stop": 1}
+    assert (
+        "exc-old (do-not-stop) covers the whole organization (stored without any scope)"
+        in (report["summary"]["broad_exceptions"])
+    )
