@@ -6,7 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -146,19 +146,26 @@ def _write(path: Path, data: bytes) -> Path:
     return path
 
 
-def write_outputs(report: RunReport, output_dir: Path) -> list[Path]:
+def write_outputs(report: RunReport, output_dir: Path, redact: Callable[[str], str] | None = None) -> list[Path]:
     """Write run.json, findings.csv, findings.ocsf.jsonl (OCSF Detection Findings) and report.html into
-    `output_dir` (created if needed); return the paths."""
+    `output_dir` (created if needed); return the paths. `redact` (e.g. `SecretResolver.redact`) is applied to
+    each file's whole text before it is written, a last net behind the redaction of each error at its source."""
     from .report.ocsf import ocsf_lines
+
+    def text(data: str) -> bytes:
+        return (redact(data) if redact is not None else data).encode("utf-8")
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     ordered = sort_findings(report.findings)
     return [
-        _write(output_dir / RUN_JSON, report.to_json().encode("utf-8")),
-        _write(output_dir / FINDINGS_CSV, findings_csv(ordered)),
-        _write(output_dir / FINDINGS_OCSF, ocsf_lines(ordered, report.finished_at or report.started_at)),
-        _write(output_dir / REPORT_HTML, render_html(report).encode("utf-8")),
+        _write(output_dir / RUN_JSON, text(report.to_json())),
+        _write(output_dir / FINDINGS_CSV, text(findings_csv(ordered).decode("utf-8"))),
+        _write(
+            output_dir / FINDINGS_OCSF,
+            text(ocsf_lines(ordered, report.finished_at or report.started_at).decode("utf-8")),
+        ),
+        _write(output_dir / REPORT_HTML, text(render_html(report))),
     ]
 
 

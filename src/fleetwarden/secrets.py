@@ -140,10 +140,22 @@ def _embedded_base64(raw: bytes) -> set[str]:
     return forms
 
 
+def _jinja_escape(value: str) -> str:
+    # What Jinja's autoescape (markupsafe) writes into report.html: numeric entities for quotes.
+    return (
+        value.replace("&", "&amp;")
+        .replace("<", "&lt;")
+        .replace(">", "&gt;")
+        .replace('"', "&#34;")
+        .replace("'", "&#39;")
+    )
+
+
 def encoded_forms(value: str) -> set[str]:
     """Every form of `value` that is redacted: itself, JSON-escaped (ASCII or not), percent-encoded (`quote`
-    with and without `/` kept, `quote_plus`), HTML-escaped, Python repr, and base64 (standard and URL-safe,
-    with and without padding, and embedded in a longer base64 string at any alignment)."""
+    with and without `/` kept, `quote_plus`), HTML-escaped (as `html.escape` and as Jinja writes it), Python
+    repr, and base64 (standard and URL-safe, with and without padding, and embedded in a longer base64 string
+    at any alignment)."""
     raw = value.encode("utf-8")
     forms = {
         value,
@@ -155,6 +167,7 @@ def encoded_forms(value: str) -> set[str]:
         quote_plus(value, safe=""),
         html.escape(value),
         html.escape(value, quote=False),
+        _jinja_escape(value),
         repr(value)[1:-1],
     }
     forms |= _base64_forms(raw)

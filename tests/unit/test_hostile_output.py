@@ -152,6 +152,7 @@ def _forms(value: str) -> dict[str, str]:
         "quote_plus": quote_plus(value),
         "json": json.dumps(value)[1:-1],
         "html": html.escape(value),
+        "html (jinja)": str(escape(value)),
     }
 
 
@@ -247,6 +248,26 @@ def test_the_log_filter_redacts_messages_and_tracebacks(monkeypatch: pytest.Monk
     output = stream.getvalue()
     assert f"relay said {REDACTED}" in output and f"RuntimeError: server echoed {REDACTED}" in output
     assert encoded not in output and PASSWORD not in output
+
+
+def test_write_outputs_redacts_every_file_when_given_the_resolver(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    resolver = _resolver(monkeypatch)
+    report = make_report()
+    # A value that reached the report unredacted (e.g. a target error no sink redacted), raw and base64.
+    encoded = base64.b64encode(PASSWORD.encode()).decode()
+    report.findings[0] = report.findings[0].model_copy(update={"title": f"echo {PASSWORD} {encoded}"})
+    report.deliveries[0] = report.deliveries[0].model_copy(update={"error": f"refused {encoded}"})
+
+    paths = write_outputs(report, tmp_path, redact=resolver.redact)
+
+    assert len(paths) == 4
+    for path in paths:
+        data = path.read_text("utf-8")
+        leaked = [name for name, form in _forms(PASSWORD).items() if form in data]
+        assert leaked == [], f"{path.name}: {leaked}"
+    assert json.loads((tmp_path / "run.json").read_text("utf-8"))["deliveries"][0]["error"] == f"refused {REDACTED}"
 
 
 # -- HTML -------------------------------------------------------------------------------------------------
