@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -21,6 +22,9 @@ def chromium() -> str:
         found = shutil.which(candidate)
         if found:
             return found
+    # .ci/run sets this once it has made sure Chromium is installed: there, a missing browser is a failure.
+    if os.environ.get("FLEETWARDEN_REQUIRE_BROWSER") == "1":
+        pytest.fail("chromium not found but FLEETWARDEN_REQUIRE_BROWSER=1: the rendering tests must run")
     pytest.skip("chromium not installed: apt-get install chromium")
 
 
