@@ -27,14 +27,18 @@ _FAKE_ENV = {
 def emulator() -> Iterator[EmulatorServer]:
     saved = {k: os.environ.get(k) for k in _FAKE_ENV}
     os.environ.update(_FAKE_ENV)
-    server = EmulatorServer().start()
-    yield server
-    server.stop()
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    try:
+        server = EmulatorServer().start()
+        try:
+            yield server
+        finally:
+            server.stop()
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 @pytest.fixture
