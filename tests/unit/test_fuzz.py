@@ -297,3 +297,36 @@ TOP_LEVEL = st.dictionaries(st.sampled_from(CONFIG_KEYS), DOCUMENTS, max_size=5)
 def test_documents_built_from_the_real_keys_are_a_config_or_a_config_error(document: dict[str, Any]) -> None:
     check_config(yaml.safe_dump(document, allow_unicode=True))
     check_config(json.dumps(document, allow_nan=True))  # JSON is YAML too (NaN is not, and must be refused cleanly)
+
+
+def _one_clean_line_each(exc: ConfigError) -> None:
+    message = str(exc)
+    assert len(message) < 20_000, f"{len(message)} characters"
+    for problem in exc.problems:
+        text = str(problem)
+        assert not any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 for c in text), repr(text[:200])
+
+
+NOT_YET = pytest.mark.xfail(
+    strict=True,
+    reason="config.py renders a key verbatim in the key path and lists every problem (found by probing; the loader "
+    "is another engineer's now): a newline in a key splits the message, an ESC reaches the terminal",
+)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        'regions: ["us-east-1\\nFAKE LINE"]\n',
+        'audit: {action: "\\e[2Jx"}\n',
+        "sinks: {a: {type: [1]}}\n",
+        pytest.param('audit: {"grace\\nminutes": 5}\n', marks=NOT_YET, id="newline-in-a-key"),
+        pytest.param('sinks: {"a\\nb": {type: pager}}\n', marks=NOT_YET, id="newline-in-a-sink-name"),
+        pytest.param('audit: {"\\e]0;pwned\\a": 5}\n', marks=NOT_YET, id="terminal-escape-in-a-key"),
+        pytest.param("accounts: [" + ", ".join(['{id: "1"}'] * 5_000) + "]\n", marks=NOT_YET, id="5000-problems"),
+    ],
+)
+def test_config_errors_are_one_clean_line_per_problem_and_bounded(text: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "probe.yaml")
+    _one_clean_line_each(info.value)
