@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from .config import MAX_CONFIG_BYTES, Config, decode_config, load_config, parse_config
+from .config import MAX_CONFIG_BYTES, Config, decode_config, endpoint_url_problem, load_config, parse_config
 from .errors import ConfigError, ConfigProblem
 
 if TYPE_CHECKING:
@@ -48,6 +48,22 @@ def _factory(factory: SessionFactory | None) -> SessionFactory:
     return SessionFactory()
 
 
+def _client(factory: SessionFactory | None, service: str, ref: str) -> Any:
+    """The client for the config fetch; an invalid endpoint override is a config error, not botocore's ValueError.
+
+    The config's own `aws.endpoint_url` is not known yet here, so AWS_ENDPOINT_URL is what a default factory uses."""
+    if factory is None:
+        url = os.environ.get("AWS_ENDPOINT_URL")
+        problem = endpoint_url_problem(url) if url else None
+        if problem is not None:
+            raise ConfigError(ref, [ConfigProblem("AWS_ENDPOINT_URL", problem)])
+    try:
+        return _factory(factory).client(service, region=default_region())
+    except ValueError:  # botocore's "Invalid endpoint: URL" (e.g. AWS_ENDPOINT_URL_S3); the URL is not echoed
+        problem = f"an endpoint override for {service} is not a valid URL (AWS_ENDPOINT_URL_{service.upper()}?)"
+        raise ConfigError(ref, [ConfigProblem("", problem)]) from None
+
+
 def _read_s3(ref: str, factory: SessionFactory | None) -> str:
     from botocore.exceptions import BotoCoreError, ClientError
 
@@ -55,7 +71,7 @@ def _read_s3(ref: str, factory: SessionFactory | None) -> str:
     if not bucket or not key:
         raise ConfigError(ref, [ConfigProblem("", "expected s3://BUCKET/KEY")])
     try:
-        s3 = _factory(factory).client("s3", region=default_region())
+        s3 = _client(factory, "s3", ref)
         # Bounded: a huge object must not exhaust the function's memory (decode_config refuses what is over).
         body = s3.get_object(Bucket=bucket, Key=key)["Body"].read(MAX_CONFIG_BYTES + 1)
     except ClientError as exc:
@@ -72,7 +88,7 @@ def _read_ssm(ref: str, factory: SessionFactory | None) -> str:
     if name.strip("/") == "":
         raise ConfigError(ref, [ConfigProblem("", "expected ssm:/PARAMETER-NAME")])
     try:
-        ssm = _factory(factory).client("ssm", region=default_region())
+        ssm = _client(factory, "ssm", ref)
         value = ssm.get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"]
     except ClientError as exc:
         raise ConfigError(ref, [ConfigProblem("", f"cannot read the SSM parameter: {_client_error(exc)}")]) from None

@@ -127,3 +127,21 @@ def test_a_tagged_union_does_not_put_its_tag_into_the_key_path() -> None:
         " auth: {type: basic, username: u, password: 'env:P', colour: red}}\n"
     )
     assert "sinks.search.auth.colour: unknown key" in message
+
+
+@pytest.mark.parametrize("url", ["not a url", "http://", "ftp://config-host"])
+@pytest.mark.parametrize("ref", ["s3://fleetwarden-config/fleetwarden.yaml", "ssm:/fleetwarden/config"])
+def test_a_bad_aws_endpoint_url_is_a_config_error_result_in_lambda(
+    monkeypatch: pytest.MonkeyPatch, url: str, ref: str
+) -> None:
+    # Before: botocore's ValueError ("Invalid endpoint") escaped the handler, so Lambda recorded a function error
+    # and retried an invocation that could only fail again.
+    from fleetwarden.lambda_handler import handler
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", url)
+    monkeypatch.setenv("FLEETWARDEN_CONFIG", ref)
+    monkeypatch.delenv("FLEETWARDEN_DISABLED", raising=False)
+    result = handler({"action": "guard"}, None)
+    assert result["status"] == "error" and result["exit_code"] == 2, result
+    assert result["error"].startswith(f"invalid config {ref}:\n  - AWS_ENDPOINT_URL: "), result["error"]
+    assert "http:// or https://" in result["error"] and len(result["error"].splitlines()) == 2
