@@ -56,6 +56,13 @@ def _shown(value: object) -> str:
     return _short.repr(value)
 
 
+def _plain(value: str | None) -> str:
+    """An event's string as it reads in a reason (an ARN, an id): as is when short and printable, else _shown()."""
+    if value is not None and len(value) <= 200 and value.isprintable():
+        return value
+    return _shown(value)
+
+
 WINDOW_ACTIONS = frozenset({"window-open", "window-status", "window-close"})
 
 
@@ -302,7 +309,7 @@ def _parse_eventbridge(event: Mapping[str, Any]) -> ParsedEvent:
     kind = event.get("detail-type")
     if kind == SCHEDULED:
         scheduled = _validate(ScheduledEvent, event, "scheduled event")
-        rule = scheduled.resources[0] if scheduled.resources else "an EventBridge rule"
+        rule = _plain(scheduled.resources[0]) if scheduled.resources else "an EventBridge rule"
         # A rule with a constant input delivers our action event instead; a raw scheduled event means the guard.
         return ParsedEvent(action="guard", trigger="schedule", reason=f"scheduled event from {rule}")
     if kind == ALARM_CHANGE:
@@ -314,7 +321,7 @@ def _parse_eventbridge(event: Mapping[str, Any]) -> ParsedEvent:
             action="compliance-sync",
             params=params,
             trigger="ssm-association",
-            reason=f"SSM association {detail.association_id} ({detail.document_name}) changed state",
+            reason=f"SSM association {_plain(detail.association_id)} ({_plain(detail.document_name)}) changed state",
         )
     raise EventError(
         f"unsupported EventBridge event detail-type {_shown(kind)}; expected {SCHEDULED!r}, {ALARM_CHANGE!r} "
@@ -325,7 +332,7 @@ def _parse_eventbridge(event: Mapping[str, Any]) -> ParsedEvent:
 def _from_alarm(detail: AlarmDetail, how: str) -> ParsedEvent:
     state = detail.state.value
     if state != "ALARM":
-        shown_state = state if state.isalnum() and len(state) <= 40 else _shown(state)
+        shown_state = _plain(state)
         return ParsedEvent(
             action="pass",
             trigger="alarm",

@@ -118,6 +118,8 @@ def check_event(event: object) -> None:
         return
     assert isinstance(parsed, ParsedEvent) and parsed.action in ACTIONS
     assert parsed.apply in (None, True, False)
+    # The reason goes into the result and the log line: printable, one line, bounded.
+    assert parsed.reason.isprintable() and len(parsed.reason) < 1_000, parsed.reason[:200]
 
 
 @FUZZ
@@ -330,3 +332,26 @@ def test_config_errors_are_one_clean_line_per_problem_and_bounded(text: str) -> 
     with pytest.raises(ConfigError) as info:
         parse_config(text, "probe.yaml")
     _one_clean_line_each(info.value)
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        {"detail-type": "Scheduled Event", "source": "aws.events", "resources": ["rule\nFAKE LOG LINE" + "x" * 10_000]},
+        {
+            "detail-type": "EC2 State Manager Association State Change",
+            "source": "aws.ssm",
+            "detail": {"association-id": "a\nb" * 5_000, "document-name": "\x1b[2J"},
+        },
+        {
+            "detail-type": "CloudWatch Alarm State Change",
+            "source": "aws.cloudwatch",
+            "detail": {"alarmName": "n", "state": {"value": "OK\nFAKE"}},
+        },
+    ],
+    ids=["scheduled-rule", "ssm-association", "alarm-state"],
+)
+def test_a_reason_built_from_event_strings_is_one_bounded_printable_line(event: dict[str, Any]) -> None:
+    # Before: the rule ARN, association id and document name went into the reason (result and log) verbatim.
+    reason = parse_event(event).reason
+    assert reason.isprintable() and len(reason) < 300, reason[:200]
