@@ -87,6 +87,10 @@ class EmulatorAdmin:
         result: dict[str, Any] = self._json("/_fleetwarden/kill", body)
         return result
 
+    def clear_kill(self) -> None:
+        """Disarm the kill point."""
+        self.request("/_fleetwarden/kill", None)
+
     def kill_state(self) -> dict[str, Any]:
         """`{"kill": {"pid", "after", "actions", "seen", "fired", ...} or None}`."""
         result: dict[str, Any] = self._json("/_fleetwarden/kill", method="GET")

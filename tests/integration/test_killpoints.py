@@ -1,0 +1,341 @@
+"""Kill-point tests: a run killed (SIGKILL) right after each mutating AWS call converges on the next run.
+
+Each workflow runs in a child process (the real CLI). The emulator is told to send SIGKILL to that process right
+after it has carried out the Nth mutating call (`POST /_fleetwarden/kill`, docs/emulator.md): the call's effect is
+in AWS, its response is never read, and nothing after it runs. N goes 1, 2, ... until a run finishes without
+being killed, so every mutating call of the workflow is a kill point. After each kill, the next run (not killed)
+must leave the fleet exactly where an uninterrupted run would have.
+
+A lease left by a killed run expires by itself (two minutes). The tests do not sleep that long: they move the
+lease's expiry into the past in the SQLite store, as the passing of time would.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from fleet import launch, role, states
+
+from fleetwarden.actions.iam_lockout import LOCKOUT_POLICY
+from fleetwarden.aws.session import SessionFactory
+from fleetwarden.config import AwsSettings
+from fleetwarden.emulator.server import EmulatorServer
+from fleetwarden.state.sqlite import SqliteStore
+from fleetwarden.workflows.guard.state import load_states
+from fleetwarden.workflows.window.ledger import Ledger
+
+pytestmark = pytest.mark.integration
+
+ACCOUNT = "111111111111"
+REGIONS = ["us-east-1", "eu-west-1"]
+# Every AWS call that changes something, for the workflows under test.
+MUTATIONS = [
+    "StartInstances",
+    "StopInstances",
+    "TerminateInstances",
+    "ModifyInstanceAttribute",
+    "CreateSnapshots",
+    "SuspendProcesses",
+    "ResumeProcesses",
+    "UpdateAccessKey",
+    "PutUserPolicy",
+    "DeleteUserPolicy",
+    "PutRolePolicy",
+    "DeleteRolePolicy",
+    "DeleteAccessKey",
+    "DeleteLoginProfile",
+]
+# The child waits for a line on stdin before it starts, so the kill point is armed with its pid first.
+LAUNCHER = (
+    "import sys; sys.stdin.readline(); from fleetwarden.cli import run; sys.argv = ['fleetwarden', *sys.argv[1:]]; "
+    "run()"
+)
+MAX_POINTS = 30
+KILLED = -9
+
+
+def cli(aws: EmulatorServer, config: Path, *args: str, kill_after: int | None = None) -> tuple[int, str]:
+    """Run `fleetwarden -c CONFIG ARGS` in a child process; with kill_after, SIGKILL it after that mutation."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER, "-c", str(config), *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=os.environ.copy(),
+    )
+    try:
+        if kill_after is not None:
+            aws.client.set_kill(proc.pid, kill_after, MUTATIONS)
+        out, err = proc.communicate(input=b"go\n", timeout=180)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if kill_after is not None:
+        aws.client.clear_kill()
+    return proc.returncode, (out + err).decode("utf-8", "replace")
+
+
+def expire_leases(config: Path) -> None:
+    """Two minutes pass: every lease a killed run left behind is expired."""
+    path = yaml.safe_load(config.read_text())["state"].removeprefix("sqlite:///")
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE leases SET expires_at = '2000-01-01T00:00:00.000000Z'")
+
+
+def fresh_state(config: Path) -> None:
+    path = Path(yaml.safe_load(config.read_text())["state"].removeprefix("sqlite:///"))
+    path.unlink(missing_ok=True)
+
+
+def fresh_factory(aws: EmulatorServer) -> SessionFactory:
+    """A new factory after a reset: moto forgets assumed-role keys on reset, so cached sessions would act in its
+    default account."""
+    return SessionFactory(AwsSettings(endpoint_url=aws.url, max_attempts=2, max_concurrency=8), run_id="test-run")
+
+
+def base_config(tmp_path: Path, endpoint: str, **sections: Any) -> Path:
+    config: dict[str, Any] = {
+        "aws": {"endpoint_url": endpoint, "max_attempts": 2, "max_concurrency": 8},
+        "accounts": [{"id": ACCOUNT, "role_arn": role(ACCOUNT)}],
+        "regions": REGIONS,
+        "state": f"sqlite:///{tmp_path / 'state.db'}",
+        **sections,
+    }
+    path = tmp_path / "fleetwarden.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+# -- the guard ------------------------------------------------------------------------------------------------
+class GuardFleet:
+    """One account, two regions, 3 running instances in each (one stop-protected), three users with keys."""
+
+    def __init__(self, aws: EmulatorServer, factory: SessionFactory) -> None:
+        aws.reset()
+        self.factory = factory = fresh_factory(aws)
+        self.instances = {r: launch(factory, ACCOUNT, r, {"team": "x"}, count=3) for r in REGIONS}
+        self.protected = self.instances[REGIONS[0]][0]
+        self.ec2(REGIONS[0]).modify_instance_attribute(InstanceId=self.protected, DisableApiStop={"Value": True})
+        self.iam = factory.client("iam", region="us-east-1", account_id=ACCOUNT)
+        self.keys: dict[str, dict[str, str]] = {}
+        for user, statuses in (("alice", ["Active"]), ("bob", ["Active", "Inactive"]), ("breakglass", ["Active"])):
+            self.iam.create_user(UserName=user)
+            for status in statuses:
+                key = self.iam.create_access_key(UserName=user)["AccessKey"]["AccessKeyId"]
+                if status == "Inactive":
+                    self.iam.update_access_key(UserName=user, AccessKeyId=key, Status="Inactive")
+                self.keys[key] = {"user": user, "before": status}
+
+    def ec2(self, region: str) -> Any:
+        return self.factory.client("ec2", region=region, account_id=ACCOUNT)
+
+    def instance_states(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for region, ids in self.instances.items():
+            out.update(states(self.factory, ACCOUNT, region, ids))
+        return out
+
+    def key_states(self) -> dict[str, str]:
+        out = {}
+        for user in ("alice", "bob", "breakglass"):
+            for key in self.iam.list_access_keys(UserName=user)["AccessKeyMetadata"]:
+                out[key["AccessKeyId"]] = key["Status"]
+        return out
+
+    def denied_users(self) -> set[str]:
+        return {
+            u
+            for u in ("alice", "bob", "breakglass")
+            if LOCKOUT_POLICY in self.iam.list_user_policies(UserName=u)["PolicyNames"]
+        }
+
+    def stop_protected(self) -> bool:
+        attribute = self.ec2(REGIONS[0]).describe_instance_attribute(
+            InstanceId=self.protected, Attribute="disableApiStop"
+        )
+        return bool(attribute["DisableApiStop"]["Value"])
+
+    def assert_halted(self, why: str) -> None:
+        assert set(self.instance_states().values()) <= {"stopping", "stopped"}, why
+        expected = {k: ("Active" if v["user"] == "breakglass" else "Inactive") for k, v in self.keys.items()}
+        assert self.key_states() == expected, why
+        assert self.denied_users() == {"alice", "bob"}, why
+
+    def assert_restored(self, why: str) -> None:
+        assert set(self.instance_states().values()) <= {"pending", "running"}, why
+        assert self.key_states() == {k: v["before"] for k, v in self.keys.items()}, why
+        assert self.denied_users() == set(), why
+        assert self.stop_protected(), why
+
+
+def guard_config(tmp_path: Path, endpoint: str) -> Path:
+    guard = {"max_running_instances": 2, "lockout": {"exempt_users": ["breakglass"]}}
+    return base_config(tmp_path, endpoint, guard=guard)
+
+
+def store(config: Path) -> SqliteStore:
+    return SqliteStore(yaml.safe_load(config.read_text())["state"].removeprefix("sqlite:///"))
+
+
+def tripped(config: Path) -> bool:
+    """What `guard status` would say of the account (read from the state store, as it does)."""
+    states = load_states(store(config))
+    return ACCOUNT in states and states[ACCOUNT].tripped
+
+
+def test_guard_run_killed_after_each_mutation_converges(
+    aws: EmulatorServer, factory: SessionFactory, tmp_path: Path
+) -> None:
+    config = guard_config(tmp_path, aws.url)
+    points = 0
+    for n in range(1, MAX_POINTS + 1):
+        fleet = GuardFleet(aws, factory)
+        fresh_state(config)
+        code, out = cli(aws, config, "guard", "run", "--apply", kill_after=n)
+        if code != KILLED:
+            assert code == 0, out  # ran to the end: every mutation has been a kill point
+            fleet.assert_halted("an uninterrupted run")
+            break
+        points += 1
+        why = f"killed after mutation {n}"
+        # The trip is on record before the first halt call, so status and release know of it at once.
+        assert tripped(config), why
+        expire_leases(config)
+        code, out = cli(aws, config, "guard", "run", "--apply")
+        assert code == 0, f"{why}: {out}"
+        fleet.assert_halted(why)
+        code, out = cli(aws, config, "guard", "release", "--account", ACCOUNT, "--apply", "--start-instances")
+        assert code == 0, f"{why}: {out}"
+        fleet.assert_restored(why)
+        assert not tripped(config), why
+    else:
+        pytest.fail(f"guard run still killed after {MAX_POINTS} mutations")
+    # Lockout (2 users: deny + key each), the protected stop (fails, clear, retry) and the other region's stop.
+    assert points >= 7
+
+
+def test_guard_release_killed_after_each_mutation_converges(
+    aws: EmulatorServer, factory: SessionFactory, tmp_path: Path
+) -> None:
+    config = guard_config(tmp_path, aws.url)
+    points = 0
+    for n in range(1, MAX_POINTS + 1):
+        fleet = GuardFleet(aws, factory)
+        fresh_state(config)
+        code, out = cli(aws, config, "guard", "run", "--apply")
+        assert code == 0, out
+        fleet.assert_halted("the halt before the release")
+        args = ("guard", "release", "--account", ACCOUNT, "--apply", "--start-instances")
+        code, out = cli(aws, config, *args, kill_after=n)
+        if code != KILLED:
+            assert code == 0, out
+            fleet.assert_restored("an uninterrupted release")
+            break
+        points += 1
+        why = f"release killed after mutation {n}"
+        assert tripped(config), why  # a release that did not finish leaves the trip on record
+        expire_leases(config)
+        code, out = cli(aws, config, *args)
+        assert code == 0, f"{why}: {out}"
+        fleet.assert_restored(why)
+        assert not tripped(config), why
+    else:
+        pytest.fail(f"guard release still killed after {MAX_POINTS} mutations")
+    assert points >= 5
+
+
+# -- the scan window ------------------------------------------------------------------------------------------
+def window_config(tmp_path: Path, endpoint: str) -> Path:
+    return base_config(
+        tmp_path,
+        endpoint,
+        window={"settle_minutes": 0, "timeout_minutes": 30},
+        guard={"max_running_instances": 100},
+    )
+
+
+class WindowFleet:
+    """Two regions, each with 2 stopped instances (the window's) and 1 running one (not the window's)."""
+
+    def __init__(self, aws: EmulatorServer, factory: SessionFactory) -> None:
+        aws.reset()
+        self.factory = factory = fresh_factory(aws)
+        self.stopped = {r: launch(factory, ACCOUNT, r, {"team": "x"}, count=2, state="stopped") for r in REGIONS}
+        self.running = {r: launch(factory, ACCOUNT, r, {"team": "y"}, count=1) for r in REGIONS}
+
+    def states(self, which: dict[str, list[str]]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for region, ids in which.items():
+            out.update(states(self.factory, ACCOUNT, region, ids))
+        return out
+
+    def assert_closed(self, why: str) -> None:
+        assert set(self.states(self.stopped).values()) == {"stopped"}, why
+        assert set(self.states(self.running).values()) == {"running"}, why  # never the window's to stop
+
+
+def open_windows(config: Path) -> list[str]:
+    """The statuses of the windows `window status` lists (not closed), from the state store."""
+    return [w.status for w in Ledger(store(config)).windows() if w.status != "closed"]
+
+
+def test_window_open_killed_after_each_start_is_closed_by_the_next_close(
+    aws: EmulatorServer, factory: SessionFactory, tmp_path: Path
+) -> None:
+    config = window_config(tmp_path, aws.url)
+    points = 0
+    for n in range(1, MAX_POINTS + 1):
+        fleet = WindowFleet(aws, factory)
+        fresh_state(config)
+        code, out = cli(aws, config, "window", "open", "--apply", kill_after=n)
+        if code != KILLED:
+            assert code == 0, out
+            assert set(fleet.states(fleet.stopped).values()) == {"running"}, out
+            break
+        points += 1
+        why = f"open killed after start call {n}"
+        assert "running" in set(fleet.states(fleet.stopped).values()), why  # the kill came after a start
+        # The window the killed open left is found, and close returns what it may have started to stopped.
+        assert open_windows(config) == ["opening"], why
+        code, out = cli(aws, config, "window", "close", "--apply")
+        assert code == 0, f"{why}: {out}"
+        fleet.assert_closed(why)
+        assert open_windows(config) == [], why
+    else:
+        pytest.fail(f"window open still killed after {MAX_POINTS} mutations")
+    assert points == len(REGIONS)  # one StartInstances per region
+
+
+def test_window_close_killed_after_each_stop_converges(
+    aws: EmulatorServer, factory: SessionFactory, tmp_path: Path
+) -> None:
+    config = window_config(tmp_path, aws.url)
+    points = 0
+    for n in range(1, MAX_POINTS + 1):
+        fleet = WindowFleet(aws, factory)
+        fresh_state(config)
+        code, out = cli(aws, config, "window", "open", "--apply")
+        assert code == 0, out
+        code, out = cli(aws, config, "window", "close", "--apply", kill_after=n)
+        if code != KILLED:
+            assert code == 0, out
+            fleet.assert_closed("an uninterrupted close")
+            break
+        points += 1
+        why = f"close killed after stop call {n}"
+        assert len(open_windows(config)) == 1, why  # not marked closed
+        code, out = cli(aws, config, "window", "close", "--apply")
+        assert code == 0, f"{why}: {out}"
+        fleet.assert_closed(why)
+        assert open_windows(config) == [], why
+    else:
+        pytest.fail(f"window close still killed after {MAX_POINTS} mutations")
+    assert points == len(REGIONS)
