@@ -92,6 +92,13 @@ def _setup_logging(opts: Options) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level)
     root.propagate = False
+    # Libraries' own warnings (slack_sdk, urllib3, opensearch-py) go through a handler of ours too, so the
+    # secrets' redaction filter applies to them as well.
+    if not logging.getLogger().handlers:
+        others = logging.StreamHandler(sys.stderr)
+        others.setFormatter(handler.formatter)
+        others.setLevel(logging.WARNING)
+        logging.getLogger().addHandler(others)
 
 
 def _load(opts: Options) -> Config:
@@ -103,11 +110,24 @@ def handle_errors(func: F) -> F:
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+        from .aws.targets import error_text
+
         try:
             return func(*args, **kwargs)
         except FleetwardenError as exc:
             click.echo(f"error: {exc}", err=True)
             sys.exit(exc.exit_code)
+        except NoCredentialsError:
+            click.echo("error: no AWS credentials found (environment, profile, SSO or instance role)", err=True)
+            sys.exit(EXIT_USAGE)
+        except (ClientError, BotoCoreError) as exc:
+            # An AWS failure outside any target's isolation (the state store, a secret): one line, no traceback
+            # unless -vv asks for one.
+            logging.getLogger("fleetwarden").debug("AWS error", exc_info=True)
+            click.echo(f"error: {error_text(exc)}", err=True)
+            sys.exit(EXIT_UNEXPECTED)
 
     return wrapper  # type: ignore[return-value]
 
@@ -139,20 +159,52 @@ def _context(config: Config) -> Any:
 
     run = RunContext.create(config)
     logging.getLogger("fleetwarden").addFilter(RedactingFilter(run.secrets))
-    for handler in logging.getLogger("fleetwarden").handlers:
+    for handler in [*logging.getLogger("fleetwarden").handlers, *logging.getLogger().handlers]:
         handler.addFilter(RedactingFilter(run.secrets))
     return run
 
 
-def _emit(opts: Options, report: RunReport) -> None:
+def _check_output_dir(opts: Options) -> None:
+    """Before anything is done: the --output-dir can be created and written, or a one-line error (exit 2)."""
+    import tempfile
+
+    from .errors import UsageError
+
+    if opts.output_dir is None:
+        return
+    try:
+        opts.output_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=opts.output_dir, prefix=".fleetwarden-write-check-"):
+            pass
+    except OSError as exc:
+        raise UsageError(
+            f"--output-dir {opts.output_dir}: cannot write there ({exc.strerror or exc}); nothing was done"
+        ) from None
+
+
+def _emit(opts: Options, report: RunReport, redact: Callable[[str], str] | None = None) -> bool:
+    """Print the report and write its files; False if the files could not be written (the run still counts)."""
     from .output import print_report, write_outputs
 
     print_report(report, opts.console(), output_dir=opts.output_dir)
+    written_ok = True
     if opts.output_dir is not None:
-        written = write_outputs(report, opts.output_dir)
-        opts.console().print("wrote " + ", ".join(str(p) for p in written))
+        try:
+            # Every file passes through the secrets' redaction once more: a last net behind each error's own.
+            written = write_outputs(report, opts.output_dir, redact=redact)
+            opts.console().print("wrote " + ", ".join(str(p) for p in written))
+        except OSError as exc:
+            written_ok = False
+            click.echo(f"error: could not write the outputs to {opts.output_dir}: {exc.strerror or exc}", err=True)
     if opts.json:
         click.echo(report.to_json())
+    return written_ok
+
+
+def _final_code(code: int, written_ok: bool) -> int:
+    from .errors import EXIT_PARTIAL
+
+    return EXIT_PARTIAL if not written_ok and code in (0, 3) else code
 
 
 @main.command()
@@ -223,12 +275,19 @@ def guard() -> None:
     """
 
 
+_BREAK_LEASE_HELP = (
+    "Take over the guard's lock on an account from another run (journaled). Only when that run is known dead and "
+    "cannot wait for its lock to expire (two minutes)."
+)
+
+
 @guard.command("run")
 @click.option("--apply", is_flag=True, help="Halt tripped accounts, lock users out, record the trip, notify.")
+@click.option("--break-lease", is_flag=True, help=_BREAK_LEASE_HELP)
 @global_options
 @click.pass_context
 @handle_errors
-def guard_run(ctx: click.Context, apply: bool) -> None:
+def guard_run(ctx: click.Context, apply: bool, break_lease: bool) -> None:
     """Evaluate the count and spend triggers per account and org-wide; halt the tripped accounts.
 
     Without --apply the triggers are evaluated and shown and the halt is planned: nothing is recorded, nothing
@@ -238,7 +297,7 @@ def guard_run(ctx: click.Context, apply: bool) -> None:
     """
     from .workflows.guard import GuardOptions, run_guard
 
-    _run_workflow(ctx, lambda run: run_guard(run, GuardOptions(apply=apply)))
+    _run_workflow(ctx, lambda run: run_guard(run, GuardOptions(apply=apply, break_lease=break_lease)))
 
 
 @guard.command("status")
@@ -278,28 +337,34 @@ def guard_status_cmd(ctx: click.Context) -> None:
 @click.option("--account", "account_id", required=True, help="The 12-digit account to release.")
 @click.option("--apply", is_flag=True, help="Restore from the journal. Default: list the planned restore.")
 @click.option("--start-instances", is_flag=True, help="Also start the instances the guard stopped (off by default).")
+@click.option("--break-lease", is_flag=True, help=_BREAK_LEASE_HELP)
 @global_options
 @click.pass_context
 @handle_errors
-def guard_release(ctx: click.Context, account_id: str, apply: bool, start_instances: bool) -> None:
+def guard_release(ctx: click.Context, account_id: str, apply: bool, start_instances: bool, break_lease: bool) -> None:
     """Undo a trip exactly as journaled: re-activate the keys that were Active, remove the deny policies,
     resume the suspended Auto Scaling processes and, with --start-instances, start what the guard stopped."""
     from .errors import UsageError
     from .workflows.base import exit_code
     from .workflows.guard import ReleaseOptions, release_guard
 
-    if not (account_id.isdigit() and len(account_id) == 12):
+    if not (account_id.isascii() and account_id.isdigit() and len(account_id) == 12):
         raise UsageError(f"--account must be a 12-digit account id, got {account_id!r}")
     opts = _opts(ctx)
-    run = _context(_load(opts))
+    config = _load(opts)
+    _check_output_dir(opts)
+    run = _context(config)
+    options = ReleaseOptions(
+        account_id=account_id, apply=apply, start_instances=start_instances, break_lease=break_lease
+    )
     try:
-        report = release_guard(run, ReleaseOptions(account_id=account_id, apply=apply, start_instances=start_instances))
+        report = release_guard(run, options)
     finally:
         run.store.close()
-    _emit(opts, report)
+    written_ok = _emit(opts, report, run.secrets.redact)
     if report.summary.get("reason"):
         opts.console().print(f"nothing to release: account {account_id}: {report.summary['reason']}")
-    sys.exit(exit_code(report))
+    sys.exit(_final_code(exit_code(report), written_ok))
 
 
 @main.group()
@@ -391,13 +456,15 @@ def _run_workflow(ctx: click.Context, work: Callable[[Any], RunReport], fail_on:
     from .workflows.base import exit_code
 
     opts = _opts(ctx)
-    run = _context(_load(opts))
+    config = _load(opts)
+    _check_output_dir(opts)
+    run = _context(config)
     try:
         report = work(run)
     finally:
         run.store.close()
-    _emit(opts, report)
-    sys.exit(exit_code(report, Severity(fail_on.upper()) if fail_on else None))
+    written_ok = _emit(opts, report, run.secrets.redact)
+    sys.exit(_final_code(exit_code(report, Severity(fail_on.upper()) if fail_on else None), written_ok))
 
 
 @main.group()
