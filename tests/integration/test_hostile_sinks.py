@@ -5,14 +5,13 @@ of the password in run.json, report.html or the logs; mrkdwn in a value cannot m
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import csv
 import html
 import io
 import json
 import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email import message_from_bytes, policy
@@ -23,10 +22,10 @@ from urllib.parse import quote, quote_plus
 
 import pytest
 import yaml
-from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP as SMTPServer
 from aiosmtpd.smtp import AuthResult, Envelope, LoginPassword, Session
 from fleet import ACCOUNTS, cli, launch, role
+from netutil import LoopbackController
 from slack_fake import CHANNEL, FakeSlack
 
 from fleetwarden.aws.session import SessionFactory
@@ -58,21 +57,6 @@ HOSTILE_ITEMS = [
 
 
 # -- a loopback SMTP relay ----------------------------------------------------------------------------------
-class LoopbackController(Controller):
-    """aiosmtpd's Controller on a port the OS picks at bind time (no free-port-then-bind race)."""
-
-    def __init__(self, handler: Any, **kwargs: Any) -> None:
-        super().__init__(handler, hostname="127.0.0.1", port=0, **kwargs)
-
-    def _create_server(self) -> Awaitable[asyncio.AbstractServer]:
-        async def create() -> asyncio.AbstractServer:
-            server = await self.loop.create_server(self._factory_invoker, host=self.hostname, port=0)
-            self.port = server.sockets[0].getsockname()[1]
-            return server
-
-        return create()
-
-
 @dataclass
 class Relay:
     """What the relay saw; with `echo`, it refuses every login and echoes the credentials back, encoded."""
@@ -114,7 +98,7 @@ class Relay:
 
 @pytest.fixture
 def relay() -> Iterator[Callable[..., Relay]]:
-    controllers: list[Controller] = []
+    controllers: list[LoopbackController] = []
 
     def start(echo: bool = False) -> Relay:
         box = Relay(echo=echo)
