@@ -12,20 +12,16 @@ lease's expiry into the past in the SQLite store, as the passing of time would.
 
 from __future__ import annotations
 
-import os
-import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from childrun import KILLED, MAX_POINTS, cli_child, expire_leases, fresh_factory, fresh_state
 from fleet import launch, role, states
 
 from fleetwarden.actions.iam_lockout import LOCKOUT_POLICY
 from fleetwarden.aws.session import SessionFactory
-from fleetwarden.config import AwsSettings
 from fleetwarden.emulator.server import EmulatorServer
 from fleetwarden.state.sqlite import SqliteStore
 from fleetwarden.workflows.guard.state import load_states
@@ -35,70 +31,6 @@ pytestmark = pytest.mark.integration
 
 ACCOUNT = "111111111111"
 REGIONS = ["us-east-1", "eu-west-1"]
-# Every AWS call that changes something, for the workflows under test.
-MUTATIONS = [
-    "StartInstances",
-    "StopInstances",
-    "TerminateInstances",
-    "ModifyInstanceAttribute",
-    "CreateSnapshots",
-    "SuspendProcesses",
-    "ResumeProcesses",
-    "UpdateAccessKey",
-    "PutUserPolicy",
-    "DeleteUserPolicy",
-    "PutRolePolicy",
-    "DeleteRolePolicy",
-    "DeleteAccessKey",
-    "DeleteLoginProfile",
-]
-# The child waits for a line on stdin before it starts, so the kill point is armed with its pid first.
-LAUNCHER = (
-    "import sys; sys.stdin.readline(); from fleetwarden.cli import run; sys.argv = ['fleetwarden', *sys.argv[1:]]; "
-    "run()"
-)
-MAX_POINTS = 30
-KILLED = -9
-
-
-def cli(aws: EmulatorServer, config: Path, *args: str, kill_after: int | None = None) -> tuple[int, str]:
-    """Run `fleetwarden -c CONFIG ARGS` in a child process; with kill_after, SIGKILL it after that mutation."""
-    proc = subprocess.Popen(
-        [sys.executable, "-c", LAUNCHER, "-c", str(config), *args],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        env=os.environ.copy(),
-    )
-    try:
-        if kill_after is not None:
-            aws.client.set_kill(proc.pid, kill_after, MUTATIONS)
-        out, err = proc.communicate(input=b"go\n", timeout=180)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-    if kill_after is not None:
-        aws.client.clear_kill()
-    return proc.returncode, (out + err).decode("utf-8", "replace")
-
-
-def expire_leases(config: Path) -> None:
-    """Two minutes pass: every lease a killed run left behind is expired."""
-    path = yaml.safe_load(config.read_text())["state"].removeprefix("sqlite:///")
-    with sqlite3.connect(path) as conn:
-        conn.execute("UPDATE leases SET expires_at = '2000-01-01T00:00:00.000000Z'")
-
-
-def fresh_state(config: Path) -> None:
-    path = Path(yaml.safe_load(config.read_text())["state"].removeprefix("sqlite:///"))
-    path.unlink(missing_ok=True)
-
-
-def fresh_factory(aws: EmulatorServer) -> SessionFactory:
-    """A new factory after a reset: moto forgets assumed-role keys on reset, so cached sessions would act in its
-    default account."""
-    return SessionFactory(AwsSettings(endpoint_url=aws.url, max_attempts=2, max_concurrency=8), run_id="test-run")
 
 
 def base_config(tmp_path: Path, endpoint: str, **sections: Any) -> Path:
@@ -199,7 +131,7 @@ def test_guard_run_killed_after_each_mutation_converges(
     for n in range(1, MAX_POINTS + 1):
         fleet = GuardFleet(aws, factory)
         fresh_state(config)
-        code, out = cli(aws, config, "guard", "run", "--apply", kill_after=n)
+        code, out = cli_child(aws, config, "guard", "run", "--apply", kill_after=n)
         if code != KILLED:
             assert code == 0, out  # ran to the end: every mutation has been a kill point
             fleet.assert_halted("an uninterrupted run")
@@ -209,10 +141,10 @@ def test_guard_run_killed_after_each_mutation_converges(
         # The trip is on record before the first halt call, so status and release know of it at once.
         assert tripped(config), why
         expire_leases(config)
-        code, out = cli(aws, config, "guard", "run", "--apply")
+        code, out = cli_child(aws, config, "guard", "run", "--apply")
         assert code == 0, f"{why}: {out}"
         fleet.assert_halted(why)
-        code, out = cli(aws, config, "guard", "release", "--account", ACCOUNT, "--apply", "--start-instances")
+        code, out = cli_child(aws, config, "guard", "release", "--account", ACCOUNT, "--apply", "--start-instances")
         assert code == 0, f"{why}: {out}"
         fleet.assert_restored(why)
         assert not tripped(config), why
@@ -230,11 +162,11 @@ def test_guard_release_killed_after_each_mutation_converges(
     for n in range(1, MAX_POINTS + 1):
         fleet = GuardFleet(aws, factory)
         fresh_state(config)
-        code, out = cli(aws, config, "guard", "run", "--apply")
+        code, out = cli_child(aws, config, "guard", "run", "--apply")
         assert code == 0, out
         fleet.assert_halted("the halt before the release")
         args = ("guard", "release", "--account", ACCOUNT, "--apply", "--start-instances")
-        code, out = cli(aws, config, *args, kill_after=n)
+        code, out = cli_child(aws, config, *args, kill_after=n)
         if code != KILLED:
             assert code == 0, out
             fleet.assert_restored("an uninterrupted release")
@@ -243,7 +175,7 @@ def test_guard_release_killed_after_each_mutation_converges(
         why = f"release killed after mutation {n}"
         assert tripped(config), why  # a release that did not finish leaves the trip on record
         expire_leases(config)
-        code, out = cli(aws, config, *args)
+        code, out = cli_child(aws, config, *args)
         assert code == 0, f"{why}: {out}"
         fleet.assert_restored(why)
         assert not tripped(config), why
@@ -295,7 +227,7 @@ def test_window_open_killed_after_each_start_is_closed_by_the_next_close(
     for n in range(1, MAX_POINTS + 1):
         fleet = WindowFleet(aws, factory)
         fresh_state(config)
-        code, out = cli(aws, config, "window", "open", "--apply", kill_after=n)
+        code, out = cli_child(aws, config, "window", "open", "--apply", kill_after=n)
         if code != KILLED:
             assert code == 0, out
             assert set(fleet.states(fleet.stopped).values()) == {"running"}, out
@@ -305,7 +237,7 @@ def test_window_open_killed_after_each_start_is_closed_by_the_next_close(
         assert "running" in set(fleet.states(fleet.stopped).values()), why  # the kill came after a start
         # The window the killed open left is found, and close returns what it may have started to stopped.
         assert open_windows(config) == ["opening"], why
-        code, out = cli(aws, config, "window", "close", "--apply")
+        code, out = cli_child(aws, config, "window", "close", "--apply")
         assert code == 0, f"{why}: {out}"
         fleet.assert_closed(why)
         assert open_windows(config) == [], why
@@ -322,9 +254,9 @@ def test_window_close_killed_after_each_stop_converges(
     for n in range(1, MAX_POINTS + 1):
         fleet = WindowFleet(aws, factory)
         fresh_state(config)
-        code, out = cli(aws, config, "window", "open", "--apply")
+        code, out = cli_child(aws, config, "window", "open", "--apply")
         assert code == 0, out
-        code, out = cli(aws, config, "window", "close", "--apply", kill_after=n)
+        code, out = cli_child(aws, config, "window", "close", "--apply", kill_after=n)
         if code != KILLED:
             assert code == 0, out
             fleet.assert_closed("an uninterrupted close")
@@ -332,7 +264,7 @@ def test_window_close_killed_after_each_stop_converges(
         points += 1
         why = f"close killed after stop call {n}"
         assert len(open_windows(config)) == 1, why  # not marked closed
-        code, out = cli(aws, config, "window", "close", "--apply")
+        code, out = cli_child(aws, config, "window", "close", "--apply")
         assert code == 0, f"{why}: {out}"
         fleet.assert_closed(why)
         assert open_windows(config) == [], why

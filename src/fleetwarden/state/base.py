@@ -6,12 +6,40 @@ suite. The store persists; it does not decide: lifecycle rules live in `fleetwar
 
 from __future__ import annotations
 
+import json
+import logging
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
+from pydantic import ValidationError
+
 from ..model import ExceptionRule, Finding, FindingStatus, JournalEntry
+
+log = logging.getLogger(__name__)
+
+
+def valid_exceptions(rows: Iterable[str]) -> list[ExceptionRule]:
+    """Stored exception rows (JSON) as rules. A row that breaks the rules (edited by hand, or from a newer
+    version) is left out with a warning: an unreadable exception exempts nothing, it never stops a run."""
+    rules: list[ExceptionRule] = []
+    for raw in rows:
+        try:
+            rules.append(ExceptionRule.model_validate_json(raw))
+        except ValidationError as exc:
+            ident = _row_id(raw)
+            problem = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'row'}: {e['msg']}" for e in exc.errors())
+            log.warning("exception %s in the state store is invalid and is ignored (%s)", ident, problem)
+    return rules
+
+
+def _row_id(raw: str) -> str:
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        return "?"
+    return str(data.get("id", "?")) if isinstance(data, dict) else "?"
 
 
 class VersionConflict(Exception):

@@ -27,7 +27,7 @@ from botocore.exceptions import ClientError
 
 from ..errors import StateError
 from ..model import ExceptionRule, Finding, FindingStatus, JournalEntry
-from .base import StateStore, VersionConflict
+from .base import StateStore, VersionConflict, valid_exceptions
 
 if TYPE_CHECKING:
     from ..aws.session import SessionFactory
@@ -266,7 +266,7 @@ class DynamoDbStore(StateStore):
         self._call("put_item", Item=item)
 
     def list_exceptions(self) -> list[ExceptionRule]:
-        rules = [ExceptionRule.model_validate_json(item["data"]["S"]) for item in self._partition(_EXCEPTION_PK)]
+        rules = valid_exceptions(item["data"]["S"] for item in self._partition(_EXCEPTION_PK))
         return sorted(rules, key=lambda r: (_time_key(r.created_at), r.id))
 
     def remove_exception(self, exception_id: str) -> bool:

@@ -19,7 +19,7 @@ from typing import Any
 
 from ..errors import StateError
 from ..model import ExceptionRule, Finding, FindingStatus, JournalEntry
-from .base import StateStore, VersionConflict
+from .base import StateStore, VersionConflict, valid_exceptions
 
 SCHEMA_VERSION = 1
 
@@ -206,7 +206,7 @@ class SqliteStore(StateStore):
 
     def list_exceptions(self) -> list[ExceptionRule]:
         rows = self._select("SELECT data FROM exceptions ORDER BY id")
-        return sorted((ExceptionRule.model_validate_json(row["data"]) for row in rows), key=_exception_order)
+        return sorted(valid_exceptions(row["data"] for row in rows), key=_exception_order)
 
     def remove_exception(self, exception_id: str) -> bool:
         with self._write() as conn:

@@ -23,6 +23,7 @@ from ...collect.spend import SpendSourceError, measure_spend, normalize_source
 from ...model import (
     ActionOutcome,
     ActionResult,
+    ExceptionKind,
     ExceptionSet,
     Finding,
     Instance,
@@ -371,12 +372,11 @@ _EXCEPTION_KINDS = ("do-not-stop", "do-not-terminate", "lockout-exempt")
 
 def _broad_exceptions(exceptions: ExceptionSet) -> list[str]:
     """Warnings for active exceptions that exempt a whole account (or more) from the halt or the lockout."""
-    warnings = []
-    for rule in exceptions.rules:
-        if rule.kind.value not in _EXCEPTION_KINDS or rule.region or rule.resource_id:
-            continue
-        scope = f"account {rule.account_id}" if rule.account_id else "the whole organization"
-        warnings.append(f"{rule.kind.value} exception {rule.id} covers {scope} ({rule.reason or 'no reason'})")
+    kinds = {ExceptionKind.DO_NOT_STOP, ExceptionKind.DO_NOT_TERMINATE, ExceptionKind.LOCKOUT_EXEMPT}
+    warnings = [
+        f"{rule.kind.value} exception {rule.id} covers {rule.breadth} ({rule.reason or 'no reason'})"
+        for rule in exceptions.broad(kinds)
+    ]
     for warning in warnings:
         log.warning("guard: %s", warning)
     return warnings
