@@ -41,6 +41,13 @@ def fleet(factory: SessionFactory) -> dict[str, list[str]]:
     return out
 
 
+def _report(config: Path, *args: str, exit_code: int = 0) -> dict[str, Any]:
+    """Run `fleetwarden --config CONFIG --json ARGS...`, check its exit code, and return its JSON report."""
+    result = cli("--config", str(config), "--json", *args)
+    assert result.exit_code == exit_code, result.stderr
+    return result.report
+
+
 def test_audit_finds_exactly_the_violators(
     aws: EmulatorServer, tmp_path: Path, fleet: dict[str, list[str]], factory: SessionFactory
 ) -> None:
@@ -70,7 +77,7 @@ def test_audit_finds_exactly_the_violators(
     ec2(factory, B, "eu-west-1").create_tags(
         Resources=fleet["badvalue"], Tags=[{"Key": "department", "Value": "finance"}]
     )
-    again = cli("--config", str(config), "--json", "audit").report
+    again = _report(config, "audit")
     statuses = {f["resource_id"]: f["status"] for f in again["findings"]}
     assert statuses[fleet["badvalue"][0]] == "resolved"
     assert statuses[fleet["missing"][0]] == "ongoing"
@@ -90,7 +97,7 @@ def test_pagination_over_more_than_one_page(aws: EmulatorServer, tmp_path: Path,
 
     backdate(A, "us-east-1", ids, 120)
     config = write_config(tmp_path, aws.url, (A,), ["us-east-1"])
-    report = cli("--config", str(config), "--json", "audit").report
+    report = _report(config, "audit")
     assert {f["resource_id"] for f in report["findings"]} == set(ids)
 
 
@@ -98,7 +105,7 @@ def test_stop_only_with_apply(
     aws: EmulatorServer, tmp_path: Path, fleet: dict[str, list[str]], factory: SessionFactory
 ) -> None:
     config = write_config(tmp_path, aws.url, ACCOUNTS, REGIONS, action="stop")
-    dry = cli("--config", str(config), "--json", "audit").report
+    dry = _report(config, "audit")
     planned = {a["resource_id"] for a in dry["actions"] if a["outcome"] == "planned"}
     running_bad = set(fleet["bad"]) - set(fleet["stopped"])
     assert planned == running_bad
@@ -141,7 +148,7 @@ def test_do_not_stop_exception_and_snooze(
         "7d",
     )
     assert added.exit_code == 0, added.stderr
-    cli(
+    snooze = cli(
         "--config",
         str(config),
         "exceptions",
@@ -157,10 +164,13 @@ def test_do_not_stop_exception_and_snooze(
         "--expires",
         "2d",
     )
-    listed = cli("--config", str(config), "--json", "exceptions", "list")
-    assert {e["kind"] for e in __import__("json").loads(listed.stdout)} == {"do-not-stop", "snooze"}
+    assert snooze.exit_code == 0, snooze.stderr
+    assert {(e["kind"], e["resource_id"], e["check"], e["reason"]) for e in _stored(config)} == {
+        ("do-not-stop", keep, None, "database primary"),
+        ("snooze", snoozed, "tags", "migrating"),
+    }
 
-    report = cli("--config", str(config), "--json", "audit", "--apply").report
+    report = _report(config, "audit", "--apply")
     by_id = {a["resource_id"]: a for a in report["actions"]}
     assert by_id[keep]["outcome"] == "skipped" and "do-not-stop" in by_id[keep]["reason"]
     assert states(factory, A, "us-east-1", [keep])[keep] == "running"
@@ -226,9 +236,18 @@ def test_blast_radius_refuses_a_larger_plan(
 def test_unknown_config_key_makes_no_aws_call(aws: EmulatorServer, tmp_path: Path) -> None:
     config = tmp_path / "bad.yaml"
     config.write_text("audit:\n  required_tag: [a]\n")
+    aws.client.reset_calls()
+
     result = cli("--config", str(config), "audit")
-    assert result.exit_code == 2
-    assert "bad.yaml" in result.stderr and "audit.required_tag: unknown key" in result.stderr
+
+    assert aws.client.calls()["total"] == 0
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr == (
+        f"error: invalid config {config}:\n"
+        "  - audit.required_tag: unknown key (expected one of: action, canary, created_by_must_be_iam_user, "
+        "created_by_tag, grace_minutes, max_actions, notify, override_stop_protection, required_tags, severity, "
+        "snapshot_before_terminate, tag_values)\n"
+    )
 
 
 def test_unreachable_region_is_isolated(aws: EmulatorServer, tmp_path: Path, factory: SessionFactory) -> None:
@@ -251,12 +270,13 @@ def test_error_target_never_resolves(aws: EmulatorServer, tmp_path: Path, factor
     users(factory, A, "alice")
     west = launch(factory, A, "eu-west-1", {})
     config = write_config(tmp_path, aws.url, (A,), ["eu-west-1"])
-    assert cli("--config", str(config), "--json", "audit").report["findings"][0]["status"] == "new"
+    first = _report(config, "audit")
+    assert [(f["resource_id"], f["status"]) for f in first["findings"]] == [(west[0], "new")]
     aws.client.set_faults([{"region": "eu-west-1", "service": "ec2"}])
     broken = cli("--config", str(config), "--json", "audit")
     aws.client.set_faults([])
     assert broken.exit_code == 4 and broken.report["findings"] == []
-    after = cli("--config", str(config), "--json", "audit").report
+    after = _report(config, "audit")
     assert [(f["resource_id"], f["status"]) for f in after["findings"]] == [(west[0], "ongoing")]
 
 
@@ -277,7 +297,7 @@ def test_summary_notification_via_sns(aws: EmulatorServer, tmp_path: Path, facto
         notify=["ops"],
         top={"sinks": {"ops": {"type": "sns", "topic_arn": topic}}},
     )
-    report = cli("--config", str(config), "--json", "audit").report
+    report = _report(config, "audit")
     assert report["deliveries"] == [{"sink": "ops", "outcome": "sent", "error": None}]
     messages = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10)["Messages"]
     assert len(messages) == 1
@@ -291,10 +311,15 @@ def test_dynamodb_state_backend(aws: EmulatorServer, tmp_path: Path, factory: Se
         tmp_path, aws.url, (A,), ["us-east-1"], top={"state": "dynamodb://fleetwarden-state?region=us-east-1"}
     )
     missing = cli("--config", str(config), "audit")
-    assert missing.exit_code != 0 and "state init" in missing.stderr
+    assert missing.exit_code == 1
+    assert missing.stderr == (
+        "error: the DynamoDB state table 'fleetwarden-state' does not exist in us-east-1: "
+        "run `fleetwarden state init` to create it\n"
+    )
     assert cli("--config", str(config), "state", "init").exit_code == 0
-    assert cli("--config", str(config), "--json", "audit").report["findings"][0]["status"] == "new"
-    again = cli("--config", str(config), "--json", "audit").report
+    first = _report(config, "audit")
+    assert [(f["resource_id"], f["status"]) for f in first["findings"]] == [(bad[0], "new")]
+    again = _report(config, "audit")
     assert [(f["resource_id"], f["status"]) for f in again["findings"]] == [(bad[0], "ongoing")]
 
 
@@ -340,8 +365,10 @@ def test_fail_on_and_quiet(aws: EmulatorServer, tmp_path: Path, factory: Session
     assert high.exit_code == 0
     assert high.stderr == "" and high.stdout == ""  # -q: nothing but errors
     loud = cli("--config", str(config), "audit", "--json")
+    assert loud.exit_code == 0, loud.stderr
     assert loud.report["workflow"] == "audit"  # stdout is the JSON alone
-    assert "Summary" in loud.stderr or "summary" in loud.stderr.lower()
+    # the third run of this finding: ongoing, not new
+    assert loud.stderr.endswith("Summary: 1/1 targets ok; 1 open finding (0 new); 0 actions [dry run]\n")
 
 
 def test_throttling_is_retried(aws: EmulatorServer, tmp_path: Path, factory: SessionFactory) -> None:
@@ -372,7 +399,8 @@ def test_report_lists_open_findings_across_checks_and_delivers(
     config = write_config(
         tmp_path, aws.url, ACCOUNTS, REGIONS, top={"sinks": {"ops": {"type": "sns", "topic_arn": topic}}}
     )
-    cli("--config", str(config), "audit")
+    audited = _report(config, "audit")
+    assert {(f["resource_id"], f["status"]) for f in audited["findings"]} == {(i, "new") for i in fleet["bad"]}
     result = cli("--config", str(config), "--json", "--output-dir", str(tmp_path / "r"), "report", "--sink", "ops")
     assert result.exit_code == 0, result.stderr
     assert {f["resource_id"] for f in result.report["findings"]} == set(fleet["bad"])
@@ -414,7 +442,9 @@ def _exceptions(config: Path, *args: str, input: str | None = None) -> Any:
 
 
 def _stored(config: Path) -> list[dict[str, Any]]:
-    return list(json.loads(cli("--config", str(config), "--json", "exceptions", "list").stdout))
+    listed = cli("--config", str(config), "--json", "exceptions", "list")
+    assert listed.exit_code == 0, listed.stderr
+    return list(json.loads(listed.stdout))
 
 
 def test_an_exception_without_reason_or_scope_is_refused_and_exempts_nothing(
@@ -471,7 +501,9 @@ def test_an_organization_wide_exception_needs_confirming_and_is_counted_and_warn
     )
     scripted = _exceptions(config, *args, "--yes")  # the same for scripts
     assert scripted.exit_code == 0, scripted.stderr
-    _exceptions(config, "remove", stored["id"])
+    removed = _exceptions(config, "remove", stored["id"])
+    assert removed.exit_code == 0, removed.stderr
+    assert [e["id"] for e in _stored(config)] == re.findall(r"^added (exc-[0-9a-f]+) ", scripted.stderr, re.M)
 
     result = cli("--config", str(config), "--json", "audit", "--apply")
 
@@ -497,7 +529,7 @@ def test_an_account_wide_exception_is_warned_about_in_the_audit(
     added = _exceptions(config, "add", "--kind", "do-not-stop", "--account", A, "--reason", "prod", "--owner", "ops")
     assert added.exit_code == 0 and f"covers all of account {A}" in added.stderr
 
-    report = cli("--config", str(config), "--json", "audit", "--apply").report
+    report = _report(config, "audit", "--apply")
 
     assert states(factory, A, "us-east-1", kept) == {kept[0]: "running"}
     assert states(factory, B, "us-east-1", stopped) == {stopped[0]: "stopped"}
@@ -528,7 +560,7 @@ def test_a_legacy_unscoped_exception_is_honoured_and_flagged_loudly(
     (stored,) = _stored(config)
     assert stored["legacy_unscoped"] is True and stored["covers"].startswith("the whole organization")
 
-    report = cli("--config", str(config), "--json", "audit", "--apply").report
+    report = _report(config, "audit", "--apply")
     assert states(factory, A, "us-east-1", bad) == {bad[0]: "running"}
     assert report["summary"]["skipped_by_exception"] == {"do-not-stop": 1}
     assert (
