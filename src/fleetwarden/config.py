@@ -458,8 +458,11 @@ def problems_from_validation(
         if err["type"] == "literal_error" and any(d[: len(loc)] == loc and len(d) > len(loc) for d in deep):
             continue
         secret = is_secret_path(model, loc)
-        loc = tuple(prefix) + loc
-        if err["type"] == "extra_forbidden":
+        key_problem = bool(loc) and loc[-1] == "[key]"  # a mapping's key itself (e.g. a number) is wrong
+        loc = tuple(prefix) + (loc[:-1] if key_problem else loc)
+        if key_problem:
+            message = f"the key {shown(loc[-1]) if loc else ''} must be a string: {err['msg']}"
+        elif err["type"] == "extra_forbidden":
             allowed = _allowed_keys(model, loc[len(prefix) :])
             message = "unknown key" + (f" (expected one of: {', '.join(allowed)})" if allowed else "")
         else:
@@ -675,7 +678,10 @@ def load_yaml(text: str, source: str) -> Any:
     """The YAML document in `text` as Python values, after the checks above; raises ConfigError naming `source`."""
     if len(text) > MAX_CONFIG_BYTES:
         raise ConfigError(source, [ConfigProblem("", f"larger than {MAX_CONFIG_BYTES // 1_000_000} MB")])
-    loader = _Loader(text)
+    try:
+        loader = _Loader(text)
+    except UnicodeError:  # an unpaired surrogate in a str that never came from a file
+        raise ConfigError(source, [ConfigProblem("", "not valid Unicode text")]) from None
     try:
         root = loader.get_single_node()
         if root is None:
@@ -700,6 +706,8 @@ def decode_config(data: bytes, source: str) -> str:
     """Config bytes as text: UTF-8 (a byte-order mark is allowed), no NUL bytes, at most MAX_CONFIG_BYTES."""
     if len(data) > MAX_CONFIG_BYTES:
         raise ConfigError(source, [ConfigProblem("", f"larger than {MAX_CONFIG_BYTES // 1_000_000} MB")])
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ConfigError(source, [ConfigProblem("line 1", "UTF-16 or UTF-32 text, not UTF-8; save the file as UTF-8")])
     if b"\0" in data:
         line = data.count(b"\n", 0, data.index(b"\0")) + 1
         raise ConfigError(source, [ConfigProblem(f"line {line}", "a binary file (NUL byte), not YAML text")])
