@@ -21,6 +21,7 @@ from fleetwarden.output import (
     write_outputs,
 )
 from fleetwarden.report import render_html
+from fleetwarden.report.stats import sort_findings
 from sample_reports import DEV, NOW, SCRIPT, SHARED, make_report, sample_finding
 
 
@@ -37,24 +38,27 @@ def test_write_outputs_writes_json_csv_and_html(tmp_path: Path) -> None:
     paths = write_outputs(report, out)
 
     assert [p.name for p in paths] == ["run.json", "findings.csv", "findings.ocsf.jsonl", "report.html"]
-    assert all(p.parent == out and p.stat().st_size > 0 for p in paths)
+    assert all(p.parent == out for p in paths)
     assert sorted(p.name for p in out.iterdir()) == [  # no temp files
         "findings.csv",
         "findings.ocsf.jsonl",
         "report.html",
         "run.json",
     ]
+    ordered = [f.id for f in sort_findings(report.findings)]
     events = [json.loads(line) for line in (out / "findings.ocsf.jsonl").read_text("utf-8").splitlines()]
-    assert {e["finding_info"]["uid"] for e in events} == {f.id for f in report.findings}
+    assert [e["finding_info"]["uid"] for e in events] == ordered
     assert {e["class_uid"] for e in events} == {2004}
 
     raw = json.loads((out / "run.json").read_text("utf-8"))
     assert raw["schema"] == "fleetwarden.run/v1"
     assert RunReport.model_validate_json((out / "run.json").read_text("utf-8")) == report
+    assert (out / "run.json").read_text("utf-8") == report.to_json()
 
+    assert (out / "findings.csv").read_bytes() == findings_csv(sort_findings(report.findings))
     rows = list(csv.DictReader(io.StringIO((out / "findings.csv").read_text("utf-8"), newline="")))
-    assert {r["id"] for r in rows} == {f.id for f in report.findings}
-    assert "<html" in (out / "report.html").read_text("utf-8")
+    assert [r["id"] for r in rows] == ordered
+    assert (out / "report.html").read_text("utf-8") == render_html(report)
 
 
 def test_findings_csv_parses_back() -> None:
