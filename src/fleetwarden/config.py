@@ -346,14 +346,34 @@ class Config(StrictModel):
         return next((a for a in self.accounts if a.id == account_id), None)
 
 
+def _key_step(name: object, first: bool = False) -> str:
+    """One key of a key path: `.name`, or `['na\\nme']` for a key a terminal or a log would not show as written."""
+    text = str(name)
+    if text and len(text) <= 80 and text.isprintable() and not any(c in text for c in ".[]'\" "):
+        return text if first else "." + text
+    return f"[{shown(name)}]"
+
+
 def _format_location(loc: tuple[int | str, ...]) -> str:
     parts: list[str] = []
     for item in loc:
-        if isinstance(item, int):
-            parts.append(f"[{item}]")
-        else:
-            parts.append(("." if parts else "") + str(item))
+        parts.append(f"[{item}]" if isinstance(item, int) else _key_step(item, first=not parts))
     return "".join(parts)
+
+
+def _printable(text: str) -> str:
+    """`text` with every non-printable character escaped: one line, and no terminal escape sequence."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+def config_error(source: str, problems: list[ConfigProblem]) -> ConfigError:
+    """The ConfigError for `problems`: each one printable on one line, at most MAX_PROBLEMS of them listed."""
+    shown_problems = [ConfigProblem(_printable(p.location), _printable(p.message)) for p in problems[:MAX_PROBLEMS]]
+    if len(problems) > MAX_PROBLEMS:
+        shown_problems.append(ConfigProblem("", f"and {len(problems) - MAX_PROBLEMS} more problems"))
+    return ConfigError(_printable(source), shown_problems)
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple[int | str, ...]) -> list[str] | None:
@@ -479,6 +499,7 @@ def problems_from_validation(
 # Hostile input is refused before any Python object is built from it, in bounded time and memory.
 MAX_CONFIG_BYTES = 4_000_000
 MAX_DEPTH = 64  # the real config nests 6 levels; libyaml itself stops at 1,000
+MAX_PROBLEMS = 20  # listed in one error; the rest are counted
 MAX_ALIAS_VALUES = 10_000  # values that `*alias` references may add to the document ("billion laughs" adds 10^9)
 _MERGE = "tag:yaml.org,2002:merge"
 _STR = "tag:yaml.org,2002:str"
@@ -503,8 +524,8 @@ def _label(parent: yaml.Node, index: int) -> str:
     """The key-path step from `parent` to its `index`-th child (for a mapping: keys and values alternate)."""
     if isinstance(parent, yaml.MappingNode):
         key = parent.value[index // 2][0]
-        name = key.value if isinstance(key, yaml.ScalarNode) else "?"
-        return "." + name if index % 2 else "." + name + " (the key)"
+        step = _key_step(key.value) if isinstance(key, yaml.ScalarNode) else ".?"
+        return step if index % 2 else step + " (the key)"
     return f"[{index}]"
 
 
@@ -689,9 +710,9 @@ def load_yaml(text: str, source: str) -> Any:
         loader.check(root)
         return loader.construct_document(root)
     except yaml.YAMLError as exc:
-        raise ConfigError(source, [_yaml_problem(exc, text)]) from None
+        raise config_error(source, [_yaml_problem(exc, text)]) from None
     except _Refused as exc:
-        raise ConfigError(source, [exc.problem]) from None
+        raise config_error(source, [exc.problem]) from None
     except UnicodeError:  # an unpaired surrogate in a str that never came from a file
         raise ConfigError(source, [ConfigProblem("", "not valid Unicode text")]) from None
     except (ValueError, LookupError, OverflowError, TypeError, AttributeError):  # a constructor not guarded above
@@ -730,7 +751,7 @@ def parse_config(text: str, source: str) -> Config:
     try:
         config = Config.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError(source, problems_from_validation(exc, Config, raw=raw)) from None
+        raise config_error(source, problems_from_validation(exc, Config, raw=raw)) from None
     _validate_sinks(config, source)
     return config
 
@@ -743,7 +764,8 @@ def _validate_sinks(config: Config, source: str) -> None:
         kind = raw.get("type")
         if not isinstance(kind, str) or kind not in sink_registry:
             known = ", ".join(sink_registry.names())
-            problems.append(ConfigProblem(f"sinks.{name}.type", f"unknown sink type {shown(kind)} (known: {known})"))
+            where = _format_location(("sinks", name, "type"))
+            problems.append(ConfigProblem(where, f"unknown sink type {shown(kind)} (known: {known})"))
             continue
         plugin = sink_registry.get(kind)
         try:
@@ -751,7 +773,7 @@ def _validate_sinks(config: Config, source: str) -> None:
         except ValidationError as exc:
             problems += problems_from_validation(exc, plugin.config_model, ("sinks", name), raw=raw)
     if problems:
-        raise ConfigError(source, problems)
+        raise config_error(source, problems)
 
 
 def load_config(path: str | Path) -> Config:

@@ -309,23 +309,18 @@ def _one_clean_line_each(exc: ConfigError) -> None:
         assert not any(ord(c) < 32 or 0x7F <= ord(c) < 0xA0 for c in text), repr(text[:200])
 
 
-NOT_YET = pytest.mark.xfail(
-    strict=True,
-    reason="config.py renders a key verbatim in the key path and lists every problem (found by probing; the loader "
-    "is another engineer's now): a newline in a key splits the message, an ESC reaches the terminal",
-)
-
-
 @pytest.mark.parametrize(
     "text",
     [
         'regions: ["us-east-1\\nFAKE LINE"]\n',
         'audit: {action: "\\e[2Jx"}\n',
         "sinks: {a: {type: [1]}}\n",
-        pytest.param('audit: {"grace\\nminutes": 5}\n', marks=NOT_YET, id="newline-in-a-key"),
-        pytest.param('sinks: {"a\\nb": {type: pager}}\n', marks=NOT_YET, id="newline-in-a-sink-name"),
-        pytest.param('audit: {"\\e]0;pwned\\a": 5}\n', marks=NOT_YET, id="terminal-escape-in-a-key"),
-        pytest.param("accounts: [" + ", ".join(['{id: "1"}'] * 5_000) + "]\n", marks=NOT_YET, id="5000-problems"),
+        'audit: {"grace\\nminutes": 5}\n',
+        'sinks: {"a\\nb": {type: pager}}\n',
+        'audit: {"\\e]0;pwned\\a": 5}\n',
+        'audit: {"\\e[31mred": 5}\n',
+        'audit:\n  "a\\nb": 1\n  "a\\nb": 2\n',  # a duplicate key: the YAML walk's own key path
+        "accounts: [" + ", ".join(['{id: "1"}'] * 5_000) + "]\n",
     ],
 )
 def test_config_errors_are_one_clean_line_per_problem_and_bounded(text: str) -> None:
@@ -355,3 +350,14 @@ def test_a_reason_built_from_event_strings_is_one_bounded_printable_line(event: 
     # Before: the rule ARN, association id and document name went into the reason (result and log) verbatim.
     reason = parse_event(event).reason
     assert reason.isprintable() and len(reason) < 300, reason[:200]
+
+
+def test_a_key_with_a_newline_or_an_escape_is_shown_quoted_and_many_problems_are_counted() -> None:
+    with pytest.raises(ConfigError) as info:
+        parse_config('audit: {"grace\\nminutes": 5, "\\e[31mred": 1}\n', "probe.yaml")
+    lines = str(info.value).splitlines()
+    assert lines[1].startswith("  - audit['grace\\nminutes']: unknown key"), lines
+    assert lines[2].startswith("  - audit['\\x1b[31mred']: unknown key"), lines
+    with pytest.raises(ConfigError) as info:
+        parse_config("accounts: [" + ", ".join(['{id: "1"}'] * 5_000) + "]\n", "probe.yaml")
+    assert len(info.value.problems) == 21 and str(info.value.problems[-1]) == "and 4980 more problems"
