@@ -171,7 +171,10 @@ def test_report_is_trimmed_with_a_note(
     result = handler(event("audit"), None)
     assert len(result["report"]["findings"]) == 3 and len(result["report"]["actions"]) == 3
     assert result["truncated"] == {"findings": {"kept": 3, "total": 5}, "actions": {"kept": 3, "total": 5}}
-    assert "3 of 5 findings" in result["note"]
+    assert result["note"] == (
+        "report trimmed to 3 of 5 findings, 3 of 5 actions to fit Lambda's response limit "
+        "(open and most severe findings first); the summary still counts everything"
+    )
     assert result["summary"]["violators"] == 5
 
 
@@ -181,9 +184,11 @@ def test_response_stays_under_the_byte_limit(monkeypatch: pytest.MonkeyPatch) ->
     findings[399] = {**findings[399], "severity": "CRITICAL"}
     result = lambda_handler._attach_report({"status": "ok"}, {"findings": findings, "actions": []}, 1000)
     assert len(json.dumps(result)) <= 20_000
-    kept = result["report"]["findings"]
-    assert 0 < len(kept) < 400 and result["truncated"]["findings"]["total"] == 400
-    assert kept[0]["severity"] == "CRITICAL"  # the most severe open finding is kept first
+    # A finding is ~260 bytes, so halving from 400 fits at 50 (100 would be ~26 KB); no actions to trim.
+    assert result["truncated"] == {"findings": {"kept": 50, "total": 400}}
+    assert result["note"].startswith("report trimmed to 50 of 400 findings to fit Lambda's response limit")
+    # The most severe open finding first, then the others in their order (the sort is stable).
+    assert [f["id"] for f in result["report"]["findings"]] == ["399"] + [str(i) for i in range(49)]
 
 
 # -- no-ops, refusals and errors -----------------------------------------------------------------------

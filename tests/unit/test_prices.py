@@ -19,9 +19,18 @@ def test_shipped_table_is_well_formed_and_documented() -> None:
     assert raw["approximate"] is True and raw["as_of"] and "us-east-1" in raw["source"]
     table = load_prices()
     assert load_prices() is table  # read once, cached
-    assert len(table.prices) > 200 and all(p > 0 for p in table.prices.values())
-    for common in ("t3.micro", "m5.large", "c6i.xlarge", "r6g.large", "g4dn.xlarge", "p3.16xlarge", "m1.small"):
-        assert common in table.prices, common
+    # Every shipped type is loaded, at its shipped price, and none is free (431 types in the 2024-06 table).
+    assert table.prices == raw["prices"] and len(table.prices) == 431
+    assert all(p > 0 for p in table.prices.values())
+    # Common types at their us-east-1 Linux on-demand prices, as AWS's pricing page listed them in 2024-06.
+    assert {t: table.prices[t] for t in ("t3.micro", "m5.large", "c6i.xlarge", "r6g.large", "m1.small")} == {
+        "t3.micro": 0.0104,
+        "m5.large": 0.096,
+        "c6i.xlarge": 0.17,
+        "r6g.large": 0.1008,
+        "m1.small": 0.044,
+    }
+    assert (table.prices["g4dn.xlarge"], table.prices["p3.16xlarge"]) == (0.526, 24.48)
     # every family's price grows with its size
     for family in ("t3", "m5", "c7g"):
         sized = [(size_units(t.split(".")[1]), p) for t, p in table.prices.items() if t.startswith(family + ".")]
