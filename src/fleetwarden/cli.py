@@ -321,7 +321,9 @@ def guard_status_cmd(ctx: click.Context) -> None:
     for s in states:
         table.add_row(
             s.account_id,
-            "[red]TRIPPED[/red]" if s.tripped else "released",
+            ("[red]TRIPPED[/red] (release unfinished)" if s.releasing else "[red]TRIPPED[/red]")
+            if s.tripped
+            else "released",
             s.since or "",
             s.scope,
             "; ".join(str(t.get("text", "")) for t in s.triggers),

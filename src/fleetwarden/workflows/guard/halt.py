@@ -122,7 +122,13 @@ class Halter:
         results: list[ActionResult] = []
         stoppable: list[Instance] = []
         unstoppable: list[tuple[Instance, str]] = []
-        one_time = one_time_spot_ids(client, instances)
+        try:
+            one_time = one_time_spot_ids(client, instances)
+        except (ClientError, BotoCoreError) as exc:
+            # Not knowing which spot instances are one-time must not keep the others running: each is tried,
+            # and EC2's refusal for a one-time one is isolated by the batch split.
+            log.warning("%s: cannot read spot requests (%s); stopping every instance", target, error_text(exc))
+            one_time = set()
         for instance in instances:
             rule = self.exceptions.find(
                 ExceptionKind.DO_NOT_STOP,

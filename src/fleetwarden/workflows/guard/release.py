@@ -55,6 +55,11 @@ def release_guard(ctx: RunContext, options: ReleaseOptions) -> RunReport:
     for problem in verify_accounts(accounts, ctx.factory):
         raise UsageError(f"account {account_id}: {problem.error}; nothing was released")
     with ctx.account_leases(WORKFLOW, [account_id], break_lease=options.break_lease):
+        if options.apply:
+            # Intent first: a release that dies part-way is on record, so guard runs do not re-halt what it had
+            # begun to restore, and `guard status` shows it unfinished until a release completes.
+            state.releasing = ctx.run_id
+            save_state(ctx.store, state)
         entries = _trip_entries(ctx, state)
         # A change still `planned` in the journal may have happened (the run died around the call): it is undone
         # like a done one, after checking the current state (starting a running instance changes nothing).
@@ -62,6 +67,7 @@ def release_guard(ctx: RunContext, options: ReleaseOptions) -> RunReport:
         report.actions = _restore(ctx, account_id, entries, done, options.start_instances, apply=options.apply)
         if options.apply:
             state.tripped = False
+            state.releasing = None
             state.released_at = ctx.clock().isoformat()
             state.released_by = ctx.run_id
             save_state(ctx.store, state)

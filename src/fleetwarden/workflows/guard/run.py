@@ -65,6 +65,21 @@ def run_guard(ctx: RunContext, options: GuardOptions) -> RunReport:
     report.targets += plan.errors
     accounts = [a.account_id for a in plan.accounts]
     states = load_states(ctx.store)
+    # An account whose release began and did not finish is left as it is: re-halting it would undo part of what
+    # the operator asked to restore. It is reported until `guard release` completes (docs/crash-safety.md).
+    releasing = {a for a in accounts if a in states and states[a].tripped and states[a].releasing}
+    for account_id in sorted(releasing):
+        report.targets.append(
+            TargetResult(
+                account_id=account_id,
+                region="global",
+                status=TargetStatus.ERROR,
+                error=f"the guard release of this account (run {states[account_id].releasing}) did not finish: "
+                "it is neither halted nor released by this run; run `fleetwarden guard release --apply` again",
+            )
+        )
+    accounts = [a for a in accounts if a not in releasing]
+    plan.targets = [t for t in plan.targets if t.account_id not in releasing]
     latched = {a for a in accounts if a in states and states[a].tripped}
     exceptions = ExceptionSet(ctx.store.list_exceptions(), now)
     halter = Halter(ctx, exceptions, apply=options.apply, break_lease=options.break_lease)

@@ -22,6 +22,9 @@ class TripState:
     lockout_done: bool = False
     released_at: str | None = None
     released_by: str | None = None
+    # The run id of a `guard release --apply` that has started and not finished (it died, or is running):
+    # guard runs leave such an account alone and say so, until a release completes.
+    releasing: str | None = None
     version: int | None = None
 
     def to_data(self) -> dict[str, Any]:
@@ -34,6 +37,7 @@ class TripState:
             "lockout_done": self.lockout_done,
             "released_at": self.released_at,
             "released_by": self.released_by,
+            "releasing": self.releasing,
         }
 
     @classmethod
@@ -48,6 +52,7 @@ class TripState:
             lockout_done=bool(data.get("lockout_done")),
             released_at=data.get("released_at"),
             released_by=data.get("released_by"),
+            releasing=data.get("releasing"),
             version=version,
         )
 
