@@ -78,6 +78,18 @@ def use_config(
     return path
 
 
+def ok(result: dict[str, Any]) -> dict[str, Any]:
+    """The handler's result, checked to be a success (status ok, exit code 0)."""
+    assert result["status"] == "ok" and result["exit_code"] == 0, result
+    return result
+
+
+def refused_input(result: dict[str, Any]) -> str:
+    """The error of a result that refused its event or config (status error, exit code 2, nothing run)."""
+    assert result["status"] == "error" and result["exit_code"] == 2, result
+    return str(result["error"])
+
+
 def running(factory: SessionFactory, ids: list[str]) -> set[str]:
     return set(states(factory, A, REGION, ids).values())
 
@@ -139,10 +151,10 @@ def test_config_apply_decides_when_the_event_does_not(
     bad = launch(factory, A, REGION, BAD_TAGS)
     use_config(monkeypatch, tmp_path, aws, top={"apply": True}, action="stop")
     # The event's explicit "apply": false wins over the config's apply: true ...
-    assert handler(event("audit_dry"), None)["dry_run"] is True
+    assert ok(handler(event("audit_dry"), None))["dry_run"] is True
     assert running(factory, bad) == {"running"}
     # ... and without "apply" the config's apply: true acts.
-    result = handler(event("audit"), None)
+    result = ok(handler(event("audit"), None))
     assert result["dry_run"] is False and result["apply_from"] == "config"
     assert running(factory, bad) == {"stopped"}
 
@@ -157,8 +169,7 @@ def test_terminate_needs_the_events_confirmation(
     assert "terminat" in refused["error"] and refused["run_id"]
     assert running(factory, bad) == {"running"}
 
-    confirmed = handler({"action": "audit", "apply": True, "confirm_terminate": True}, None)
-    assert confirmed["status"] == "ok", confirmed
+    ok(handler({"action": "audit", "apply": True, "confirm_terminate": True}, None))
     assert running(factory, bad) == {"terminated"}
 
 
@@ -168,7 +179,7 @@ def test_report_is_trimmed_with_a_note(
     launch(factory, A, REGION, BAD_TAGS, 5)
     use_config(monkeypatch, tmp_path, aws, action="stop")
     monkeypatch.setenv("FLEETWARDEN_MAX_REPORT_ITEMS", "3")
-    result = handler(event("audit"), None)
+    result = ok(handler(event("audit"), None))
     assert len(result["report"]["findings"]) == 3 and len(result["report"]["actions"]) == 3
     assert result["truncated"] == {"findings": {"kept": 3, "total": 5}, "actions": {"kept": 3, "total": 5}}
     assert result["note"] == (
@@ -246,11 +257,11 @@ def test_malformed_and_unknown_events_get_a_clear_error(aws: EmulatorServer) -> 
     assert unknown["status"] == "error" and unknown["exit_code"] == 2
     assert "unknown action 'terminate-everything'" in unknown["error"] and "guard-release" in unknown["error"]
     bad_account = handler({"action": "guard-release", "account": "12345"}, None)
-    assert "account: an AWS account id is 12 digits" in bad_account["error"]
-    assert "must be a JSON object" in handler(["audit"], None)["error"]
+    assert "account: an AWS account id is 12 digits" in refused_input(bad_account)
+    assert "must be a JSON object" in refused_input(handler(["audit"], None))
     assert "unrecognized event" in handler({"hello": "world"}, None)["error"]
     string_apply = handler({"action": "audit", "apply": "false"}, None)
-    assert string_apply["status"] == "error" and "apply" in string_apply["error"]
+    assert "apply" in refused_input(string_apply)
     assert aws.client.calls()["total"] == 0
 
 
@@ -292,7 +303,7 @@ def test_ssm_association_matching_routes_to_compliance_sync(
     use_config(
         monkeypatch, tmp_path, aws, top={"compliance": {"association_ids": ["0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"]}}
     )
-    other = handler(event("ssm_association_other"), None)
+    other = ok(handler(event("ssm_association_other"), None))
     assert other["action"] == "compliance-sync" and "compliance.association_ids" in other["reason"]
 
 
@@ -362,10 +373,10 @@ def test_config_reference_missing_or_invalid(
     bad.write_text(yaml.safe_dump({"audit": {"acton": "stop"}}))
     monkeypatch.setenv("FLEETWARDEN_CONFIG", str(bad))
     invalid = handler(event("audit"), None)
-    assert invalid["exit_code"] == 2 and "audit.acton: unknown key" in invalid["error"]
+    assert "audit.acton: unknown key" in refused_input(invalid)
 
     monkeypatch.setenv("FLEETWARDEN_CONFIG", "https://example.com/fleetwarden.yaml")
-    assert "unsupported scheme https://" in handler(event("audit"), None)["error"]
+    assert "unsupported scheme https://" in refused_input(handler(event("audit"), None))
 
 
 def test_default_config_at_the_task_root(aws: EmulatorServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -458,7 +469,7 @@ def test_schedule_and_alarm_run_the_guard_with_the_configs_apply(
 ) -> None:
     ids = launch(factory, A, REGION, GOOD_TAGS, 3)
     guard_config(monkeypatch, tmp_path, aws, apply=True)
-    result = handler(event(name), None)
+    result = ok(handler(event(name), None))
     assert result["workflow"] == "guard" and result["apply_from"] == "config" and result["dry_run"] is False, result
     assert running(factory, ids) == {"stopped"}
 
@@ -506,7 +517,7 @@ def test_window_open_status_close_events(
     assert window["instances"] == 3 and window["started"] == 3
     assert window["coverage"] == {"scanned": 3, "pending": 0, "errors": {}} and window["timed_out"] is False
     # ... and of one window, in full
-    full = handler({"action": "window-status", "window_id": window_id}, None)
+    full = ok(handler({"action": "window-status", "window_id": window_id}, None))
     assert full["window_id"] == window_id and full["complete"] is True
     assert sorted(i["instance_id"] for i in full["windows"][0]["instances"]) == sorted(ids)
     assert sorted(full["windows"][0]["coverage"]["scanned"]) == sorted(ids)
@@ -520,14 +531,14 @@ def test_window_open_status_close_events(
     # closed: window-status of it says so, and another close is harmless
     again = handler({**event("window_close"), "window_id": window_id}, None)
     assert again["status"] == "ok" and again["all_closed"] is True and again["summary"]["already_closed"] == [window_id]
-    assert handler(event("window_status"), None)["windows"] == []
+    assert ok(handler(event("window_status"), None))["windows"] == []
 
 
 def test_window_close_without_an_id_closes_every_open_window(
     aws: EmulatorServer, factory: SessionFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ids = window_setup(aws, factory, tmp_path, monkeypatch)
-    window_id = handler({"action": "window-open", "apply": True, "compact": True}, None)["window_id"]
+    window_id = ok(handler({"action": "window-open", "apply": True, "compact": True}, None))["window_id"]
     assert running(factory, ids) == {"running"}
     closed = handler({"action": "window-close", "apply": True, "compact": True}, None)
     assert closed["status"] == "ok" and "report" not in closed, closed
@@ -544,10 +555,10 @@ def test_window_dry_runs_change_nothing(
     assert opened["window_id"] is None
     assert {a["outcome"] for a in opened["report"]["actions"]} == {"planned"}
     assert running(factory, ids) == {"stopped"}
-    assert handler(event("window_status"), None)["windows"] == []
+    assert ok(handler(event("window_status"), None))["windows"] == []
     # a dry-run close of a real window plans the stops and leaves the window open
-    window_id = handler(event("window_open"), None)["window_id"]
-    dry_close = handler({"action": "window-close", "window_id": window_id}, None)
+    window_id = ok(handler(event("window_open"), None))["window_id"]
+    dry_close = ok(handler({"action": "window-close", "window_id": window_id}, None))
     assert dry_close["dry_run"] is True and dry_close["all_closed"] is False
     assert {a["outcome"] for a in dry_close["report"]["actions"]} == {"planned"}
     assert running(factory, ids) == {"running"}
@@ -563,9 +574,9 @@ def test_window_event_errors(aws: EmulatorServer, tmp_path: Path, monkeypatch: p
     status = handler({"action": "window-status", "window_id": "win-nope"}, None)
     assert status["status"] == "error" and status["window_id"] == "win-nope" and status["complete"] is False
     # window-open takes no window id; ids are validated; booleans are strict
-    assert "window_id: unknown key" in handler({"action": "window-open", "window_id": "x"}, None)["error"]
-    assert "a window id is" in handler({"action": "window-close", "window_id": "a b"}, None)["error"]
-    assert "collect_findings" in handler({"action": "window-close", "collect_findings": "no"}, None)["error"]
+    assert "window_id: unknown key" in refused_input(handler({"action": "window-open", "window_id": "x"}, None))
+    assert "a window id is" in refused_input(handler({"action": "window-close", "window_id": "a b"}, None))
+    assert "collect_findings" in refused_input(handler({"action": "window-close", "collect_findings": "no"}, None))
     # an error result before any workflow ran still carries window_id (the state machine reads it)
     monkeypatch.setenv("FLEETWARDEN_CONFIG", str(tmp_path / "missing.yaml"))
     missing = handler(event("window_open"), None)
