@@ -241,6 +241,45 @@ def test_leases(store: StateStore) -> None:
     store.release_lease("audit", "999999999999", "nobody")  # nothing held: no error
 
 
+def test_get_and_break_lease(store: StateStore, reopen: Callable[[], StateStore]) -> None:
+    acct = "111111111111"
+    assert store.get_lease("guard", acct) is None
+    assert store.acquire_lease("guard", acct, "run-a", T0, 120)
+    assert store.get_lease("guard", acct) == ("run-a", T0 + timedelta(seconds=120))
+    # Breaking removes it whoever holds it (seen from another store too); then another run takes it at once.
+    reopen().break_lease("guard", acct)
+    assert store.get_lease("guard", acct) is None
+    assert store.acquire_lease("guard", acct, "run-b", T0 + timedelta(seconds=1), 120)
+    assert store.get_lease("guard", acct) == ("run-b", T0 + timedelta(seconds=121))
+    store.break_lease("guard", "999999999999")  # nothing held: no error
+
+
+def test_an_invalid_stored_exception_is_ignored_not_fatal(store: StateStore, caplog: pytest.LogCaptureFixture) -> None:
+    good = ExceptionRule(
+        id="good",
+        kind=ExceptionKind.DO_NOT_STOP,
+        account_id="111111111111",
+        reason="db",
+        owner="me",
+        created_at=T0,
+        organization_wide=False,
+    )
+    store.add_exception(good)
+    # A row edited by hand into something the model refuses (a new-style rule with no scope at all).
+    bad = good.model_copy(update={"id": "bad", "account_id": None})
+    if isinstance(store, SqliteStore):
+        with store._write() as conn:
+            conn.execute("INSERT INTO exceptions (id, data) VALUES (?, ?)", ("bad", bad.model_dump_json()))
+    else:
+        store._call(
+            "put_item",
+            Item={"pk": {"S": "exception"}, "sk": {"S": "bad"}, "data": {"S": bad.model_dump_json()}},
+        )
+    with caplog.at_level("WARNING", logger="fleetwarden"):
+        assert [r.id for r in store.list_exceptions()] == ["good"]
+    assert "exception bad in the state store is invalid and is ignored" in caplog.text
+
+
 def test_lease_is_visible_to_another_store(store: StateStore, reopen: Callable[[], StateStore]) -> None:
     assert store.acquire_lease("window", "111111111111", "run-a", T0, 3600)
     other = reopen()
