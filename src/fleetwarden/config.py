@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import gc
 import re
 import reprlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
@@ -741,8 +743,27 @@ def decode_config(data: bytes, source: str) -> str:
         raise ConfigError(source, [ConfigProblem(f"line {line}", problem)]) from None
 
 
+@contextmanager
+def _no_cyclic_gc() -> Iterator[None]:
+    """Pause the cyclic garbage collector: loading builds ~10^5 long-lived containers, and the collector's repeated
+    passes over them were two thirds of the time of a 1 MB config (1.0 s -> 0.4 s). Loading makes no cycles worth
+    collecting (a recursive alias is refused), and the collector runs again as soon as the config is built."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def parse_config(text: str, source: str) -> Config:
     """Parse and validate config text; raises ConfigError naming the source, key path and expectation."""
+    with _no_cyclic_gc():
+        return _parse_config(text, source)
+
+
+def _parse_config(text: str, source: str) -> Config:
     raw = load_yaml(text, source)
     if raw is None:
         raw = {}
