@@ -61,7 +61,7 @@ def global_options(func: F) -> F:
         click.option(
             "--config",
             "-c",
-            type=click.Path(dir_okay=False),
+            type=click.Path(),  # a directory is reported by the loader in one line
             callback=_set,
             expose_value=False,
             help="Config file (default ./fleetwarden.yaml).",

@@ -44,6 +44,10 @@ class ConfigError(FleetwardenError):
     def __init__(self, source: str, problems: Sequence[ConfigProblem]) -> None:
         self.source = source
         self.problems = list(problems)
+        if len(self.problems) == 1:
+            # One problem is one line: the file, the key path and what was expected.
+            super().__init__(f"invalid config {source}: {self.problems[0]}")
+            return
         lines = [f"invalid config {source}:"] + [f"  - {p}" for p in self.problems]
         super().__init__("\n".join(lines))
 

@@ -143,5 +143,5 @@ def test_a_bad_aws_endpoint_url_is_a_config_error_result_in_lambda(
     monkeypatch.delenv("FLEETWARDEN_DISABLED", raising=False)
     result = handler({"action": "guard"}, None)
     assert result["status"] == "error" and result["exit_code"] == 2, result
-    assert result["error"].startswith(f"invalid config {ref}:\n  - AWS_ENDPOINT_URL: "), result["error"]
-    assert "http:// or https://" in result["error"] and len(result["error"].splitlines()) == 2
+    assert result["error"].startswith(f"invalid config {ref}: AWS_ENDPOINT_URL: "), result["error"]
+    assert "http:// or https://" in result["error"] and len(result["error"].splitlines()) == 1

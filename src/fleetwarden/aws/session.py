@@ -108,6 +108,13 @@ class SessionFactory:
         self.settings = settings or AwsSettings()
         self.run_id = run_id
         self.endpoint_url = self.settings.endpoint_url or os.environ.get("AWS_ENDPOINT_URL") or None
+        if self.endpoint_url and not self.settings.endpoint_url:
+            from ..config import endpoint_url_problem
+            from ..errors import ConfigError, ConfigProblem
+
+            problem = endpoint_url_problem(self.endpoint_url)
+            if problem:  # botocore would fail at the first client with a bare ValueError
+                raise ConfigError("the environment", [ConfigProblem("AWS_ENDPOINT_URL", problem)])
         self.counter = ApiCallCounter()
         self._base = base_session or boto3.Session()
         # One botocore data loader shared by every session, so service models load once per process. Its

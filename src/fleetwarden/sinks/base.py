@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 class SinkConfig(BaseModel):
     """Base of every sink's config model: `type` plus the sink's own keys; unknown keys are errors."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # hide_input_in_errors: pydantic's own messages never show a mistyped token or password.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
     type: str
 

@@ -34,7 +34,7 @@ class OpenSearchError(FleetwardenError):
 
 
 class _AuthModel(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
 
 
 class BasicAuth(_AuthModel):

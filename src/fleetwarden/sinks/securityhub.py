@@ -17,7 +17,7 @@ from .base import Notification, Sink, SinkConfig, sink_registry
 log = logging.getLogger(__name__)
 
 BATCH_SIZE = 100  # BatchImportFindings takes at most 100 findings per call
-ACCOUNT_ID = re.compile(r"^\d{12}$")
+ACCOUNT_ID = re.compile(r"[0-9]{12}")
 ERRORS_SHOWN = 10
 
 
@@ -62,7 +62,7 @@ class SecurityHubSink(Sink):
         by_target: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
         failures: list[str] = []
         for finding in report.findings:
-            if not ACCOUNT_ID.match(finding.account_id):
+            if not ACCOUNT_ID.fullmatch(finding.account_id):
                 failures.append(f"{finding.id}: account {finding.account_id!r} is not an AWS account id")
                 continue
             region = finding_region(finding, home)
