@@ -330,3 +330,19 @@ def test_a_window_whose_instance_fails_to_stop_stays_open_until_a_close_succeeds
     again = cli("--config", str(config), "--json", "window", "close", "--apply")
     assert again.exit_code == 0 and len(again.report["summary"]["closed"]) == 1
     assert set(states(factory, A, "us-east-1", stopped).values()) == {"stopped"}
+
+
+def test_an_unverifiable_account_is_an_error_and_the_others_go_on(
+    aws: EmulatorServer, factory: SessionFactory, tmp_path: Path, tripping: dict[str, Any]
+) -> None:
+    # The base identity does not answer: the account reached with the current credentials cannot be vouched for
+    # (an error target), while the account reached through its role is halted as usual.
+    accounts = [{"id": A, "role_arn": role(A)}, {"id": BASE}]
+    config = write(tmp_path, aws.url, accounts=accounts)
+    aws.client.set_faults([{"service": "sts", "action": "GetCallerIdentity", "mode": "unavailable"}])
+    result = cli("--config", str(config), "--json", "guard", "run", "--apply")
+    assert result.exit_code == 4
+    errors = [t for t in result.report["targets"] if t["status"] == "error"]
+    assert [(t["account_id"], t["region"]) for t in errors] == [(BASE, "*")]
+    assert errors[0]["error"].startswith("cannot tell which account the current credentials act in: ")
+    assert all_states(factory, A, tripping["ids"]) == {"stopped"}

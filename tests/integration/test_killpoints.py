@@ -175,11 +175,12 @@ def test_guard_release_killed_after_each_mutation_converges(
         why = f"release killed after mutation {n}"
         assert tripped(config), why  # a release that did not finish leaves the trip on record
         expire_leases(config)
-        # The guard's next poll leaves a half-released account alone (and says so) rather than re-halt it.
-        before = (fleet.instance_states(), fleet.key_states())
-        code, out = cli_child(aws, config, "guard", "run", "--apply")
-        assert code == 4 and "did not finish" in out, f"{why}: {out}"
-        assert (fleet.instance_states(), fleet.key_states()) == before, why
+        if n == 2:  # once is enough (each child run costs seconds): after a key was re-activated
+            # The guard's next poll leaves a half-released account alone (and says so) rather than re-halt it.
+            before = (fleet.instance_states(), fleet.key_states())
+            code, out = cli_child(aws, config, "guard", "run", "--apply")
+            assert code == 4 and "did not finish" in out, f"{why}: {out}"
+            assert (fleet.instance_states(), fleet.key_states()) == before, why
         code, out = cli_child(aws, config, *args)
         assert code == 0, f"{why}: {out}"
         fleet.assert_restored(why)

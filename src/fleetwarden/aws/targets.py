@@ -106,8 +106,12 @@ def verify_accounts(accounts: list[AccountAccess], factory: SessionFactory) -> l
             if match is None or match.group(1) != access.account_id:
                 problem = f"role_arn {access.role_arn} is not a role of account {access.account_id}"
         else:
-            acting = base_identity(factory)["account_id"]
-            if acting != access.account_id:
+            try:
+                acting = base_identity(factory)["account_id"]
+            except CredentialsError as exc:
+                # This account cannot be vouched for; the accounts reached through roles go on without it.
+                acting, problem = "", f"cannot tell which account the current credentials act in: {exc}"
+            if acting and acting != access.account_id:
                 problem = (
                     f"no role_arn, and the current credentials belong to account {acting}, not {access.account_id}; "
                     "this account was skipped (give it a role_arn, or use credentials of that account)"
