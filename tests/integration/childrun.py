@@ -7,6 +7,7 @@ import os
 import sqlite3
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -79,3 +80,30 @@ def fresh_factory(aws: EmulatorServer) -> SessionFactory:
     """A new factory after a reset: moto forgets assumed-role keys on reset, so cached sessions would act in its
     default account."""
     return SessionFactory(AwsSettings(endpoint_url=aws.url, max_attempts=2, max_concurrency=8), run_id="test-run")
+
+
+def kill_each_mutation(
+    aws: EmulatorServer,
+    config: Path,
+    args: tuple[str, ...],
+    *,
+    prepare: Callable[[], None],
+    converged: Callable[[int], None],
+    finished: Callable[[], None],
+) -> int:
+    """Run `fleetwarden ARGS` killed after its 1st mutating call, then its 2nd, ... until a run ends on its own.
+
+    Before each run `prepare()` sets up a fresh fleet and state; after a kill at call n, the run's leases are
+    expired (two minutes pass) and `converged(n)` runs what comes next and checks the fleet converged; the run
+    that was not killed is checked by `finished()`. Returns how many kill points there were.
+    """
+    for n in range(1, MAX_POINTS + 1):
+        prepare()
+        code, out = cli_child(aws, config, *args, kill_after=n)
+        if code != KILLED:
+            assert code == 0, out  # ran to the end: every mutation before this has been a kill point
+            finished()
+            return n - 1
+        expire_leases(config)
+        converged(n)
+    raise AssertionError(f"{' '.join(args)} was still killed after {MAX_POINTS} mutations")

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import yaml
-from childrun import KILLED, MAX_POINTS, cli_child, expire_leases, fresh_factory, fresh_state
+from childrun import cli_child, fresh_factory, fresh_state, kill_each_mutation
 from fleet import launch, role, states
 
 from fleetwarden.actions.iam_lockout import LOCKOUT_POLICY
@@ -127,20 +127,16 @@ def test_guard_run_killed_after_each_mutation_converges(
     aws: EmulatorServer, factory: SessionFactory, tmp_path: Path
 ) -> None:
     config = guard_config(tmp_path, aws.url)
-    points = 0
-    for n in range(1, MAX_POINTS + 1):
-        fleet = GuardFleet(aws, factory)
+    fleets: list[GuardFleet] = []
+
+    def prepare() -> None:
+        fleets.append(GuardFleet(aws, factory))
         fresh_state(config)
-        code, out = cli_child(aws, config, "guard", "run", "--apply", kill_after=n)
-        if code != KILLED:
-            assert code == 0, out  # ran to the end: every mutation has been a kill point
-            fleet.assert_halted("an uninterrupted run")
-            break
-        points += 1
-        why = f"killed after mutation {n}"
+
+    def converged(n: int) -> None:
+        fleet, why = fleets[-1], f"killed after mutation {n}"
         # The trip is on record before the first halt call, so status and release know of it at once.
         assert tripped(config), why
-        expire_leases(config)
         code, out = cli_child(aws, config, "guard", "run", "--apply")
         assert code == 0, f"{why}: {out}"
         fleet.assert_halted(why)
@@ -148,8 +144,12 @@ def test_guard_run_killed_after_each_mutation_converges(
         assert code == 0, f"{why}: {out}"
         fleet.assert_restored(why)
         assert not tripped(config), why
-    else:
-        pytest.fail(f"guard run still killed after {MAX_POINTS} mutations")
+
+    def finished() -> None:
+        fleets[-1].assert_halted("an uninterrupted run")
+
+    args = ("guard", "run", "--apply")
+    points = kill_each_mutation(aws, config, args, prepare=prepare, converged=converged, finished=finished)
     # Lockout (2 users: deny + key each), the protected stop (fails, clear, retry) and the other region's stop.
     assert points >= 7
 
@@ -158,23 +158,19 @@ def test_guard_release_killed_after_each_mutation_converges(
     aws: EmulatorServer, factory: SessionFactory, tmp_path: Path
 ) -> None:
     config = guard_config(tmp_path, aws.url)
-    points = 0
-    for n in range(1, MAX_POINTS + 1):
-        fleet = GuardFleet(aws, factory)
+    fleets: list[GuardFleet] = []
+    args = ("guard", "release", "--account", ACCOUNT, "--apply", "--start-instances")
+
+    def prepare() -> None:
+        fleets.append(GuardFleet(aws, factory))
         fresh_state(config)
         code, out = cli_child(aws, config, "guard", "run", "--apply")
         assert code == 0, out
-        fleet.assert_halted("the halt before the release")
-        args = ("guard", "release", "--account", ACCOUNT, "--apply", "--start-instances")
-        code, out = cli_child(aws, config, *args, kill_after=n)
-        if code != KILLED:
-            assert code == 0, out
-            fleet.assert_restored("an uninterrupted release")
-            break
-        points += 1
-        why = f"release killed after mutation {n}"
+        fleets[-1].assert_halted("the halt before the release")
+
+    def converged(n: int) -> None:
+        fleet, why = fleets[-1], f"release killed after mutation {n}"
         assert tripped(config), why  # a release that did not finish leaves the trip on record
-        expire_leases(config)
         if n == 2:  # once is enough (each child run costs seconds): after a key was re-activated
             # The guard's next poll leaves a half-released account alone (and says so) rather than re-halt it.
             before = (fleet.instance_states(), fleet.key_states())
@@ -185,8 +181,11 @@ def test_guard_release_killed_after_each_mutation_converges(
         assert code == 0, f"{why}: {out}"
         fleet.assert_restored(why)
         assert not tripped(config), why
-    else:
-        pytest.fail(f"guard release still killed after {MAX_POINTS} mutations")
+
+    def finished() -> None:
+        fleets[-1].assert_restored("an uninterrupted release")
+
+    points = kill_each_mutation(aws, config, args, prepare=prepare, converged=converged, finished=finished)
     assert points >= 5
 
 
@@ -229,17 +228,14 @@ def test_window_open_killed_after_each_start_is_closed_by_the_next_close(
     aws: EmulatorServer, factory: SessionFactory, tmp_path: Path
 ) -> None:
     config = window_config(tmp_path, aws.url)
-    points = 0
-    for n in range(1, MAX_POINTS + 1):
-        fleet = WindowFleet(aws, factory)
+    fleets: list[WindowFleet] = []
+
+    def prepare() -> None:
+        fleets.append(WindowFleet(aws, factory))
         fresh_state(config)
-        code, out = cli_child(aws, config, "window", "open", "--apply", kill_after=n)
-        if code != KILLED:
-            assert code == 0, out
-            assert set(fleet.states(fleet.stopped).values()) == {"running"}, out
-            break
-        points += 1
-        why = f"open killed after start call {n}"
+
+    def converged(n: int) -> None:
+        fleet, why = fleets[-1], f"open killed after start call {n}"
         assert "running" in set(fleet.states(fleet.stopped).values()), why  # the kill came after a start
         # The window the killed open left is found, and close returns what it may have started to stopped.
         assert open_windows(config) == ["opening"], why
@@ -247,8 +243,12 @@ def test_window_open_killed_after_each_start_is_closed_by_the_next_close(
         assert code == 0, f"{why}: {out}"
         fleet.assert_closed(why)
         assert open_windows(config) == [], why
-    else:
-        pytest.fail(f"window open still killed after {MAX_POINTS} mutations")
+
+    def finished() -> None:
+        assert set(fleets[-1].states(fleets[-1].stopped).values()) == {"running"}
+
+    args = ("window", "open", "--apply")
+    points = kill_each_mutation(aws, config, args, prepare=prepare, converged=converged, finished=finished)
     assert points == len(REGIONS)  # one StartInstances per region
 
 
@@ -256,24 +256,25 @@ def test_window_close_killed_after_each_stop_converges(
     aws: EmulatorServer, factory: SessionFactory, tmp_path: Path
 ) -> None:
     config = window_config(tmp_path, aws.url)
-    points = 0
-    for n in range(1, MAX_POINTS + 1):
-        fleet = WindowFleet(aws, factory)
+    fleets: list[WindowFleet] = []
+
+    def prepare() -> None:
+        fleets.append(WindowFleet(aws, factory))
         fresh_state(config)
         code, out = cli_child(aws, config, "window", "open", "--apply")
         assert code == 0, out
-        code, out = cli_child(aws, config, "window", "close", "--apply", kill_after=n)
-        if code != KILLED:
-            assert code == 0, out
-            fleet.assert_closed("an uninterrupted close")
-            break
-        points += 1
-        why = f"close killed after stop call {n}"
+
+    def converged(n: int) -> None:
+        fleet, why = fleets[-1], f"close killed after stop call {n}"
         assert len(open_windows(config)) == 1, why  # not marked closed
         code, out = cli_child(aws, config, "window", "close", "--apply")
         assert code == 0, f"{why}: {out}"
         fleet.assert_closed(why)
         assert open_windows(config) == [], why
-    else:
-        pytest.fail(f"window close still killed after {MAX_POINTS} mutations")
+
+    def finished() -> None:
+        fleets[-1].assert_closed("an uninterrupted close")
+
+    args = ("window", "close", "--apply")
+    points = kill_each_mutation(aws, config, args, prepare=prepare, converged=converged, finished=finished)
     assert points == len(REGIONS)

@@ -239,16 +239,7 @@ def _lockout(ctx: RunContext, account_id: str, exceptions: ExceptionSet, *, appl
         # Never lock out where the acting principal is unknown: it could be locked out itself, and then neither
         # `guard release` nor the next run could act. The account is reported (exit 4); the next run retries.
         log.warning("lockout of %s skipped: %s", account_id, problem)
-        return [
-            ActionResult(
-                action="lockout",
-                account_id=account_id,
-                region="global",
-                resource_id=account_id,
-                outcome=ActionOutcome.FAILED,
-                reason=f"not locked out: {problem}",
-            )
-        ]
+        return [_lockout_failed(account_id, f"not locked out: {problem}")]
     client = ctx.factory.client("iam", region=ctx.config.aws.sts_region, account_id=account_id)
     lockout = IamLockout(
         client,
@@ -268,16 +259,18 @@ def _lockout(ctx: RunContext, account_id: str, exceptions: ExceptionSet, *, appl
         return lockout.lock() if apply else lockout.plan()
     except (ClientError, BotoCoreError) as exc:  # e.g. ListUsers denied: reported, the other accounts go on
         log.warning("lockout of %s failed: %s", account_id, error_text(exc))
-        return [
-            ActionResult(
-                action="lockout",
-                account_id=account_id,
-                region="global",
-                resource_id=account_id,
-                outcome=ActionOutcome.FAILED,
-                reason=error_text(exc),
-            )
-        ]
+        return [_lockout_failed(account_id, error_text(exc))]
+
+
+def _lockout_failed(account_id: str, reason: str) -> ActionResult:
+    return ActionResult(
+        action="lockout",
+        account_id=account_id,
+        region="global",
+        resource_id=account_id,
+        outcome=ActionOutcome.FAILED,
+        reason=reason,
+    )
 
 
 def _self_arn(ctx: RunContext, account_id: str) -> tuple[str | None, str]:

@@ -190,6 +190,10 @@ def _result(entry: LedgerEntry, outcome: ActionOutcome, reason: str) -> ActionRe
     )
 
 
+def _target_error(target: Target, error: str | None) -> TargetResult:
+    return TargetResult(account_id=target.account_id, region=target.region, status=TargetStatus.ERROR, error=error)
+
+
 def open_windows(ctx: RunContext, window_id: str | None) -> list[WindowRecord]:
     ledger = Ledger(ctx.store)
     if window_id is not None:
@@ -233,27 +237,13 @@ def close_window(ctx: RunContext, options: CloseOptions) -> RunReport:
 
         for target in [t for t in by_target if t.account_id in refused]:
             failed_targets += 1
-            report.targets.append(
-                TargetResult(
-                    account_id=target.account_id,
-                    region=target.region,
-                    status=TargetStatus.ERROR,
-                    error=refused[target.account_id],
-                )
-            )
+            report.targets.append(_target_error(target, refused[target.account_id]))
         reachable = [t for t in by_target if t.account_id not in refused]
         for outcome in fan_out(reachable, work, max_concurrency=ctx.config.aws.max_concurrency, label="closing"):
             target = outcome.key
             if outcome.value is None:
                 failed_targets += 1
-                report.targets.append(
-                    TargetResult(
-                        account_id=target.account_id,
-                        region=target.region,
-                        status=TargetStatus.ERROR,
-                        error=outcome.error,
-                    )
-                )
+                report.targets.append(_target_error(target, outcome.error))
             else:
                 report.targets.append(TargetResult(account_id=target.account_id, region=target.region))
                 report.actions += outcome.value
