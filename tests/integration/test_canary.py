@@ -101,11 +101,37 @@ def test_a_single_stopped_canary_is_still_exempt(aws: EmulatorServer, tmp_path: 
     assert states(factory, A, REGION, [canary, violator]) == {canary: "stopped", violator: "terminated"}
 
 
-def test_a_region_whose_only_canary_runs_is_not_trusted(
+def test_a_region_whose_only_canary_runs_is_audited_with_a_finding(
+    aws: EmulatorServer, tmp_path: Path, factory: SessionFactory
+) -> None:
+    # The answer holds the canary's tags, so it is trusted; nothing is the canary, so nothing is exempt: the running
+    # lookalike (even within its grace period) gets a finding and, like the violator, the configured action.
+    users(factory, A, "alice")
+    (lookalike,) = launch(factory, A, REGION, CANARY)
+    (fresh,) = launch(factory, A, REGION, CANARY, age_minutes=5)
+    (violator,) = launch(factory, A, REGION, {})
+    config = _config(tmp_path, aws, "stop")
+
+    result = cli("--config", str(config), "--json", "audit", "--apply")
+
+    assert result.exit_code == 0, result.stderr
+    (target,) = result.report["targets"]
+    assert target["status"] == "ok"
+    lookalike_findings = sorted(
+        f["resource_id"] for f in result.report["findings"] if f["control"] == "canary-lookalike"
+    )
+    assert lookalike_findings == sorted([lookalike, fresh])
+    assert states(factory, A, REGION, [lookalike, fresh, violator]) == {
+        lookalike: "stopped",
+        fresh: "running",  # within its grace period: a finding, no action yet
+        violator: "stopped",
+    }
+
+
+def test_a_region_without_any_canary_tagged_instance_is_not_trusted(
     aws: EmulatorServer, tmp_path: Path, factory: SessionFactory
 ) -> None:
     users(factory, A, "alice")
-    (lookalike,) = launch(factory, A, REGION, CANARY)
     (violator,) = launch(factory, A, REGION, {})
     config = _config(tmp_path, aws, "stop")
 
@@ -113,6 +139,5 @@ def test_a_region_whose_only_canary_runs_is_not_trusted(
 
     assert result.exit_code == 4
     (target,) = result.report["targets"]
-    assert target["status"] == "error"
-    assert f"{lookalike} carry its tags but are not stopped" in target["error"]
-    assert states(factory, A, REGION, [lookalike, violator]) == {lookalike: "running", violator: "running"}
+    assert target["status"] == "error" and "stopped canary instance" in target["error"]
+    assert states(factory, A, REGION, [violator]) == {violator: "running"}

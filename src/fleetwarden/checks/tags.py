@@ -152,8 +152,9 @@ def judge_canaries(candidates: list[Instance], now: datetime, grace: timedelta) 
     """Decide a region's canary among the instances carrying its tags (states outside AUDITED_STATES ignored).
 
     Exactly one stopped instance is the canary. One that is pending, running or stopping is not (a finding says it
-    looks like the canary; it is audited like any instance), once its grace period is over. Several stopped ones are
-    all a finding and none is the canary: which one is genuine cannot be told, so every one is audited normally.
+    looks like the canary; it is audited like any instance), once its grace period is over, or at once when there is
+    no stopped canary at all. Several stopped ones are all a finding and none is the canary: which one is genuine
+    cannot be told, so every one is audited normally.
     """
     verdict = CanaryVerdict()
     for instance in sorted(candidates, key=lambda i: i.id):
@@ -164,6 +165,14 @@ def judge_canaries(candidates: list[Instance], now: datetime, grace: timedelta) 
         else:
             verdict.lookalikes.append(instance.id)
             if instance.age(now) >= grace:
+                title = f"{instance.id} is tagged like this region's canary but is {instance.state}, not stopped"
+                verdict.findings.append(_canary_finding(instance, CANARY_LOOKALIKE, title, now))
+    if not verdict.stopped:
+        # No stopped canary at all: every lookalike is a finding at once, grace or not (the region's canary is
+        # gone or was started).
+        flagged = {f.resource_id for f in verdict.findings}
+        for instance in sorted(candidates, key=lambda i: i.id):
+            if instance.id in verdict.lookalikes and instance.id not in flagged:
                 title = f"{instance.id} is tagged like this region's canary but is {instance.state}, not stopped"
                 verdict.findings.append(_canary_finding(instance, CANARY_LOOKALIKE, title, now))
     if len(verdict.stopped) == 1:

@@ -84,7 +84,7 @@ def _audit_target(ctx: RunContext, check: TagCheck, users: PerAccount, target: T
     if wanted_canary is None:
         return result
     verdict = judge_canaries(candidates, now, check.grace)
-    if not verdict.stopped:
+    if not verdict.stopped and not verdict.lookalikes:
         shown = ", ".join(f"{k}={v}" for k, v in wanted_canary.items())
         lookalikes = (
             f" ({', '.join(verdict.lookalikes)} carry its tags but are not stopped)" if verdict.lookalikes else ""
@@ -94,6 +94,10 @@ def _audit_target(ctx: RunContext, check: TagCheck, users: PerAccount, target: T
         )
     if verdict.canary is not None:
         result.canaries.add(verdict.canary)
+    elif not verdict.stopped:
+        # The answer holds the canary's tags, so it is not an empty or wrong answer; but nothing here is the
+        # canary: the instances carrying its tags are audited (and acted on) like any other, with a finding.
+        log.warning("%s: no stopped canary; %s carry its tags and are audited", target, ", ".join(verdict.lookalikes))
     else:
         log.warning("%s: %d stopped instances carry the canary tags; none is exempt", target, len(verdict.stopped))
     result.findings += verdict.findings
