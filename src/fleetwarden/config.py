@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 from urllib.parse import urlsplit
 
+import regex
 import yaml
 from pydantic import (
     AfterValidator,
@@ -174,8 +175,8 @@ def _check_tag_rule(key: str, rule: list[str] | str) -> list[str] | str:
         if not rule.startswith("re:"):
             raise ValueError(f"tag_values.{key}: a string rule must be a 're:' pattern, or use a list of values")
         try:
-            re.compile(rule[3:])
-        except re.error as exc:
+            regex.compile(rule[3:])  # the engine the tag check matches with (re's syntax, plus a timeout)
+        except (regex.error, re.error) as exc:
             raise ValueError(f"tag_values.{key}: bad regex {rule[3:]!r}: {exc}") from None
     elif not rule:
         raise ValueError(f"tag_values.{key}: the list of allowed values is empty")

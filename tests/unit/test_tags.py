@@ -164,3 +164,21 @@ def test_several_stopped_canaries_are_all_a_finding_and_none_is_the_canary() -> 
 def test_terminated_instances_with_canary_tags_are_ignored() -> None:
     verdict = judge_canaries([instance(CANARY, state="terminated")], NOW, GRACE)
     assert (verdict.canary, verdict.stopped, verdict.lookalikes, verdict.findings) == (None, [], [], [])
+
+
+def test_a_tag_value_that_stalls_a_pattern_counts_as_not_matching_in_bounded_time() -> None:
+    # A pattern with nested alternation backtracks exponentially on a crafted value; the instance owner controls
+    # the value. The check gives up after its timeout and flags the value instead of stalling the audit.
+    import time
+
+    config = AuditConfig(required_tags=["project"], tag_values={"project": "re:(a|aa)+"})
+    hostile = instance({"project": "a" * 60 + "!"})
+    started = time.process_time()
+    finding = TagCheck(config).evaluate(hostile, None, NOW)
+    assert time.process_time() - started < 5  # the stdlib's re would take years on this value
+    assert finding is not None
+    assert finding.details["invalid"]["project"].endswith(
+        "could not be checked against (a|aa)+ in time (counted as not matching)"
+    )
+    # An ordinary value of the same pattern is judged normally.
+    assert TagCheck(config).evaluate(instance({"project": "aaaa"}), None, NOW) is None

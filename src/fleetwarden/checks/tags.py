@@ -4,15 +4,21 @@ region canary's identity (one stopped instance with the canary tags per region).
 
 from __future__ import annotations
 
-import re
+import logging
 from collections.abc import Collection
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, ClassVar
 
+import regex
+
 from ..config import AuditConfig
 from ..model import Finding, Instance, Severity
 from . import Check, check_registry
+
+log = logging.getLogger(__name__)
+# How long one tag value may keep a `re:` pattern busy (a 256-character value matches in microseconds normally).
+MATCH_TIMEOUT_SECONDS = 0.05
 
 CONTROL = "required-tags"
 AUDITED_STATES = frozenset({"pending", "running", "stopping", "stopped"})
@@ -39,8 +45,8 @@ class TagCheck(Check):
     def __init__(self, config: AuditConfig) -> None:
         self.config = config
         self.grace = timedelta(minutes=config.grace_minutes)
-        self._patterns: dict[str, re.Pattern[str]] = {
-            key: re.compile(rule[3:]) for key, rule in config.tag_values.items() if isinstance(rule, str)
+        self._patterns: dict[str, regex.Pattern[str]] = {
+            key: regex.compile(rule[3:]) for key, rule in config.tag_values.items() if isinstance(rule, str)
         }
 
     def needs_iam_users(self) -> bool:
@@ -60,14 +66,28 @@ class TagCheck(Check):
             if isinstance(rule, list):
                 if value not in rule:
                     invalid[key] = f"{value!r} is not one of {', '.join(rule)}"
-            elif not self._patterns[key].fullmatch(value):
-                invalid[key] = f"{value!r} does not match {rule[3:]}"
+            else:
+                why = self._mismatch(key, value, rule[3:])
+                if why:
+                    invalid[key] = why
         creator_key = self.config.created_by_tag
         creator = tags.get(creator_key, "").strip()
         needs_user = self.config.created_by_must_be_iam_user and creator and creator_key not in invalid
         if needs_user and (iam_users is None or creator not in iam_users):
             invalid[creator_key] = f"{creator!r} is not an IAM user of this account"
         return missing, invalid
+
+    def _mismatch(self, key: str, value: str, pattern: str) -> str | None:
+        """Why a value does not match its pattern, or None. A tag value is anyone's input: a value that keeps the
+        pattern busy past the timeout (catastrophic backtracking) counts as not matching, so it cannot stall the
+        audit nor slip through."""
+        try:
+            if self._patterns[key].fullmatch(value, timeout=MATCH_TIMEOUT_SECONDS):
+                return None
+        except TimeoutError:
+            log.warning("tag %s: a value kept the pattern %s busy past %s s", key, pattern, MATCH_TIMEOUT_SECONDS)
+            return f"{value[:64]!r} could not be checked against {pattern} in time (counted as not matching)"
+        return f"{value!r} does not match {pattern}"
 
     def evaluate(self, instance: Instance, iam_users: Collection[str] | None, now: datetime) -> Finding | None:
         """A finding for this instance, or None if it complies, is within its grace period or is gone."""
