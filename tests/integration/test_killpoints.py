@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 from childrun import cli_child, fresh_factory, fresh_state, kill_each_mutation
-from fleet import launch, role, states
+from fleet import launch, role, states, users
 
 from fleetwarden.actions.iam_lockout import LOCKOUT_POLICY
 from fleetwarden.aws.session import SessionFactory
@@ -278,3 +278,70 @@ def test_window_close_killed_after_each_stop_converges(
     args = ("window", "close", "--apply")
     points = kill_each_mutation(aws, config, args, prepare=prepare, converged=converged, finished=finished)
     assert points == len(REGIONS)
+
+
+# -- the audit ------------------------------------------------------------------------------------------------
+class AuditFleet:
+    """Two regions, each with 2 violators (one termination-protected in the first region) and 1 compliant one."""
+
+    def __init__(self, aws: EmulatorServer, factory: SessionFactory) -> None:
+        aws.reset()
+        self.factory = factory = fresh_factory(aws)
+        users(factory, ACCOUNT, "alice")
+        good = {"created_by": "alice", "department": "eng", "project": "web"}
+        self.violators = {r: launch(factory, ACCOUNT, r, {"department": "eng"}, count=2) for r in REGIONS}
+        self.compliant = {r: launch(factory, ACCOUNT, r, good, count=1) for r in REGIONS}
+        self.protected = self.violators[REGIONS[0]][0]
+        ec2 = factory.client("ec2", region=REGIONS[0], account_id=ACCOUNT)
+        ec2.modify_instance_attribute(InstanceId=self.protected, DisableApiTermination={"Value": True})
+
+    def states(self, which: dict[str, list[str]]) -> set[str]:
+        return {s for region, ids in which.items() for s in states(self.factory, ACCOUNT, region, ids).values()}
+
+    def snapshotted(self) -> set[str]:
+        """Instances with at least one completed snapshot taken by fleetwarden."""
+        out = set()
+        for region in REGIONS:
+            ec2 = self.factory.client("ec2", region=region, account_id=ACCOUNT)
+            filters = [{"Name": "tag-key", "Values": ["fleetwarden:instance-id"]}]
+            for snap in ec2.describe_snapshots(OwnerIds=["self"], Filters=filters)["Snapshots"]:
+                tags = {t["Key"]: t["Value"] for t in snap.get("Tags", [])}
+                if snap["State"] == "completed":
+                    out.add(tags["fleetwarden:instance-id"])
+        return out
+
+    def assert_done(self, why: str) -> None:
+        assert self.states(self.violators) == {"terminated"}, why
+        assert self.states(self.compliant) == {"running"}, why
+        # Never terminated without its snapshots, however the runs before were cut short.
+        assert self.snapshotted() == {i for ids in self.violators.values() for i in ids}, why
+
+
+def test_audit_terminate_killed_after_each_mutation_converges(
+    aws: EmulatorServer, factory: SessionFactory, tmp_path: Path
+) -> None:
+    audit = {
+        "required_tags": ["created_by", "department", "project"],
+        "grace_minutes": 45,
+        "action": "terminate",
+        "snapshot_before_terminate": True,
+    }
+    config = base_config(tmp_path, aws.url, audit=audit)
+    fleets: list[AuditFleet] = []
+    args = ("audit", "--apply", "--confirm-terminate")
+
+    def prepare() -> None:
+        fleets.append(AuditFleet(aws, factory))
+        fresh_state(config)
+
+    def converged(n: int) -> None:
+        code, out = cli_child(aws, config, *args)
+        assert code == 0, f"audit killed after mutation {n}: {out}"
+        fleets[-1].assert_done(f"audit killed after mutation {n}")
+
+    def finished() -> None:
+        fleets[-1].assert_done("an uninterrupted audit")
+
+    points = kill_each_mutation(aws, config, args, prepare=prepare, converged=converged, finished=finished)
+    # Per region: a snapshot per violator, then the terminate (the protected one: refused, cleared, retried).
+    assert points >= 7
