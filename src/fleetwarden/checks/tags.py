@@ -17,8 +17,11 @@ from ..model import Finding, Instance, Severity
 from . import Check, check_registry
 
 log = logging.getLogger(__name__)
-# How long one tag value may keep a `re:` pattern busy (a 256-character value matches in microseconds normally).
-MATCH_TIMEOUT_SECONDS = 0.05
+# How long one tag value may keep a `re:` pattern busy. A 256-character value matches in microseconds, but the
+# timeout is wall time: a thread the OS does not schedule for a while (a busy machine, a throttled Lambda) can
+# pass a short one without any real work. So a short timeout first, then one long retry: an ordinary value never
+# fails twice, and a value that makes the pattern backtrack for ever costs at most both.
+MATCH_TIMEOUTS_SECONDS = (0.2, 2.0)
 
 CONTROL = "required-tags"
 AUDITED_STATES = frozenset({"pending", "running", "stopping", "stopped"})
@@ -81,13 +84,14 @@ class TagCheck(Check):
         """Why a value does not match its pattern, or None. A tag value is anyone's input: a value that keeps the
         pattern busy past the timeout (catastrophic backtracking) counts as not matching, so it cannot stall the
         audit nor slip through."""
-        try:
-            if self._patterns[key].fullmatch(value, timeout=MATCH_TIMEOUT_SECONDS):
-                return None
-        except TimeoutError:
-            log.warning("tag %s: a value kept the pattern %s busy past %s s", key, pattern, MATCH_TIMEOUT_SECONDS)
-            return f"{value[:64]!r} could not be checked against {pattern} in time (counted as not matching)"
-        return f"{value!r} does not match {pattern}"
+        for timeout in MATCH_TIMEOUTS_SECONDS:
+            try:
+                matched = self._patterns[key].fullmatch(value, timeout=timeout)
+            except TimeoutError:
+                continue
+            return None if matched else f"{value!r} does not match {pattern}"
+        log.warning("tag %s: a value kept the pattern %s busy past %s s", key, pattern, sum(MATCH_TIMEOUTS_SECONDS))
+        return f"{value[:64]!r} could not be checked against {pattern} in time (counted as not matching)"
 
     def evaluate(self, instance: Instance, iam_users: Collection[str] | None, now: datetime) -> Finding | None:
         """A finding for this instance, or None if it complies, is within its grace period or is gone."""
