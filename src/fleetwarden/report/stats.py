@@ -207,7 +207,8 @@ def compute_stats(report: RunReport) -> ReportStats:
         active_by_severity=_ordered(severity, [s.value for s in SEVERITIES], False),
         actions_by_outcome=_ordered(outcomes, [o.value for o in ActionOutcome], False),
         deliveries_by_outcome=_ordered(deliveries, ["sent", "failed", "skipped"], False),
-        violators=len(active),
+        # An instance with several open findings (a tag finding and a canary one) is one violator.
+        violators=len({(f.account_id, f.region, f.resource_id) for f in active}),
         new=finding_status.get(FindingStatus.NEW.value, 0),
         violator_accounts=len({f.account_id for f in active}),
         places=rows,
