@@ -1,0 +1,356 @@
+"""The config's pydantic models (`extra="forbid"` everywhere) and the validators of its values."""
+
+from __future__ import annotations
+
+import re
+import reprlib
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import regex
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from ..model import Severity
+
+# ASCII only and whole-string (fullmatch): `\d` would also accept other scripts' digits (e.g. Arabic-Indic), and
+# `$` accepts a trailing newline.
+ACCOUNT_ID = re.compile(r"[0-9]{12}")
+REGION = re.compile(r"[a-z]{2}(-gov|-iso[a-z]?)?-[a-z]+-[0-9]")
+SECRET_REF = re.compile(r"(ssm:/\S+|secretsmanager:\S+|env:[A-Za-z_][A-Za-z0-9_]*)", re.ASCII)
+ROLE_ARN = re.compile(r"arn:aws[a-z-]*:iam::([0-9]{12}):role/[\w+=,.@/-]+", re.ASCII)
+
+
+_SHOWN = reprlib.Repr()
+_SHOWN.maxstring = _SHOWN.maxother = 80
+_SHOWN.maxlong = 40
+_SHOWN.maxlevel = 3
+
+
+def shown(value: Any) -> str:
+    """A bounded repr for messages: a 1 MB string or a deeply nested value takes a few dozen characters."""
+    try:
+        return _SHOWN.repr(value)
+    except ValueError:  # an integer past Python's int-to-str digit limit
+        return "<a number too large to show>"
+
+
+def _account_id(value: str) -> str:
+    if not ACCOUNT_ID.fullmatch(value):
+        raise ValueError(f"an AWS account id is 12 digits (ASCII 0-9), got {shown(value)}")
+    return value
+
+
+def _region(value: str) -> str:
+    if not REGION.fullmatch(value):
+        raise ValueError(f"not an AWS region name: {shown(value)} (expected e.g. us-east-1)")
+    return value
+
+
+def _secret_ref(value: str) -> str:
+    # Never echo the value: a literal here is most likely the secret itself.
+    if not SECRET_REF.fullmatch(value):
+        raise ValueError(
+            "secrets must be references, never literals: use ssm:/path (SecureString), secretsmanager:NAME or env:VAR"
+        )
+    return value
+
+
+def _role_arn(value: str) -> str:
+    if not ROLE_ARN.fullmatch(value):
+        raise ValueError(
+            f"not an IAM role ARN: {shown(value)} (expected arn:aws:iam::123456789012:role/NAME, 12 ASCII digits)"
+        )
+    return value
+
+
+def endpoint_url_problem(value: str) -> str | None:
+    """What is wrong with an AWS endpoint override (`aws.endpoint_url`, `AWS_ENDPOINT_URL`), or None if it is usable.
+
+    The value is not echoed: an endpoint URL can carry credentials (`https://user:pass@host`)."""
+    expected = "expected an http:// or https:// URL with a host, e.g. http://127.0.0.1:5000 or https://ec2.example.com"
+    if any(c.isspace() or not c.isprintable() for c in value):
+        return f"contains whitespace or control characters; {expected}"
+    try:
+        parts = urlsplit(value)
+        port = parts.port  # raises ValueError for a port that is not a number in 0-65535
+    except ValueError:
+        return f"not a URL; {expected}"
+    if parts.scheme not in ("http", "https"):
+        scheme = f"scheme {parts.scheme!r}" if parts.scheme else "no scheme"
+        return f"{scheme}: {expected}"
+    if not parts.hostname:
+        return f"no host: {expected}"
+    if parts.username is not None or parts.password is not None:
+        return "put no credentials in the endpoint URL (credentials come from the AWS credential chain)"
+    if port == 0:
+        return f"port 0: {expected}"
+    return None
+
+
+def _endpoint_url(value: str) -> str:
+    problem = endpoint_url_problem(value)
+    if problem is not None:
+        raise ValueError(problem)
+    return value
+
+
+class _Secret:
+    """Annotation marker of a secret-typed field: errors never show its value."""
+
+    def __repr__(self) -> str:
+        return "SECRET"
+
+
+SECRET = _Secret()
+AccountId = Annotated[str, AfterValidator(_account_id)]
+Region = Annotated[str, AfterValidator(_region)]
+SecretRef = Annotated[str, AfterValidator(_secret_ref), SECRET]
+RoleArn = Annotated[str, AfterValidator(_role_arn)]
+EndpointUrl = Annotated[str, AfterValidator(_endpoint_url)]
+
+# Sane maxima for every number, so an absurd value (1e30, a 5,000-digit integer, .inf) is a config error instead of
+# an OverflowError at run time or a guard that silently never trips. Integers are strict: 45.0 or "45" is an error.
+MINUTES_PER_YEAR = 525_600
+MAX_INSTANCES = 10_000_000
+MAX_USD = 1e12
+
+
+class StrictModel(BaseModel):
+    """Base for every config model: unknown keys are errors."""
+
+    # pydantic's own rendering (str(ValidationError)) shows no input values: a mistyped secret is never echoed.
+    model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True)
+
+
+class AwsSettings(StrictModel):
+    endpoint_url: EndpointUrl | None = None
+    max_attempts: int = Field(default=8, strict=True, ge=1, le=30)
+    retry_mode: Literal["standard", "adaptive", "legacy"] = "standard"
+    max_concurrency: int = Field(default=32, strict=True, ge=1, le=512)
+    connect_timeout: float = Field(default=5.0, strict=True, gt=0, le=300, allow_inf_nan=False)
+    read_timeout: float = Field(default=30.0, strict=True, gt=0, le=900, allow_inf_nan=False)
+    sts_region: Region = "us-east-1"
+
+
+class GuardOverrides(StrictModel):
+    """Per-account overrides of guard settings."""
+
+    max_running_instances: int | None = Field(default=None, strict=True, ge=0, le=MAX_INSTANCES)
+    spend_max_usd: float | None = Field(default=None, strict=True, ge=0, le=MAX_USD, allow_inf_nan=False)
+
+
+class AccountConfig(StrictModel):
+    id: AccountId
+    name: str | None = None
+    role_arn: RoleArn | None = None
+    external_id: str | None = None
+    guard: GuardOverrides | None = None
+
+    @field_validator("role_arn")
+    @classmethod
+    def _role_in_this_account(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # A role of another account would act there while every result is labelled with this entry's id.
+        match = ROLE_ARN.fullmatch(value) if value else None
+        account = info.data.get("id")
+        if match and account and match.group(1) != account:
+            raise ValueError(f"the role is in account {match.group(1)}, not in this entry's account {account}")
+        return value
+
+
+class OrganizationConfig(StrictModel):
+    role_name: str = "FleetWarden"
+    external_id: str | None = None
+    include_management_account: bool = True
+
+
+class CanaryConfig(StrictModel):
+    """A per-region canary: an instance with these tags (`{region}` is substituted) must exist."""
+
+    tags: dict[str, str] = Field(min_length=1)
+
+
+def _check_tag_rule(key: str, rule: list[str] | str) -> list[str] | str:
+    if isinstance(rule, str):
+        if not rule.startswith("re:"):
+            raise ValueError(f"tag_values.{key}: a string rule must be a 're:' pattern, or use a list of values")
+        try:
+            regex.compile(rule[3:])  # the engine the tag check matches with (re's syntax, plus a timeout)
+        except (regex.error, re.error) as exc:
+            raise ValueError(f"tag_values.{key}: bad regex {rule[3:]!r}: {exc}") from None
+    elif not rule:
+        raise ValueError(f"tag_values.{key}: the list of allowed values is empty")
+    return rule
+
+
+class AuditConfig(StrictModel):
+    """The tag audit (`check: tags`) and what to do with violators."""
+
+    required_tags: list[str] = Field(default_factory=lambda: ["created_by", "department", "project"])
+    tag_values: dict[str, list[str] | str] = Field(default_factory=dict)
+    created_by_tag: str = "created_by"
+    created_by_must_be_iam_user: bool = False
+    grace_minutes: int = Field(default=45, strict=True, ge=0, le=MINUTES_PER_YEAR)
+    action: Literal["report", "stop", "terminate"] = "report"
+    snapshot_before_terminate: bool = True
+    override_stop_protection: bool = False
+    max_actions: int = Field(default=100, strict=True, ge=0, le=MAX_INSTANCES)
+    severity: Severity = Severity.MEDIUM
+    canary: CanaryConfig | None = None
+    notify: list[str] = Field(default_factory=list)
+
+    @field_validator("required_tags")
+    @classmethod
+    def _no_blank_keys(cls, keys: list[str]) -> list[str]:
+        for key in keys:
+            if not key.strip():
+                raise ValueError("a required tag key is empty")
+        return keys
+
+    @field_validator("tag_values")
+    @classmethod
+    def _rules(cls, rules: dict[str, list[str] | str]) -> dict[str, list[str] | str]:
+        return {key: _check_tag_rule(key, rule) for key, rule in rules.items()}
+
+
+class SpendSource(StrictModel):
+    type: Literal["burn-rate", "cloudwatch", "cost-explorer", "cur"]
+    bucket: str | None = None
+    prefix: str | None = None
+    price_file: str | None = None
+
+
+class BillingAccount(StrictModel):
+    role_arn: RoleArn | None = None
+    external_id: str | None = None
+
+
+SpendSourceSpec = SpendSource | Literal["burn-rate", "cloudwatch", "cost-explorer"]
+
+
+def _default_sources() -> list[SpendSourceSpec]:
+    return ["burn-rate"]
+
+
+class SpendConfig(StrictModel):
+    max_usd: float = Field(strict=True, ge=0, le=MAX_USD, allow_inf_nan=False)
+    window_hours: float = Field(default=6, strict=True, gt=0, le=24 * 31, allow_inf_nan=False)
+    sources: list[SpendSourceSpec] = Field(default_factory=_default_sources)
+    billing_account: BillingAccount | None = None
+
+
+class LockoutConfig(StrictModel):
+    mode: Literal["deactivate", "delete", "off"] = "deactivate"
+    exempt_users: list[str] = Field(default_factory=list)
+    exempt_roles: list[str] = Field(default_factory=list)
+    revoke_role_sessions: list[str] = Field(default_factory=list)
+
+
+class GuardConfig(StrictModel):
+    max_running_instances: int | None = Field(default=None, strict=True, ge=0, le=MAX_INSTANCES)
+    max_running_instances_org: int | None = Field(default=None, strict=True, ge=0, le=MAX_INSTANCES)
+    spend: SpendConfig | None = None
+    lockout: LockoutConfig = Field(default_factory=LockoutConfig)
+    on_unstoppable: Literal["leave", "terminate"] = "leave"
+    notify: list[str] = Field(default_factory=list)
+
+
+class DiscoveryConfig(StrictModel):
+    type: Literal["ec2", "config-aggregator"] = "ec2"
+    aggregator: str | None = None
+
+    @model_validator(mode="after")
+    def _aggregator_named(self) -> DiscoveryConfig:
+        if self.type == "config-aggregator" and not self.aggregator:
+            raise ValueError("discovery type config-aggregator needs `aggregator: NAME`")
+        return self
+
+
+class WindowConfig(StrictModel):
+    settle_minutes: float = Field(default=3, strict=True, ge=0, le=24 * 60, allow_inf_nan=False)
+    wait_for_inspector: bool = True
+    timeout_minutes: float = Field(default=90, strict=True, gt=0, le=7 * 24 * 60, allow_inf_nan=False)
+    select_tags: dict[str, str] = Field(default_factory=dict)
+    discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
+
+
+class ComplianceConfig(StrictModel):
+    types: list[str] = Field(default_factory=lambda: ["Custom:InSpec"])
+    association_ids: list[str] = Field(default_factory=list)
+    document_names: list[str] = Field(default_factory=lambda: ["AWS-RunInspecChecks"])
+    notify: list[str] = Field(default_factory=list)
+    report_sink: str | None = None
+
+
+class Config(StrictModel):
+    """The whole fleetwarden.yaml."""
+
+    apply: bool = False
+    aws: AwsSettings = Field(default_factory=AwsSettings)
+    accounts: list[AccountConfig] = Field(default_factory=list)
+    organization: OrganizationConfig | None = None
+    regions: list[Region] | Literal["all"] = Field(default_factory=lambda: ["us-east-1"])
+    exclude_regions: list[Region] = Field(default_factory=list)
+    state: str = "sqlite:///fleetwarden-state.db"
+    sinks: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    audit: AuditConfig = Field(default_factory=AuditConfig)
+    guard: GuardConfig = Field(default_factory=GuardConfig)
+    window: WindowConfig = Field(default_factory=WindowConfig)
+    compliance: ComplianceConfig = Field(default_factory=ComplianceConfig)
+
+    @field_validator("state")
+    @classmethod
+    def _state_url(cls, value: str) -> str:
+        if not (value.startswith("sqlite:///") or value.startswith("dynamodb://")):
+            raise ValueError("state must be sqlite:///PATH or dynamodb://TABLE?region=REGION")
+        return value
+
+    @field_validator("regions")
+    @classmethod
+    def _some_region(cls, value: list[str] | str) -> list[str] | str:
+        if not value:
+            raise ValueError("an empty list selects no region: name at least one, or use `all`")
+        return value
+
+    @field_validator("exclude_regions")
+    @classmethod
+    def _not_every_region(cls, value: list[str], info: ValidationInfo) -> list[str]:
+        # `regions: all` minus exclusions is checked at run time, against each account's enabled regions.
+        regions = info.data.get("regions")
+        if isinstance(regions, list) and regions and set(regions) <= set(value):
+            raise ValueError("removes every region listed under `regions`: nothing would be audited or guarded")
+        return value
+
+    @field_validator("accounts")
+    @classmethod
+    def _unique_accounts(cls, accounts: list[AccountConfig]) -> list[AccountConfig]:
+        seen: set[str] = set()
+        for account in accounts:
+            if account.id in seen:
+                raise ValueError(f"account {account.id} is listed twice")
+            seen.add(account.id)
+        return accounts
+
+    @model_validator(mode="after")
+    def _sink_references(self) -> Config:
+        for section, names in (
+            ("audit.notify", self.audit.notify),
+            ("guard.notify", self.guard.notify),
+            ("compliance.notify", self.compliance.notify),
+            ("compliance.report_sink", [self.compliance.report_sink] if self.compliance.report_sink else []),
+        ):
+            for name in names:
+                if name not in self.sinks:
+                    known = ", ".join(sorted(self.sinks)) or "none defined"
+                    raise ValueError(f"{section} names sink {name!r}, which is not under `sinks` ({known})")
+        return self
+
+    def account(self, account_id: str) -> AccountConfig | None:
+        return next((a for a in self.accounts if a.id == account_id), None)
