@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -346,3 +347,38 @@ def test_an_unverifiable_account_is_an_error_and_the_others_go_on(
     assert [(t["account_id"], t["region"]) for t in errors] == [(BASE, "*")]
     assert errors[0]["error"].startswith("cannot tell which account the current credentials act in: ")
     assert all_states(factory, A, tripping["ids"]) == {"stopped"}
+
+
+# -- a trip is announced even when the run that latched it died ------------------------------------------------
+def test_a_trip_latched_by_a_killed_run_is_announced_once_by_the_next(
+    aws: EmulatorServer, factory: SessionFactory, tmp_path: Path, tripping: dict[str, Any]
+) -> None:
+    sns = factory.client("sns", region="us-east-1")
+    sqs = factory.client("sqs", region="us-east-1")
+    topic = sns.create_topic(Name="alerts")["TopicArn"]
+    queue = sqs.create_queue(QueueName="alerts")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=queue_arn, Attributes={"RawMessageDelivery": "true"})
+
+    def received() -> list[str]:
+        got = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10, WaitTimeSeconds=0).get("Messages", [])
+        for message in got:
+            sqs.delete_message(QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"])
+        return [m["Body"] for m in got]
+
+    guard = {"max_running_instances": 1, "lockout": {"exempt_users": ["breakglass"]}, "notify": ["ops"]}
+    config = write(tmp_path, aws.url, guard=guard, sinks={"ops": {"type": "sns", "topic_arn": topic}})
+    code, out = cli_child(aws, config, "guard", "run", "--apply", kill_after=1)
+    assert code == -9, out
+    assert received() == []  # died before telling anyone
+    store(tmp_path).break_lease("guard", A)  # two minutes pass
+    result = cli("--config", str(config), "--json", "guard", "run", "--apply")
+    assert result.exit_code == 0, result.stderr
+    (message,) = received()
+    assert f"Account {A}: TRIPPED" in message
+    # The count depends on whether the killed run's first call was a stop (2 left running) or the lockout (4).
+    assert re.search(r"trigger: [24] running\+pending instances > limit 1", message), message
+    assert result.report["summary"]["newly_tripped"] == [A]
+    # Told once: a later run with nothing left to do sends nothing.
+    again = cli("--config", str(config), "--json", "guard", "run", "--apply")
+    assert again.exit_code == 0 and received() == []

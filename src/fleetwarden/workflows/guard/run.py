@@ -142,7 +142,9 @@ def run_guard(ctx: RunContext, options: GuardOptions) -> RunReport:
             report.targets.append(
                 TargetResult(account_id=account_id, region="global", status=TargetStatus.ERROR, error=why)
             )
-        newly = sorted(a for a in evaluation.tripped if a not in latched and a in halter.claimed)
+        # New trips of this run, and trips an earlier run latched but died before announcing: both are told as new.
+        unannounced = {a for a in latched & halter.claimed if not states[a].notified}
+        newly = sorted({a for a in evaluation.tripped if a not in latched and a in halter.claimed} | unannounced)
         report.findings = _findings(ctx, evaluation, apply=options.apply)
         if options.apply:
             _record(ctx, states, evaluation, report, halter.claimed, lockouts)
@@ -153,8 +155,11 @@ def run_guard(ctx: RunContext, options: GuardOptions) -> RunReport:
     if options.apply and config.guard.notify and _worth_telling(report, newly, latched):
         from .notify import guard_notification
 
-        notification: Notification = guard_notification(report, evaluation, newly, latched)
+        recorded = {a: [str(t.get("text", "")) for t in s.triggers] for a, s in states.items() if s.tripped}
+        notification: Notification = guard_notification(report, evaluation, newly, latched - set(newly), recorded)
         report.deliveries = deliver(config.guard.notify, config.sinks, notification, report, ctx.sink_context)
+        if newly and not any(d.outcome == "failed" for d in report.deliveries):
+            _mark_notified(ctx, states, newly)
     report.finished_at = ctx.clock()
     return report
 
@@ -173,9 +178,18 @@ def _latch(
         scope=_scope(triggers),
         triggers=[t.as_dict() for t in triggers],
         lockout_done=False,
+        notified=False,
         version=previous.version if previous else None,
     )
     states[account_id] = save_state(ctx.store, state)
+
+
+def _mark_notified(ctx: RunContext, states: dict[str, TripState], accounts: list[str]) -> None:
+    for account_id in accounts:
+        state = states.get(account_id)
+        if state is not None and state.tripped and not state.notified:
+            state.notified = True
+            states[account_id] = save_state(ctx.store, state)
 
 
 def _scope(triggers: list[Trigger]) -> str:

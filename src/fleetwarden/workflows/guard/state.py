@@ -25,6 +25,8 @@ class TripState:
     # The run id of a `guard release --apply` that has started and not finished (it died, or is running):
     # guard runs leave such an account alone and say so, until a release completes.
     releasing: str | None = None
+    # False from the latch until a trip message has gone out: a run killed before notifying leaves it to the next.
+    notified: bool = True
     version: int | None = None
 
     def to_data(self) -> dict[str, Any]:
@@ -38,6 +40,7 @@ class TripState:
             "released_at": self.released_at,
             "released_by": self.released_by,
             "releasing": self.releasing,
+            "notified": self.notified,
         }
 
     @classmethod
@@ -53,6 +56,7 @@ class TripState:
             released_at=data.get("released_at"),
             released_by=data.get("released_by"),
             releasing=data.get("releasing"),
+            notified=bool(data.get("notified", True)),
             version=version,
         )
 
