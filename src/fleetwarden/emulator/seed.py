@@ -269,10 +269,12 @@ class _Seeder:
                 kwargs["TagSpecifications"] = [{"ResourceType": "instance", "Tags": tags}]
             instances = ec2.run_instances(**kwargs)["Instances"]
             ids = [i["InstanceId"] for i in instances]
-            launch_time: datetime = instances[0]["LaunchTime"]
+            # Each instance's own launch time: moto stamps them one by one, and a second can tick in between.
+            launched: dict[str, datetime] = {i["InstanceId"]: i["LaunchTime"] for i in instances}
             if group.age is not None:
-                launch_time = (now - group.age).replace(microsecond=0)
-                self.admin.set_launch_time(account_id, region, ids, launch_time)
+                backdated = (now - group.age).replace(microsecond=0)
+                self.admin.set_launch_time(account_id, region, ids, backdated)
+                launched = dict.fromkeys(ids, backdated)
             stopped = set(ids[: group.stopped])
             to_stop += ids[: group.stopped]
             for instance_id in ids:
@@ -285,7 +287,7 @@ class _Seeder:
                         kind=group.kind,
                         state="stopped" if instance_id in stopped else "running",
                         tags=dict(group.tags),
-                        launch_time=launch_time,
+                        launch_time=launched[instance_id],
                     )
                 )
         for start in range(0, len(to_stop), 1000):
