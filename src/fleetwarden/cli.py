@@ -769,7 +769,7 @@ def deploy_group() -> None:
 @click.option(
     "--state-machine",
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
-    help="The scan-window ASL for the hub (default deploy/statemachines/scan-window.asl.json).",
+    help="The scan-window ASL for the hub (default: the packaged statemachines/scan-window.asl.json).",
 )
 @handle_errors
 def deploy_render(kind: str, state_machine: Path | None) -> None:

@@ -6,7 +6,7 @@ Two templates (see docs/deploy-templates.md):
   hub account with an external id, its policy `policy_documents()["member_role"]`;
 - `hub_template()`: the hub stack: the DynamoDB state table, the SNS alerts topic, the Lambda functions and their
   role (`policy_documents()["hub"]` plus logs), the EventBridge schedules, and the scan-window state machine
-  (its definition read from `deploy/statemachines/scan-window.asl.json`).
+  (its definition read from the package data `fleetwarden/statemachines/scan-window.asl.json`).
 
 `render(kind)` is the YAML checked in under `deploy/templates/`; a unit test regenerates it and fails when the
 checked-in file is stale, so the templates stay in step with what the code declares (STYLE.md habit 3).
@@ -16,6 +16,8 @@ Intrinsic functions are written in long form (`{"Ref": ...}`, `{"Fn::GetAtt": [.
 from __future__ import annotations
 
 import json
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -34,9 +36,13 @@ RUNTIME = "python3.12"
 TIMEOUT_SECONDS = 900
 # The state table's keys: what `DynamoDbStore.init()` creates (tests/unit/test_deploy.py compares the two).
 TABLE_KEYS: tuple[tuple[str, str], ...] = (("pk", "HASH"), ("sk", "RANGE"))
-# Where the scan-window definition lives in the source tree, and the substitution its Task states use for the
-# worker function's ARN (`"Resource": "${FleetwardenFunctionArn}"`).
-STATE_MACHINE_FILE = Path("deploy/statemachines/scan-window.asl.json")
+# The Step Functions definitions are package data (`src/fleetwarden/statemachines/NAME.asl.json`, shipped in the
+# wheel and the Lambda zip), so every `deploy` command works from an installed wheel, outside a checkout. The
+# scan window's is the hub's; its Task states name the worker function's ARN with the substitution below
+# (`"Resource": "${FleetwardenFunctionArn}"`).
+STATE_MACHINES_DIR = "statemachines"
+STATE_MACHINE = "scan-window"
+STATE_MACHINE_FILE = Path("src/fleetwarden") / STATE_MACHINES_DIR / f"{STATE_MACHINE}.asl.json"  # in a checkout
 FUNCTION_ARN_SUBSTITUTION = "FleetwardenFunctionArn"
 TEMPLATE_FILES: dict[str, Path] = {
     "member": Path("deploy/templates/member-role.yaml"),
@@ -282,7 +288,7 @@ def _invoke_permission(function: str, rule: str) -> dict[str, Any]:
 def hub_template(state_machine_definition: dict[str, Any]) -> Template:
     """The hub stack: state table, alerts topic, functions and role, schedules, and the scan-window state machine.
 
-    `state_machine_definition` is the ASL of `deploy/statemachines/scan-window.asl.json`; its Task states name
+    `state_machine_definition` is the ASL of `fleetwarden/statemachines/scan-window.asl.json`; its Task states name
     the worker function as `${FleetwardenFunctionArn}` (a DefinitionSubstitutions key).
     """
     worker_logs = "/aws/lambda/${FunctionName}"
@@ -433,25 +439,31 @@ def _hub_outputs() -> dict[str, Any]:
 
 
 # -- files and rendering ---------------------------------------------------------------------------------------
-def source_root() -> Path:
-    """The source tree's root (where `deploy/` lives) when running from a checkout."""
-    return Path(__file__).resolve().parents[2]
+def source_root() -> Path | None:
+    """The checkout's root (where `pyproject.toml` and `deploy/` live), or None when installed from a wheel."""
+    root = Path(__file__).resolve().parents[2]
+    pyproject = root / "pyproject.toml"
+    in_checkout = (root / "src" / "fleetwarden" / "deploy.py").is_file() and pyproject.is_file()
+    return root if in_checkout and 'name = "fleetwarden"' in pyproject.read_text(encoding="utf-8") else None
 
 
-def load_state_machine(path: Path | None = None) -> dict[str, Any]:
-    """The scan-window ASL: `path`, else ./deploy/statemachines/scan-window.asl.json, else the checkout's."""
-    candidates = [path] if path is not None else [Path.cwd() / STATE_MACHINE_FILE, source_root() / STATE_MACHINE_FILE]
-    for candidate in candidates:
-        if candidate.is_file():
-            try:
-                loaded = json.loads(candidate.read_text())
-            except ValueError as exc:
-                raise UsageError(f"{candidate}: not valid JSON: {exc}") from None
-            if not isinstance(loaded, dict) or "States" not in loaded:
-                raise UsageError(f"{candidate}: not a Step Functions definition (no States)")
-            return loaded
-    where = " or ".join(str(c) for c in candidates)
-    raise UsageError(f"the scan-window state machine definition is not found: {where} (give its path)")
+def state_machine_resource(name: str = STATE_MACHINE) -> Traversable:
+    """The packaged definition `fleetwarden/statemachines/<name>.asl.json` (readable from a wheel or a zip)."""
+    return resources.files("fleetwarden").joinpath(STATE_MACHINES_DIR, f"{name}.asl.json")
+
+
+def load_state_machine(path: Path | None = None, name: str = STATE_MACHINE) -> dict[str, Any]:
+    """A Step Functions definition: the file `path`, else the packaged `statemachines/<name>.asl.json`."""
+    source: Path | Traversable = path if path is not None else state_machine_resource(name)
+    if not source.is_file():
+        raise UsageError(f"the state machine definition {name!r} is not found: {source} (give its path)")
+    try:
+        loaded = json.loads(source.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise UsageError(f"{source}: not valid JSON: {exc}") from None
+    if not isinstance(loaded, dict) or "States" not in loaded:
+        raise UsageError(f"{source}: not a Step Functions definition (no States)")
+    return loaded
 
 
 def template(kind: str, state_machine: Path | None = None) -> Template:

@@ -1,4 +1,4 @@
-"""The scan-window state machine (deploy/statemachines/scan-window.asl.json).
+"""The scan-window state machine (src/fleetwarden/statemachines/scan-window.asl.json).
 
 Three levels:
 1. the ASL's structure: every state reachable, every Task retried and caught to Close, no path from Open to an
@@ -36,7 +36,7 @@ from fleetwarden.aws.session import SessionFactory
 from fleetwarden.emulator.server import EmulatorServer
 from fleetwarden.lambda_handler import handler
 
-ASL_PATH = Path(__file__).resolve().parents[2] / "deploy" / "statemachines" / "scan-window.asl.json"
+ASL_PATH = Path(__file__).resolve().parents[2] / "src" / "fleetwarden" / "statemachines" / "scan-window.asl.json"
 PLACEHOLDER = "${FleetwardenFunctionArn}"
 FUNCTION = "fleetwarden-scan-window-test"
 LAMBDA_ERRORS = {
