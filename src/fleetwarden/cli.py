@@ -779,6 +779,46 @@ def deploy_render(kind: str, state_machine: Path | None) -> None:
     click.echo(render(kind, state_machine), nl=False)
 
 
+@deploy_group.command("package")
+@click.option(
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default="fleetwarden-lambda.zip",
+    show_default=True,
+    help="Where to write the zip.",
+)
+@click.option(
+    "--python",
+    "python_version",
+    type=click.Choice(["3.11", "3.12", "3.13"]),
+    default="3.12",
+    show_default=True,
+    help="The Lambda runtime's Python (the hub template's runtime is python3.12).",
+)
+@click.option("--arch", type=click.Choice(["x86_64", "arm64"]), default="x86_64", show_default=True)
+@click.option(
+    "--wheel-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Read wheels only from this directory (offline); default: the package index.",
+)
+@handle_errors
+def deploy_package(output: Path, python_version: str, arch: str, wheel_dir: Path | None) -> None:
+    """Build the Lambda zip of this version of fleetwarden, check it and print its sha256 (docs/deploy.md).
+
+    Platform wheels for the runtime, no demo/dev/opensearch extras; the unpacked size is checked against a budget
+    and, when an interpreter of the target platform is at hand, `import fleetwarden.lambda_handler` is tried from
+    the unpacked tree in a clean interpreter.
+    """
+    from .deploy import RUNTIME, source_root
+    from .deploy_package import build_package
+
+    package = build_package(output, python_version, arch, wheel_dir, source=source_root())
+    for line in package.summary():
+        click.echo(line)
+    if f"python{python_version}" != RUNTIME:
+        click.echo(f"note: this zip is for python{python_version}; the hub template's functions run {RUNTIME}")
+
+
 @main.command()
 @click.option("--apply", is_flag=True, help="Also run the audit with --apply (stops violators in the emulator).")
 @global_options

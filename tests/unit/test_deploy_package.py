@@ -1,0 +1,247 @@
+"""`fleetwarden deploy package` (the Lambda zip) and `deploy` from a wheel install, outside the checkout.
+
+The packager runs on a small set of fake wheels built here (a `fleetwarden` whose handler imports a dependency,
+that dependency, and a `moto` only the demo extra asks for), read with `--wheel-dir` only: no network, a few
+seconds. The wheel-install test builds the project's real wheel (`pip wheel --no-deps`, whose build backend comes
+from the package index) and skips, saying why, when the index is unreachable.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import platform
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from fleetwarden import __version__, deploy, deploy_package
+from fleetwarden.cli import main
+from fleetwarden.deploy_package import ARCHES, PYTHONS, build_package
+from fleetwarden.errors import FleetwardenError, UsageError
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
+HERE_ARCH = {"x86_64": "x86_64", "aarch64": "arm64", "arm64": "arm64"}.get(platform.machine(), "")
+OTHER_ARCH = "arm64" if HERE_ARCH == "x86_64" else "x86_64"
+GOOD_HANDLER = "import fwdep\n\n\ndef handler(event, context):\n    return {'value': fwdep.VALUE}\n"
+ASL = '{"StartAt": "Done", "States": {"Done": {"Type": "Succeed"}}}'
+
+
+def fake_wheel(directory: Path, name: str, version: str, files: dict[str, str], requires: list[str]) -> Path:
+    """A pure-Python wheel pip accepts: the files, METADATA with `requires`, WHEEL, entry points and RECORD."""
+    dist_info = f"{name}-{version}.dist-info"
+    metadata = [f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}"]
+    metadata += [f"Requires-Dist: {requirement}" for requirement in requires]
+    metadata += ["Provides-Extra: demo"] if any("extra ==" in r for r in requires) else []
+    contents = {
+        **files,
+        f"{dist_info}/METADATA": "\n".join(metadata) + "\n",
+        f"{dist_info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    if name == "fleetwarden":
+        contents[f"{dist_info}/entry_points.txt"] = "[console_scripts]\nfleetwarden = fleetwarden.cli:run\n"
+    record = []
+    for path, text in contents.items():
+        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(text.encode())}")
+    record.append(f"{dist_info}/RECORD,,")
+    contents[f"{dist_info}/RECORD"] = "\n".join(record) + "\n"
+    wheel = directory / f"{name}-{version}-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as archive:
+        for path, text in contents.items():
+            archive.writestr(path, text)
+    return wheel
+
+
+def wheel_set(directory: Path, handler: str = GOOD_HANDLER, with_dep: bool = True) -> Path:
+    """fleetwarden (handler, state machine, emulator, demo, a console script), fwdep, and the demo extra's moto."""
+    directory.mkdir(parents=True, exist_ok=True)
+    fleetwarden_files = {
+        "fleetwarden/__init__.py": f'__version__ = "{__version__}"\n',
+        "fleetwarden/cli.py": "def run():\n    pass\n",
+        "fleetwarden/lambda_handler.py": handler,
+        "fleetwarden/statemachines/scan-window.asl.json": ASL,
+        "fleetwarden/emulator/__init__.py": "import moto\n",
+        "fleetwarden/demo.py": "import moto\n",
+    }
+    requires = ["fwdep>=1", 'moto>=5; extra == "demo"']
+    fake_wheel(directory, "fleetwarden", __version__, fleetwarden_files, requires)
+    if with_dep:
+        fake_wheel(directory, "fwdep", "1.0", {"fwdep.py": "VALUE = 42\n"}, [])
+    fake_wheel(directory, "moto", "5.0.20", {"moto/__init__.py": ""}, [])
+    return directory
+
+
+def names(zip_path: Path) -> list[str]:
+    with zipfile.ZipFile(zip_path) as archive:
+        return archive.namelist()
+
+
+needs_this_platform = pytest.mark.skipif(
+    HERE_PYTHON not in PYTHONS or HERE_ARCH not in ARCHES or sys.platform != "linux",
+    reason=f"the import check needs a Lambda-like interpreter (CPython {', '.join(PYTHONS)} on Linux x86_64/arm64)",
+)
+
+
+# -- the packager on fake wheels ---------------------------------------------------------------------------------
+@needs_this_platform
+def test_package_holds_the_runtime_tree_checked_by_a_clean_import(tmp_path: Path) -> None:
+    wheels = wheel_set(tmp_path / "wheels")
+    package = build_package(tmp_path / "out" / "lambda.zip", HERE_PYTHON, HERE_ARCH, wheels)
+
+    entries = names(package.path)
+    assert {"fleetwarden/lambda_handler.py", "fleetwarden/statemachines/scan-window.asl.json", "fwdep.py"} <= set(
+        entries
+    )
+    # No extra's dependency, no emulator or demo, no console scripts, no bytecode.
+    assert not [e for e in entries if e.startswith(("moto/", "bin/", "fleetwarden/emulator/"))]
+    assert "fleetwarden/demo.py" not in entries
+    assert not [e for e in entries if "__pycache__" in e]
+    assert package.import_check.ran
+    assert "fleetwarden.lambda_handler" in package.import_check.detail
+    assert package.sha256 == hashlib.sha256(package.path.read_bytes()).hexdigest()
+    assert package.zipped_bytes == package.path.stat().st_size
+    assert 0 < package.unpacked_bytes < package.budget_bytes
+    with zipfile.ZipFile(package.path) as archive:
+        assert entries == sorted(entries)
+        assert {info.date_time for info in archive.infolist()} == {(1980, 1, 1, 0, 0, 0)}
+        assert archive.read("fwdep.py") == b"VALUE = 42\n"
+    # Reproducible: the same wheels give the same bytes.
+    again = build_package(tmp_path / "again.zip", HERE_PYTHON, HERE_ARCH, wheels)
+    assert again.sha256 == package.sha256
+
+
+def test_import_check_is_skipped_with_the_reason_when_the_platform_differs(tmp_path: Path) -> None:
+    package = build_package(tmp_path / "lambda.zip", "3.12", OTHER_ARCH, wheel_set(tmp_path / "wheels"))
+    assert not package.import_check.ran
+    assert f"no CPython 3.12 on Linux {ARCHES[OTHER_ARCH]}" in package.import_check.detail
+    assert "fwdep.py" in names(package.path)
+    assert any(line.startswith("import check: skipped, no CPython") for line in package.summary())
+
+
+@needs_this_platform
+def test_a_handler_that_cannot_import_fails_the_build_and_writes_no_zip(tmp_path: Path) -> None:
+    wheels = wheel_set(tmp_path / "wheels", handler="import not_in_the_package\n\n\ndef handler(e, c):\n    pass\n")
+    with pytest.raises(FleetwardenError, match="No module named 'not_in_the_package'"):
+        build_package(tmp_path / "lambda.zip", HERE_PYTHON, HERE_ARCH, wheels)
+    assert not (tmp_path / "lambda.zip").exists()
+
+
+def test_over_the_budget_fails_with_the_figures(tmp_path: Path) -> None:
+    with pytest.raises(FleetwardenError, match=r"over its budget of 0\.0 MB \(Lambda's limit: 250\.0 MB"):
+        build_package(tmp_path / "lambda.zip", "3.12", "x86_64", wheel_set(tmp_path / "wheels"), budget_bytes=10)
+    assert not (tmp_path / "lambda.zip").exists()
+
+
+def test_a_missing_wheel_offline_names_it_and_how_to_fill_the_directory(tmp_path: Path) -> None:
+    wheels = wheel_set(tmp_path / "wheels", with_dep=False)
+    with pytest.raises(UsageError) as caught:
+        build_package(tmp_path / "lambda.zip", "3.12", "x86_64", wheels)
+    message = str(caught.value)
+    assert "no wheel of fwdep" in message
+    assert f"in {wheels.resolve()} (with --wheel-dir only that directory is read)" in message
+    assert "pip download -d wheels" in message and "--platform manylinux_2_34_x86_64" in message
+
+
+def test_bad_runtime_or_architecture_is_refused_before_any_work(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match=r"--python '3\.10'"):
+        build_package(tmp_path / "lambda.zip", "3.10", "x86_64")
+    with pytest.raises(UsageError, match="--arch 'ppc64le'"):
+        build_package(tmp_path / "lambda.zip", "3.12", "ppc64le")
+    with pytest.raises(UsageError, match="not a directory"):
+        build_package(tmp_path / "lambda.zip", "3.12", "x86_64", tmp_path / "nowhere")
+
+
+# -- the command -------------------------------------------------------------------------------------------------
+def test_command_prints_budget_sha256_and_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # As from a wheel install (no checkout): fleetwarden==<version> comes from the wheel directory.
+    monkeypatch.setattr(deploy, "source_root", lambda: None)
+    output = tmp_path / "fw.zip"
+    wheels = wheel_set(tmp_path / "wheels")
+    result = CliRunner().invoke(
+        main, ["deploy", "package", "--output", str(output), "--arch", OTHER_ARCH, "--wheel-dir", str(wheels)]
+    )
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert f"sha256: {hashlib.sha256(output.read_bytes()).hexdigest()}" in lines
+    assert f"path: {output.resolve()}" in lines
+    assert any("within the budget of 150.0 MB (Lambda's limit: 250.0 MB" in line for line in lines)
+    assert any(line.startswith("import check: skipped") for line in lines)
+    assert f"from fleetwarden=={__version__} in {wheels.resolve()}" in lines[0]
+
+
+def test_command_exit_2_for_bad_options_and_missing_wheels(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = CliRunner()
+    bad_python = runner.invoke(main, ["deploy", "package", "--python", "3.10"])
+    assert bad_python.exit_code == 2 and "'3.10' is not one of '3.11', '3.12', '3.13'" in bad_python.output
+    bad_arch = runner.invoke(main, ["deploy", "package", "--arch", "ppc64le"])
+    assert bad_arch.exit_code == 2 and "'ppc64le' is not one of 'x86_64', 'arm64'" in bad_arch.output
+
+    monkeypatch.setattr(deploy, "source_root", lambda: None)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    missing = runner.invoke(main, ["deploy", "package", "--output", str(tmp_path / "x.zip"), "--wheel-dir", str(empty)])
+    assert missing.exit_code == 2, missing.output
+    assert f"error: installing fleetwarden=={__version__} for Lambda: no wheel of fleetwarden" in missing.output
+    assert not (tmp_path / "x.zip").exists()
+
+
+def test_command_choices_are_the_modules() -> None:
+    command = main.commands["deploy"].commands["package"]  # type: ignore[attr-defined]
+    choices = {p.name: list(p.type.choices) for p in command.params if hasattr(p.type, "choices")}
+    assert choices == {"python_version": list(PYTHONS), "arch": list(ARCHES)}
+
+
+# -- deploy from a wheel install ----------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def unpacked_wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The project's wheel (built from a clean copy of the sources), unzipped: what `pip install` would put in
+    site-packages."""
+    build = tmp_path_factory.mktemp("wheel")
+    try:
+        wheel = deploy_package.build_fleetwarden_wheel(ROOT, build)
+    except UsageError as exc:
+        pytest.skip(f"cannot build the project's wheel here (its build backend comes from the package index): {exc}")
+    site = build / "site"
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(site)
+    return site
+
+
+def render_from(site: Path, kind: str, cwd: Path) -> str:
+    """`fleetwarden deploy render --kind KIND` with the unzipped wheel first on sys.path, run outside the checkout."""
+    code = (
+        "import sys\n"
+        "site = sys.argv[1]\n"
+        "sys.path.insert(0, site)\n"
+        "import fleetwarden, fleetwarden.deploy\n"
+        "assert fleetwarden.__file__.startswith(site), fleetwarden.__file__\n"
+        "assert fleetwarden.deploy.source_root() is None\n"
+        "from fleetwarden.cli import main\n"
+        "main(['deploy', 'render', '--kind', sys.argv[2]])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", code, str(site), kind], capture_output=True, text=True, cwd=cwd, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_wheel_ships_every_state_machine(unpacked_wheel: Path) -> None:
+    shipped = {p.name for p in (unpacked_wheel / "fleetwarden" / "statemachines").glob("*.asl.json")}
+    in_source = {p.name for p in (ROOT / "src" / "fleetwarden" / "statemachines").glob("*.asl.json")}
+    assert "scan-window.asl.json" in shipped
+    assert shipped == in_source
+
+
+@pytest.mark.parametrize("kind", ["hub", "member"])
+def test_deploy_render_from_a_wheel_install_outside_the_checkout(
+    unpacked_wheel: Path, kind: str, tmp_path: Path
+) -> None:
+    rendered = render_from(unpacked_wheel, kind, cwd=tmp_path)
+    assert rendered == (ROOT / deploy.TEMPLATE_FILES[kind]).read_text()
