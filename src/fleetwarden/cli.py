@@ -812,7 +812,8 @@ def deploy_package(output: Path, python_version: str, arch: str, wheel_dir: Path
     from .deploy import RUNTIME, source_root
     from .deploy_package import build_package
 
-    package = build_package(output, python_version, arch, wheel_dir, source=source_root())
+    root = source_root()
+    package = build_package(output, python_version, arch, wheel_dir, source=root, use_installed=root is None)
     for line in package.summary():
         click.echo(line)
     if f"python{python_version}" != RUNTIME:

@@ -2,11 +2,11 @@
 
 `build_package()` is what `fleetwarden deploy package` runs (docs/deploy.md, "The Lambda package"):
 
-1. fleetwarden's own wheel: from a checkout, built from a clean copy of its sources (`pip wheel --no-deps`, so no
-   stale `build/` can leak in); from a wheel install, `fleetwarden==<this version>` found in `--wheel-dir` or on the
-   package index;
-2. `pip install --target` of that wheel for the Lambda runtime (CPython 3.X on manylinux x86_64 or aarch64, binary
-   wheels only), which brings its dependencies without any extra (no demo, dev or opensearch);
+1. fleetwarden itself: from a checkout, its wheel built from a clean copy of the sources (`pip wheel --no-deps`, so
+   no stale `build/` can leak in); installed from a wheel (`pip install .` of a clone), the installed files as its
+   RECORD lists them; else `fleetwarden==<this version>` found in `--wheel-dir` or on the package index;
+2. `pip install --target` for the Lambda runtime (CPython 3.X on manylinux x86_64 or aarch64, binary wheels only) of
+   that wheel or of the installed distribution's requirements, without any extra (no demo, dev or opensearch);
 3. checks: nothing of the extras crept in, the state machines are there, the unpacked size is within the budget,
    and, when an interpreter of the target platform is at hand, `import fleetwarden.lambda_handler` succeeds in a
    clean interpreter (`python -I -S -B`, only the unpacked tree on sys.path);
@@ -17,7 +17,9 @@ With `wheel_dir`, pip reads that directory only (`--no-index`): the build is off
 
 from __future__ import annotations
 
+import base64
 import hashlib
+import importlib.metadata
 import os
 import re
 import shutil
@@ -100,6 +102,7 @@ class Package:
             f"zipped: {_mb(self.zipped_bytes)}{direct}",
             check,
             f"sha256: {self.sha256}",
+            f"CodeSha256 (as Lambda shows it): {base64.b64encode(bytes.fromhex(self.sha256)).decode()}",
             f"path: {self.path}",
         ]
 
@@ -193,8 +196,8 @@ def build_fleetwarden_wheel(
     return wheels[0]
 
 
-def install_tree(requirement: str, tree: Path, python: str, arch: str, wheel_dir: Path | None) -> None:
-    """`pip install --target tree` of `requirement` and its dependencies, binary wheels for Lambda's platform."""
+def install_tree(requirements: Sequence[str], tree: Path, python: str, arch: str, wheel_dir: Path | None) -> None:
+    """`pip install --target tree` of `requirements` and their dependencies, binary wheels for Lambda's platform."""
     plats = [arg for p in platforms(python, arch) for arg in ("--platform", p)]
     _pip(
         [
@@ -210,13 +213,43 @@ def install_tree(requirement: str, tree: Path, python: str, arch: str, wheel_dir
             "--only-binary=:all:",
             "--no-compile",
             *_index_args(wheel_dir),
-            requirement,
+            *requirements,
         ],
-        f"installing {requirement} for Lambda",
+        f"installing {' '.join(requirements) if len(requirements) == 1 else 'the dependencies'} for Lambda",
         python,
         arch,
         wheel_dir,
     )
+
+
+def installed_distribution() -> tuple[list[tuple[Path, Path]], list[str]] | None:
+    """The installed fleetwarden's files (source, path in the package) and its requirements without extras; None
+    for an editable install (its RECORD lists no module) or when fleetwarden is not installed."""
+    try:
+        dist = importlib.metadata.distribution("fleetwarden")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    if dist.version != __version__:
+        return None
+    files = [
+        (Path(str(entry.locate())), Path(*entry.parts))
+        for entry in dist.files or []
+        if entry.parts and (entry.parts[0] == "fleetwarden" or entry.parts[0].startswith("fleetwarden-"))
+    ]
+    if not any(relative.parts[0] == "fleetwarden" for _, relative in files):
+        return None
+    requirements = [r for r in dist.requires or [] if "extra" not in r.partition(";")[2]]
+    return files, requirements
+
+
+def copy_installed(files: Sequence[tuple[Path, Path]], tree: Path) -> None:
+    """Copy the installed distribution's files into the tree (bytecode left behind)."""
+    for source, relative in files:
+        if source.suffix == ".pyc" or not source.is_file():
+            continue
+        target = tree / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, target)
 
 
 def prune(tree: Path) -> None:
@@ -329,24 +362,32 @@ def build_package(
     wheel_dir: Path | None = None,
     *,
     source: Path | None = None,
+    use_installed: bool = False,
     budget_bytes: int = BUDGET_BYTES,
 ) -> Package:
-    """Build and check the Lambda zip at `output`: from the checkout `source` if given, else `fleetwarden==<this
-    version>` from `wheel_dir` (only) or the package index."""
+    """Build and check the Lambda zip at `output`: from the checkout `source` if given, else (`use_installed`) from
+    the installed fleetwarden, else `fleetwarden==<this version>` from `wheel_dir` (only) or the package index."""
     validate(python, arch)
     if wheel_dir is not None and not wheel_dir.is_dir():
         raise UsageError(f"--wheel-dir {wheel_dir}: not a directory")
     wheel_dir = wheel_dir.resolve() if wheel_dir is not None else None
     with tempfile.TemporaryDirectory(prefix="fleetwarden-package-") as tmp:
         work = Path(tmp)
+        tree = work / "tree"
+        installed = installed_distribution() if source is None and use_installed else None
         if source is not None:
-            requirement = str(build_fleetwarden_wheel(source, work, python=python, arch=arch, wheel_dir=wheel_dir))
+            wheel = build_fleetwarden_wheel(source, work, python=python, arch=arch, wheel_dir=wheel_dir)
+            install_tree([str(wheel)], tree, python, arch, wheel_dir)
             origin = f"the checkout {source}"
+        elif installed is not None:
+            installed_files, requirements = installed
+            install_tree(requirements, tree, python, arch, wheel_dir)
+            copy_installed(installed_files, tree)
+            origin = f"the installed fleetwarden {__version__} ({Path(__file__).resolve().parent})"
         else:
             requirement = f"fleetwarden=={__version__}"
+            install_tree([requirement], tree, python, arch, wheel_dir)
             origin = f"{requirement} in {wheel_dir}" if wheel_dir is not None else f"{requirement} on the index"
-        tree = work / "tree"
-        install_tree(requirement, tree, python, arch, wheel_dir)
         prune(tree)
         files, unpacked = check_tree(tree, budget_bytes)
         checked = import_check(tree, python, arch)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import platform
+import re
 import subprocess
 import sys
 import zipfile
@@ -106,6 +107,8 @@ def test_package_holds_the_runtime_tree_checked_by_a_clean_import(tmp_path: Path
     assert "fleetwarden.lambda_handler" in package.import_check.detail
     assert package.sha256 == hashlib.sha256(package.path.read_bytes()).hexdigest()
     assert package.zipped_bytes == package.path.stat().st_size
+    code_sha = base64.b64encode(hashlib.sha256(package.path.read_bytes()).digest()).decode()
+    assert f"CodeSha256 (as Lambda shows it): {code_sha}" in package.summary()
     assert 0 < package.unpacked_bytes < package.budget_bytes
     with zipfile.ZipFile(package.path) as archive:
         assert entries == sorted(entries)
@@ -159,8 +162,9 @@ def test_bad_runtime_or_architecture_is_refused_before_any_work(tmp_path: Path) 
 
 # -- the command -------------------------------------------------------------------------------------------------
 def test_command_prints_budget_sha256_and_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # As from a wheel install (no checkout): fleetwarden==<version> comes from the wheel directory.
+    # Neither a checkout nor an installed wheel: fleetwarden==<version> comes from the wheel directory.
     monkeypatch.setattr(deploy, "source_root", lambda: None)
+    monkeypatch.setattr(deploy_package, "installed_distribution", lambda: None)
     output = tmp_path / "fw.zip"
     wheels = wheel_set(tmp_path / "wheels")
     result = CliRunner().invoke(
@@ -183,6 +187,7 @@ def test_command_exit_2_for_bad_options_and_missing_wheels(tmp_path: Path, monke
     assert bad_arch.exit_code == 2 and "'ppc64le' is not one of 'x86_64', 'arm64'" in bad_arch.output
 
     monkeypatch.setattr(deploy, "source_root", lambda: None)
+    monkeypatch.setattr(deploy_package, "installed_distribution", lambda: None)
     empty = tmp_path / "empty"
     empty.mkdir()
     missing = runner.invoke(main, ["deploy", "package", "--output", str(tmp_path / "x.zip"), "--wheel-dir", str(empty)])
@@ -245,3 +250,39 @@ def test_deploy_render_from_a_wheel_install_outside_the_checkout(
 ) -> None:
     rendered = render_from(unpacked_wheel, kind, cwd=tmp_path)
     assert rendered == (ROOT / deploy.TEMPLATE_FILES[kind]).read_text()
+
+
+def test_deploy_package_from_a_wheel_install_packs_the_installed_files(unpacked_wheel: Path, tmp_path: Path) -> None:
+    # The installed fleetwarden (not a checkout) is packed as installed, its requirements from the wheel directory:
+    # fake wheels of the same names, at the lowest versions the requirements allow.
+    metadata = (unpacked_wheel / f"fleetwarden-{__version__}.dist-info" / "METADATA").read_text()
+    requirements = [line.split(":", 1)[1].strip() for line in metadata.splitlines() if line.startswith("Requires-Dist")]
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    for requirement in requirements:
+        if "extra" in requirement.partition(";")[2]:
+            continue
+        name = re.split(r"[<>=!~;\[ ]", requirement, maxsplit=1)[0]
+        lowest = re.search(r">=\s*([0-9][0-9.]*)", requirement)
+        fake_wheel(wheels, name, lowest.group(1) if lowest else "1.0", {f"fake_{name.lower()}.py": ""}, [])
+    output = tmp_path / "installed.zip"
+    code = (
+        "import sys\n"
+        "sys.path.insert(0, sys.argv[1])\n"
+        "from fleetwarden.cli import main\n"
+        "main(['deploy', 'package', '--arch', sys.argv[2], '--wheel-dir', sys.argv[3], '--output', sys.argv[4]])\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-I", "-c", code, str(unpacked_wheel), OTHER_ARCH, str(wheels), str(output)],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert f"from the installed fleetwarden {__version__} ({unpacked_wheel / 'fleetwarden'})" in done.stdout
+    entries = set(names(output))
+    assert {"fake_boto3.py", "fake_pydantic.py", "fleetwarden/deploy_package.py"} <= entries
+    assert "fleetwarden/statemachines/scan-window.asl.json" in entries
+    assert f"fleetwarden-{__version__}.dist-info/METADATA" in entries
+    assert not [e for e in entries if e.startswith(("fleetwarden/emulator/", "bin/", "moto"))]
