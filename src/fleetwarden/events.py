@@ -14,7 +14,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    ValidationError,
+    model_validator,
+)
 
 from .errors import UsageError
 
@@ -28,6 +37,8 @@ Action = Literal[
     "compliance-sync",
     "compliance-report",
     "list-targets",
+    "list-shards",
+    "aggregate",
     "pass",
 ]
 ACTIONS: tuple[str, ...] = get_args(Action)
@@ -40,6 +51,11 @@ SSM_ASSOCIATION_CHANGE = "EC2 State Manager Association State Change"
 # Matched whole (fullmatch) and ASCII only: `\d` accepts other scripts' digits and `$` a trailing newline.
 _ACCOUNT_ID = re.compile(r"[0-9]{12}")
 _WINDOW_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_REGION = re.compile(r"[a-z]{2}(-[a-z]+)+-[0-9]{1,2}")
+# A run id names S3 keys (runs/RUN_ID/...): a safe subset, no '/'.
+_RUN_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
+_S3_PREFIX = re.compile(r"s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])(/[A-Za-z0-9!_.*'()/-]{0,512})?")
+MAX_SHARD_ACCOUNTS = 1000  # a shard is one Lambda invocation: a few dozen accounts is the intended size
 # An event is small (Lambda caps an asynchronous payload at 256 KB, a synchronous one at 6 MB); a JSON string event
 # larger than this is refused before it is decoded.
 MAX_EVENT_CHARS = 6 * 1024 * 1024
@@ -79,6 +95,37 @@ def _account_id(value: str) -> str:
 AccountId = Annotated[str, Field(strict=True), AfterValidator(_account_id)]
 
 
+def _region(value: str) -> str:
+    if not _REGION.fullmatch(value):
+        raise ValueError(f"a region name looks like us-east-1, got {_shown(value)}")
+    return value
+
+
+def _run_id(value: str) -> str:
+    if not _RUN_ID.fullmatch(value):
+        raise ValueError(f"a run id is 1-64 ASCII letters, digits, '.', '_' or '-', got {_shown(value)}")
+    return value
+
+
+def _s3_prefix(value: str) -> str:
+    if not _S3_PREFIX.fullmatch(value) or "//" in value[5:] or ".." in value:
+        raise ValueError(f"expected s3://BUCKET or s3://BUCKET/PREFIX, got {_shown(value)}")
+    return value.rstrip("/")
+
+
+def _unique(values: list[str]) -> list[str]:
+    if len(set(values)) != len(values):
+        raise ValueError("lists each item once")
+    return values
+
+
+RegionName = Annotated[str, Field(strict=True), AfterValidator(_region)]
+RunId = Annotated[str, Field(strict=True), AfterValidator(_run_id)]
+S3Prefix = Annotated[str, Field(strict=True), AfterValidator(_s3_prefix)]
+ShardAccounts = Annotated[list[AccountId], Field(min_length=1, max_length=MAX_SHARD_ACCOUNTS), AfterValidator(_unique)]
+ShardRegions = Annotated[list[RegionName], Field(min_length=1, max_length=64), AfterValidator(_unique)]
+
+
 # -- our action events ---------------------------------------------------------------------------------
 class ActionEvent(BaseModel):
     """`{"action": A, "apply": bool}`: `apply` omitted (or null) leaves the decision to the config's `apply`."""
@@ -94,14 +141,49 @@ class ActionEvent(BaseModel):
         return self.model_dump(exclude={"action", "apply"})
 
 
-class AuditEvent(ActionEvent):
-    """Run the tag audit; `confirm_terminate` is the event's equivalent of `--confirm-terminate`."""
+SHARD_KEYS = ("accounts", "regions", "run_id", "shard", "fragments", "max_actions")
+
+
+class ShardableEvent(ActionEvent):
+    """A workflow event that may carry a shard (docs/lambda.md, "Shards"): run on only these accounts (and
+    regions) of the config, never more, under the org-run's shared `run_id`; with `fragments`, the RunReport
+    fragment goes to `FRAGMENTS/RUN_ID/fragments/SHARD.json` and the result stays small."""
+
+    accounts: ShardAccounts | None = None
+    regions: ShardRegions | None = None
+    run_id: RunId | None = None
+    shard: StrictInt | None = Field(default=None, ge=0, le=99_999)
+    fragments: S3Prefix | None = None
+
+    @model_validator(mode="after")
+    def _fragments_need_a_shard(self) -> ShardableEvent:
+        if self.fragments is not None and (self.run_id is None or self.shard is None):
+            raise ValueError("fragments needs run_id and shard (list-shards gives all three)")
+        if self.shard is not None and self.accounts is None:
+            raise ValueError("shard needs accounts")
+        return self
+
+    def params(self) -> dict[str, Any]:
+        return self.model_dump(exclude={"action", "apply", *SHARD_KEYS})
+
+    def shard_params(self) -> dict[str, Any]:
+        """The shard's fields, None when absent."""
+        return {k: getattr(self, k, None) for k in SHARD_KEYS}
+
+
+class AuditEvent(ShardableEvent):
+    """Run the tag audit; `confirm_terminate` is the event's equivalent of `--confirm-terminate`.
+
+    In a shard, `max_actions` is the shard's share of `audit.max_actions` (list-shards computes it): the
+    blast-radius limit then holds for the whole organization; it only ever lowers the config's limit.
+    """
 
     action: Literal["audit"]
     confirm_terminate: StrictBool = False
+    max_actions: StrictInt | None = Field(default=None, ge=0)
 
 
-class GuardEvent(ActionEvent):
+class GuardEvent(ShardableEvent):
     """Run the runaway guard (`guard run`)."""
 
     action: Literal["guard"]
@@ -124,7 +206,7 @@ def _window_id(value: str) -> str:
 WindowId = Annotated[str, Field(strict=True), AfterValidator(_window_id)]
 
 
-class WindowEvent(ActionEvent):
+class WindowEvent(ShardableEvent):
     """A scan-window event; `compact` leaves the bulky parts (the report, per-instance lists) out of the result,
     which keeps it under Step Functions' 256 KB state payload limit (docs/deploy.md)."""
 
@@ -152,16 +234,42 @@ class WindowCloseEvent(WindowEvent):
     collect_findings: StrictBool = True
 
 
-class ComplianceEvent(ActionEvent):
+class ComplianceEvent(ShardableEvent):
     """Sync SSM compliance results, or send the periodic compliance report."""
 
     action: Literal["compliance-sync", "compliance-report"]
 
 
-class ListTargetsEvent(ActionEvent):
+class ListTargetsEvent(ShardableEvent):
     """List the (account, region) targets the config resolves to; changes nothing."""
 
     action: Literal["list-targets"]
+
+
+SHARDABLE = ("audit", "guard", "window-open", "compliance-sync", "list-targets")
+
+
+class ListShardsEvent(ActionEvent):
+    """Split the organization's accounts into shards of `size` for an org-run of `event` (a workflow event
+    without shard fields). Each shard item is that event plus the shard's fields; with `fragments`, the list is
+    also written to S3 (FRAGMENTS/RUN_ID/shards.json), and returned inline only up to `inline_max` shards."""
+
+    action: Literal["list-shards"]
+    event: dict[str, Any]
+    size: StrictInt = Field(default=25, ge=1, le=MAX_SHARD_ACCOUNTS)
+    regions: ShardRegions | None = None
+    fragments: S3Prefix | None = None
+    inline_max: StrictInt = Field(default=40, ge=0, le=1000)
+    run_id: RunId | None = None
+
+
+class AggregateEvent(ActionEvent):
+    """Merge an org-run's RunReport fragments (FRAGMENTS/RUN_ID/fragments/*.json) into one RunReport: written to
+    FRAGMENTS/RUN_ID/report.json, delivered once, one exit status."""
+
+    action: Literal["aggregate"]
+    run_id: RunId
+    fragments: S3Prefix
 
 
 class PassEvent(ActionEvent):
@@ -180,6 +288,8 @@ ACTION_MODELS: dict[str, type[ActionEvent]] = {
     "compliance-sync": ComplianceEvent,
     "compliance-report": ComplianceEvent,
     "list-targets": ListTargetsEvent,
+    "list-shards": ListShardsEvent,
+    "aggregate": AggregateEvent,
     "pass": PassEvent,
 }
 
@@ -267,6 +377,8 @@ class ParsedEvent:
     trigger: Trigger = "invoke"
     # Why this action: shown in the result and the log (for `pass`, why nothing is done).
     reason: str = ""
+    # A shard's fields (accounts, regions, run_id, shard, fragments, max_actions); empty for a whole-config run.
+    shard: dict[str, Any] = field(default_factory=dict)
 
 
 def parse_event(event: object) -> ParsedEvent:
@@ -302,7 +414,17 @@ def _parse_action(event: Mapping[str, Any]) -> ParsedEvent:
         raise EventError(f"unknown action {_shown(action)}; expected one of: {', '.join(ACTIONS)}")
     model = _validate(ACTION_MODELS[action], event, f"{action!r} event")
     reason = 'the event is {"action": "pass"}' if action == "pass" else f"the event asks for {action}"
-    return ParsedEvent(action=model.action, apply=model.apply, params=model.params(), reason=reason)
+    shard: dict[str, Any] = {}
+    if isinstance(model, ShardableEvent):
+        shard = {k: v for k, v in model.shard_params().items() if v is not None}
+        if shard and action not in SHARDABLE:
+            raise EventError(
+                f"malformed {action!r} event: {', '.join(sorted(shard))}: a shard is accepted only by "
+                f"{', '.join(SHARDABLE)} (a window's own targets are fixed when it opens)"
+            )
+        if "accounts" in shard:
+            reason += f" on a shard of {len(shard['accounts'])} account(s)"
+    return ParsedEvent(action=model.action, apply=model.apply, params=model.params(), reason=reason, shard=shard)
 
 
 def _parse_eventbridge(event: Mapping[str, Any]) -> ParsedEvent:
@@ -386,6 +508,8 @@ def _json_type(value: object) -> str:
 
 __all__ = [
     "ACTIONS",
+    "SHARDABLE",
+    "SHARD_KEYS",
     "WINDOW_ACTIONS",
     "Action",
     "EventError",

@@ -20,11 +20,13 @@ from typing import TYPE_CHECKING, Any
 from .config import Config
 from .config_source import load_config_from
 from .errors import EXIT_OK, EXIT_PARTIAL, EXIT_REFUSED, EXIT_USAGE, ConfigError, ConfigProblem, FleetwardenError
-from .events import WINDOW_ACTIONS, EventError, ParsedEvent, association_matches, parse_event
+from .events import SHARD_KEYS, SHARDABLE, WINDOW_ACTIONS, EventError, ParsedEvent, association_matches, parse_event
 from .model import FindingStatus, RunReport, Severity, TargetStatus, utcnow
 from .secrets import RedactingFilter, SecretResolver
 
 if TYPE_CHECKING:
+    from .aws.session import SessionFactory
+    from .aws.targets import Scope
     from .workflows.base import RunContext
 
 log = logging.getLogger("fleetwarden.lambda")
@@ -87,15 +89,27 @@ def _handle(parsed: ParsedEvent, context: Any) -> dict[str, Any]:
         parsed = ParsedEvent(parsed.action, parsed.apply, parsed.params, parsed.trigger, f"{parsed.reason}; {why}")
     apply = parsed.apply if parsed.apply is not None else config.apply
     apply_from = "event" if parsed.apply is not None else "config"
+    from .aws.targets import narrowed
+
     try:
-        if parsed.action == "list-targets":
-            return _list_targets(config, parsed)
-        if parsed.action == "window-status":
-            return _window_status(config, parsed)
-        workflow = _workflow(parsed, apply)
+        if parsed.action == "list-shards":
+            return _list_shards(config, parsed)
+        if parsed.action == "aggregate":
+            return _aggregate(config, parsed)
+        config = _shard_config(config, parsed, apply)
+        with narrowed(_scope(parsed)):
+            if parsed.action == "list-targets":
+                return _list_targets(config, parsed)
+            if parsed.action == "window-status":
+                return _window_status(config, parsed)
+            workflow = _workflow(parsed, apply)
+            compact = bool(parsed.params.get("compact", False)) or "fragments" in parsed.shard
+            return _run(config, parsed, apply, apply_from, workflow, with_report=not compact)
     except FleetwardenError as exc:
-        return _error(str(exc), exc.exit_code, parsed)
-    return _run(config, parsed, apply, apply_from, workflow, with_report=not parsed.params.get("compact", False))
+        result = _error(str(exc), exc.exit_code, parsed)
+        if exc.exit_code == EXIT_REFUSED:
+            result["status"] = "refused"
+        return _shard_out(config, parsed, result, None)
 
 
 def config_reference() -> str:
@@ -283,12 +297,12 @@ def _run(
     config: Config, parsed: ParsedEvent, apply: bool, apply_from: str, workflow: Workflow, *, with_report: bool = True
 ) -> dict[str, Any]:
     from .errors import SafetyRefusal
-    from .workflows.base import RunContext, exit_code
+    from .workflows.base import exit_code
 
     try:
-        run = RunContext.create(config)
+        run = _run_context(config, parsed)
     except FleetwardenError as exc:  # e.g. the state store cannot be opened
-        return _error(str(exc), exc.exit_code, parsed)
+        return _shard_out(config, parsed, _error(str(exc), exc.exit_code, parsed), None)
     base: dict[str, Any] = {
         **_event_fields(parsed),
         "run_id": run.run_id,
@@ -302,11 +316,11 @@ def _run(
         except SafetyRefusal as exc:
             result = {"status": "refused", "exit_code": EXIT_REFUSED, "error": str(exc), **base}
             log.warning("%s", json.dumps(result))
-            return _redact(run.secrets, result)
+            return _shard_out(config, parsed, _redact(run.secrets, result), None)
         except FleetwardenError as exc:
             result = {"status": "error", "exit_code": exc.exit_code, "error": str(exc), **base}
             log.error("%s", json.dumps(result))
-            return _redact(run.secrets, result)
+            return _shard_out(config, parsed, _redact(run.secrets, result), None)
         finally:
             run.store.close()
         code = exit_code(report)
@@ -327,9 +341,197 @@ def _run(
         line["targets_in_error"] = len(result["targets_in_error"])
         log.info("%s", run.secrets.redact(json.dumps(line, default=str)))
         result = _redact(run.secrets, result)
+        if "fragments" in parsed.shard:  # an org-run's shard: the whole fragment to S3, the summary returned
+            return _shard_out(config, parsed, result, _redact(run.secrets, report.to_dict()), run.factory)
         if not with_report:  # a compact result: the summary only (the state machine's events ask for that)
             return result
         return _attach_report(result, _redact(run.secrets, report.to_dict()), _max_items())
+
+
+# -- shards (docs/lambda.md, "Shards") ------------------------------------------------------------------
+def _scope(parsed: ParsedEvent) -> Scope | None:
+    """The targets a shard event narrows the run to (None: the whole config)."""
+    from .aws.targets import Scope
+
+    accounts, regions = parsed.shard.get("accounts"), parsed.shard.get("regions")
+    if accounts is None and regions is None:
+        return None
+    return Scope(
+        accounts=frozenset(accounts) if accounts is not None else None,
+        regions=frozenset(regions) if regions is not None else None,
+    )
+
+
+def _shard_config(config: Config, parsed: ParsedEvent, apply: bool) -> Config:
+    """The config as a shard of an org-run uses it: its notifications go out once, from `aggregate`, and an audit
+    that may act keeps to its share of `audit.max_actions` (never more than the config's limit)."""
+    if not parsed.shard:
+        return config
+    audit_changes: dict[str, Any] = {}
+    if "fragments" in parsed.shard:
+        audit_changes["notify"] = []
+    share = parsed.shard.get("max_actions")
+    if parsed.action == "audit":
+        if share is not None:
+            audit_changes["max_actions"] = min(int(share), config.audit.max_actions)
+        elif apply and config.audit.action != "report" and "accounts" in parsed.shard:
+            from .errors import SafetyRefusal
+
+            # Each shard would otherwise allow the whole organization's limit.
+            raise SafetyRefusal(
+                "a sharded audit that may act needs max_actions (the shard's share of audit.max_actions, which "
+                "list-shards gives every shard); nothing was done"
+            )
+    if not audit_changes:
+        return config
+    return config.model_copy(update={"audit": config.audit.model_copy(update=audit_changes)})
+
+
+def _run_context(config: Config, parsed: ParsedEvent) -> RunContext:
+    """A RunContext; an org-run's shard runs under the run id that every shard shares."""
+    from .aws.session import SessionFactory
+    from .workflows.base import RunContext
+
+    run_id = parsed.shard.get("run_id")
+    if run_id is None:
+        return RunContext.create(config)
+    run = RunContext.create(config, factory=SessionFactory(config.aws, run_id=str(run_id)))
+    run.run_id = str(run_id)
+    return run
+
+
+def _shard_out(
+    config: Config,
+    parsed: ParsedEvent,
+    result: dict[str, Any],
+    report: dict[str, Any] | None,
+    factory: SessionFactory | None = None,
+) -> dict[str, Any]:
+    """A shard of an org-run writes its outcome (status, exit code, error, RunReport fragment) to S3 for
+    `aggregate`, refusals and errors included, and returns the result without the report."""
+    if "fragments" not in parsed.shard:
+        return result
+    from .aws.session import SessionFactory
+    from .workflows.shards import FragmentStoreError, RunFiles, put_json
+
+    files = RunFiles.parse(str(parsed.shard["fragments"]), str(parsed.shard["run_id"]))
+    shard = int(parsed.shard["shard"])
+    fragment = {
+        "shard": shard,
+        "accounts": parsed.shard.get("accounts", []),
+        **{k: result.get(k) for k in ("status", "exit_code", "error", "run_id", "workflow")},
+        "report": report,
+    }
+    try:
+        factory = factory or SessionFactory(config.aws, run_id=files.run_id)
+        uri = put_json(factory, files, files.fragment_key(shard), fragment, config.aws.sts_region)
+    except FragmentStoreError as exc:
+        # The shard's work is done but unreported: `aggregate` counts its accounts as error targets.
+        log.error("shard %d: %s", shard, exc)
+        return {**result, "shard": shard, "fragment_error": str(exc)}
+    return {**result, "shard": shard, "fragment": uri}
+
+
+def _list_shards(config: Config, parsed: ParsedEvent) -> dict[str, Any]:
+    """The config's accounts in shards, each shard a workflow event for one Map iteration (changes nothing but
+    the shard list it writes to S3)."""
+    from .aws.session import SessionFactory
+    from .workflows.base import new_run_id
+    from .workflows.shards import SHARDS_FILE, RunFiles, account_shards, put_json, shard_items
+
+    params = parsed.params
+    template = dict(params["event"])
+    try:
+        inner = parse_event(template)
+    except EventError as exc:
+        return _error(f"list-shards: the event to shard is invalid: {exc}", EXIT_USAGE, parsed)
+    if inner.action not in SHARDABLE or inner.action == "list-targets" or inner.shard:
+        return _error(
+            f"list-shards: event must be a workflow event ({', '.join(a for a in SHARDABLE if a != 'list-targets')}) "
+            "without shard fields "
+            f"({', '.join(SHARD_KEYS)}); got {inner.action!r}",
+            EXIT_USAGE,
+            parsed,
+        )
+    run_id = str(params.get("run_id") or new_run_id(utcnow()))
+    factory = SessionFactory(config.aws, run_id=run_id)
+    shards = account_shards(config, factory, int(params["size"]))
+    inner_apply = inner.apply if inner.apply is not None else config.apply
+    may_act = inner.action == "audit" and inner_apply and config.audit.action != "report"
+    fragments = params.get("fragments")
+    items = shard_items(
+        template,
+        shards,
+        run_id=run_id,
+        fragments=fragments,
+        regions=params.get("regions"),
+        audit_max_actions=config.audit.max_actions if may_act else None,
+    )
+    result: dict[str, Any] = {
+        "status": "ok",
+        "exit_code": EXIT_OK,
+        **_event_fields(parsed),
+        "run_id": run_id,
+        "workflow": inner.action,
+        "accounts": sum(len(s) for s in shards),
+        "count": len(items),
+        "fragments": fragments,
+        "bucket": None,
+        "key": None,
+    }
+    if fragments is not None:
+        files = RunFiles.parse(str(fragments), run_id)
+        listing = {"run_id": run_id, "workflow": inner.action, "event": template, "shards": items}
+        put_json(factory, files, files.key(SHARDS_FILE), listing, config.aws.sts_region)
+        # The Distributed Map's ItemReader reads a JSON array: the items alone.
+        items_key = files.key("items.json")
+        put_json(factory, files, items_key, items, config.aws.sts_region)
+        result["bucket"], result["key"] = files.bucket, items_key
+    inline = fragments is None or len(items) <= int(params["inline_max"])
+    result["inline"] = inline
+    result["shards"] = items if inline else []
+    log.info("%s", json.dumps({k: result[k] for k in ("status", "run_id", "workflow", "accounts", "count", "inline")}))
+    return result
+
+
+def _aggregate(config: Config, parsed: ParsedEvent) -> dict[str, Any]:
+    """Merge an org-run's fragments into one RunReport (to S3, delivered once) with one exit status."""
+    from .workflows.shards import RunFiles, aggregate
+
+    run_id = str(parsed.params["run_id"])
+    files = RunFiles.parse(str(parsed.params["fragments"]), run_id)
+    parsed = ParsedEvent(parsed.action, parsed.apply, parsed.params, parsed.trigger, parsed.reason, {"run_id": run_id})
+    run = _run_context(config, parsed)
+    with _redacting(run.secrets):
+        try:
+            merged = aggregate(run, files)
+        finally:
+            run.store.close()
+    report = merged.report
+    result: dict[str, Any] = {
+        "status": merged.status,
+        "exit_code": merged.exit_code,
+        **_event_fields(parsed),
+        "run_id": run_id,
+        "workflow": report.workflow,
+        "dry_run": report.dry_run,
+        "report_uri": merged.report_uri,
+        "shards": {
+            "expected": merged.shards_expected,
+            "reported": len(merged.shards_reported),
+            "missing": merged.missing,
+            "errors": merged.shard_errors[:20],
+        },
+        "summary": report.summary,
+        "deliveries": [d.model_dump(mode="json") for d in report.deliveries],
+        "targets_in_error": [
+            {"account_id": t.account_id, "region": t.region, "error": t.error}
+            for t in report.targets
+            if t.status == TargetStatus.ERROR
+        ][:100],
+    }
+    log.info("%s", run.secrets.redact(json.dumps({k: result[k] for k in ("status", "run_id", "shards")})))
+    return _redact(run.secrets, result)
 
 
 # -- results -------------------------------------------------------------------------------------------

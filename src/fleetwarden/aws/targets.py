@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +28,37 @@ class TargetPlan:
     accounts: list[AccountAccess]
     targets: list[Target]
     errors: list[TargetResult] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Scope:
+    """A shard's narrowing of the config's targets: these accounts (None: all of them) and, if given, only these
+    regions. It only ever narrows: an account or region the config does not resolve to is never added.
+    """
+
+    accounts: frozenset[str] | None
+    regions: frozenset[str] | None = None
+
+
+# The scope of the run in progress on this thread (a Lambda invocation that carries a shard). A context variable
+# rather than a parameter: every workflow resolves its targets through resolve_targets(), and the shard must narrow
+# all of them alike without each workflow learning about shards.
+_scope: ContextVar[Scope | None] = ContextVar("fleetwarden_target_scope", default=None)
+
+
+@contextmanager
+def narrowed(scope: Scope | None) -> Iterator[None]:
+    """Within the block, resolve_targets() keeps only the scope's accounts (and regions); None narrows nothing."""
+    token = _scope.set(scope)
+    try:
+        yield
+    finally:
+        _scope.reset(token)
+
+
+def current_scope() -> Scope | None:
+    """The narrowing in effect (see narrowed())."""
+    return _scope.get()
 
 
 def error_text(exc: BaseException) -> str:
@@ -136,11 +169,20 @@ def enabled_regions(factory: SessionFactory, account_id: str, home_region: str) 
 
 
 def resolve_targets(config: Config, factory: SessionFactory, only_accounts: Iterable[str] | None = None) -> TargetPlan:
-    """All (account, region) targets of the config; an account whose region list fails becomes an error."""
+    """All (account, region) targets of the config; an account whose region list fails becomes an error.
+
+    `only_accounts` and the scope in effect (narrowed()) keep a subset of the config's accounts and regions.
+    """
     accounts = resolve_accounts(config, factory)
     if only_accounts is not None:
         wanted = set(only_accounts)
         accounts = [a for a in accounts if a.account_id in wanted]
+    scope = _scope.get()
+    if scope is not None and scope.accounts is not None:
+        unknown = scope.accounts - {a.account_id for a in accounts}
+        if unknown:
+            log.warning("shard accounts not in the config's accounts, ignored: %s", ", ".join(sorted(unknown)))
+        accounts = [a for a in accounts if a.account_id in scope.accounts]
     refused = verify_accounts(accounts, factory)
     bad = {r.account_id for r in refused}
     accounts = [a for a in accounts if a.account_id not in bad]
@@ -175,6 +217,10 @@ def resolve_targets(config: Config, factory: SessionFactory, only_accounts: Iter
             regions = by_account[access.account_id]
         else:
             regions = list(config.regions)
+        if scope is not None and scope.regions is not None:
+            regions = [r for r in regions if r in scope.regions]
+            if not regions:
+                continue  # the shard looks at none of this account's regions: not an error of the config
         kept = [Target(access.account_id, r) for r in regions if r not in excluded]
         if not kept:
             # An account with nothing to look at would pass as "all clear": it is an error target instead.
