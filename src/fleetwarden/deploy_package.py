@@ -151,7 +151,7 @@ def _pip(args: Sequence[str], what: str, python: str, arch: str, wheel_dir: Path
         elif offline:
             where = "because the package index is unreachable (offline?)"
         else:
-            where = "on the package index"
+            where = "on the package index (or the index is unreachable)"
         raise UsageError(
             f"{what}: no wheel of {name} for CPython {python} on Lambda {arch} {where}. Fill a wheel directory "
             f"where the index is reachable, then pass it with --wheel-dir: {prepare_command(python, arch)}"
@@ -243,9 +243,10 @@ def installed_distribution() -> tuple[list[tuple[Path, Path]], list[str]] | None
 
 
 def copy_installed(files: Sequence[tuple[Path, Path]], tree: Path) -> None:
-    """Copy the installed distribution's files into the tree (bytecode left behind)."""
+    """Copy the installed distribution's files into the tree (not bytecode, nor direct_url.json: it names the
+    directory this machine installed from)."""
     for source, relative in files:
-        if source.suffix == ".pyc" or not source.is_file():
+        if source.suffix == ".pyc" or relative.name == "direct_url.json" or not source.is_file():
             continue
         target = tree / relative
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -196,6 +196,26 @@ def test_command_exit_2_for_bad_options_and_missing_wheels(tmp_path: Path, monke
     assert not (tmp_path / "x.zip").exists()
 
 
+def test_command_exit_2_when_the_index_is_unreachable(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(deploy, "source_root", lambda: None)
+    monkeypatch.setattr(deploy_package, "installed_distribution", lambda: None)
+    # An index that refuses connections, and none of this machine's pip configuration (mirrors, find-links).
+    for key, value in {
+        "PIP_CONFIG_FILE": "/dev/null",
+        "PIP_INDEX_URL": "http://127.0.0.1:9/simple",
+        "PIP_EXTRA_INDEX_URL": "",
+        "PIP_FIND_LINKS": "",
+        "PIP_RETRIES": "1",  # pip reports a connection error only when it retries
+        "PIP_TIMEOUT": "2",
+    }.items():
+        monkeypatch.setenv(key, value)
+    result = CliRunner().invoke(main, ["deploy", "package", "--output", str(tmp_path / "x.zip")])
+    assert result.exit_code == 2, result.output
+    assert "because the package index is unreachable (offline?)" in result.output
+    assert "--wheel-dir" in result.output
+    assert not (tmp_path / "x.zip").exists()
+
+
 def test_command_choices_are_the_modules() -> None:
     command = main.commands["deploy"].commands["package"]  # type: ignore[attr-defined]
     choices = {p.name: list(p.type.choices) for p in command.params if hasattr(p.type, "choices")}
@@ -286,3 +306,4 @@ def test_deploy_package_from_a_wheel_install_packs_the_installed_files(unpacked_
     assert "fleetwarden/statemachines/scan-window.asl.json" in entries
     assert f"fleetwarden-{__version__}.dist-info/METADATA" in entries
     assert not [e for e in entries if e.startswith(("fleetwarden/emulator/", "bin/", "moto"))]
+    assert f"fleetwarden-{__version__}.dist-info/direct_url.json" not in entries
