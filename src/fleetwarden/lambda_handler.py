@@ -367,6 +367,8 @@ def _shard_config(config: Config, parsed: ParsedEvent, apply: bool) -> Config:
     that may act keeps to its share of `audit.max_actions` (never more than the config's limit)."""
     if not parsed.shard:
         return config
+    if parsed.action == "guard" and ("accounts" in parsed.shard or "regions" in parsed.shard):
+        _refuse_org_limit_in_shards(config)
     audit_changes: dict[str, Any] = {}
     if "fragments" in parsed.shard:
         audit_changes["notify"] = []
@@ -385,6 +387,18 @@ def _shard_config(config: Config, parsed: ParsedEvent, apply: bool) -> Config:
     if not audit_changes:
         return config
     return config.model_copy(update={"audit": config.audit.model_copy(update=audit_changes)})
+
+
+def _refuse_org_limit_in_shards(config: Config) -> None:
+    """A shard sees only its own accounts: it would compare a part of the organization's running instances with
+    guard.max_running_instances_org and miss a trip. Until the two-phase guard (count every shard, then halt;
+    docs/deploy.md) lands, such a guard runs in one process."""
+    if config.guard.max_running_instances_org is not None:
+        raise EventError(
+            "guard.max_running_instances_org is an organization-wide limit that a shard cannot evaluate (it counts "
+            'only its own accounts); run the guard in one process (the {"action": "guard"} event); nothing was '
+            "done"
+        )
 
 
 def _run_context(config: Config, parsed: ParsedEvent) -> RunContext:
@@ -453,6 +467,8 @@ def _list_shards(config: Config, parsed: ParsedEvent) -> dict[str, Any]:
             EXIT_USAGE,
             parsed,
         )
+    if inner.action == "guard":
+        _refuse_org_limit_in_shards(config)
     run_id = str(params.get("run_id") or new_run_id(utcnow()))
     factory = SessionFactory(config.aws, run_id=run_id)
     shards = account_shards(config, factory, int(params["size"]))

@@ -207,6 +207,34 @@ def test_a_sharded_audit_that_may_act_needs_its_share_of_max_actions(
     assert ok["status"] == "ok" and ok["summary"]["actions_by_outcome"] == {"done": 3}, ok
 
 
+def test_a_guard_shard_runs_per_account_limits_and_refuses_the_organization_wide_one(
+    aws: EmulatorServer, factory: SessionFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    a, b = FLEET[:2]
+    many = launch(factory, a, REGION, {}, 3)
+    launch(factory, b, REGION, {}, 3)
+    path = write_config(tmp_path, aws.url, (a, b), [REGION], top={"guard": {"max_running_instances": 2}})
+    monkeypatch.setenv("FLEETWARDEN_CONFIG", str(path))
+    out = handler({"action": "guard", "apply": True, "accounts": [a]}, None)
+    assert out["status"] == "ok", out
+    assert {t["account_id"] for t in out["report"]["targets"]} == {a}
+    ec2 = factory.client("ec2", region=REGION, account_id=a)
+    halted = ec2.describe_instances(InstanceIds=many)["Reservations"][0]["Instances"]
+    assert {i["State"]["Name"] for i in halted} == {"stopped"}  # the per-account trip halted a, and only a
+    other = factory.client("ec2", region=REGION, account_id=b).describe_instances()["Reservations"]
+    assert {i["State"]["Name"] for r in other for i in r["Instances"]} == {"running"}
+    # An organization-wide limit: a shard would count only its own accounts, so it refuses (exit 2), as does
+    # list-shards for a guard.
+    path.write_text(path.read_text().replace("max_running_instances: 2", "max_running_instances_org: 4"))
+    refused = handler({"action": "guard", "apply": True, "accounts": [b]}, None)
+    assert refused["status"] == "error" and refused["exit_code"] == 2, refused
+    assert "max_running_instances_org" in refused["error"]
+    listing = handler({"action": "list-shards", "event": {"action": "guard"}}, None)
+    assert listing["exit_code"] == 2 and "max_running_instances_org" in listing["error"], listing
+    after = factory.client("ec2", region=REGION, account_id=b).describe_instances()["Reservations"]
+    assert {i["State"]["Name"] for r in after for i in r["Instances"]} == {"running"}
+
+
 def test_list_shards_then_shards_then_aggregate_equals_one_process(
     aws: EmulatorServer, factory: SessionFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
