@@ -112,13 +112,16 @@ def _mb(size: int) -> str:
 
 
 def platforms(python: str, arch: str) -> list[str]:
-    """The wheel platform tags Lambda's runtime accepts: python3.11 runs on Amazon Linux 2 (glibc 2.26), later ones
-    on Amazon Linux 2023 (glibc 2.34)."""
+    """The wheel platform tags Lambda's runtime accepts, newest first: python3.11 runs on Amazon Linux 2 (glibc 2.26),
+    later ones on Amazon Linux 2023 (glibc 2.34). pip does not expand a `manylinux_2_X` tag to older glibc
+    versions itself, so every one is listed."""
     validate(python, arch)
     machine = ARCHES[arch]
-    if python == "3.11":
-        return [f"manylinux2014_{machine}"]
-    return [f"manylinux_2_34_{machine}", f"manylinux_2_28_{machine}", f"manylinux2014_{machine}"]
+    glibc = 26 if python == "3.11" else 34
+    tags = [f"manylinux_2_{minor}_{machine}" for minor in range(glibc, 16, -1)] + [f"manylinux2014_{machine}"]
+    if machine == "x86_64":
+        tags += ["manylinux_2_12_x86_64", "manylinux2010_x86_64", "manylinux_2_5_x86_64", "manylinux1_x86_64"]
+    return tags
 
 
 def validate(python: str, arch: str) -> None:

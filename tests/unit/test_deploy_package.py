@@ -160,6 +160,15 @@ def test_bad_runtime_or_architecture_is_refused_before_any_work(tmp_path: Path) 
         build_package(tmp_path / "lambda.zip", "3.12", "x86_64", tmp_path / "nowhere")
 
 
+def test_platform_tags_follow_the_runtime_glibc() -> None:
+    al2023 = deploy_package.platforms("3.12", "x86_64")
+    assert al2023[0] == "manylinux_2_34_x86_64"
+    assert {"manylinux_2_28_x86_64", "manylinux2014_x86_64", "manylinux1_x86_64"} <= set(al2023)
+    al2 = deploy_package.platforms("3.11", "arm64")
+    assert al2[0] == "manylinux_2_26_aarch64" and al2[-1] == "manylinux2014_aarch64"
+    assert "manylinux_2_28_aarch64" not in al2
+
+
 # -- the command -------------------------------------------------------------------------------------------------
 def test_command_prints_budget_sha256_and_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Neither a checkout nor an installed wheel: fleetwarden==<version> comes from the wheel directory.
@@ -264,7 +273,7 @@ def test_wheel_ships_every_state_machine(unpacked_wheel: Path) -> None:
     assert shipped == in_source
 
 
-@pytest.mark.parametrize("kind", ["hub", "member"])
+@pytest.mark.parametrize("kind", ["hub", "member", "billing"])
 def test_deploy_render_from_a_wheel_install_outside_the_checkout(
     unpacked_wheel: Path, kind: str, tmp_path: Path
 ) -> None:
