@@ -185,6 +185,9 @@ def test_a_shard_runs_only_its_accounts_and_regions_and_never_widens(
     }
     run = handler({"action": "audit", "accounts": [a], "run_id": "org-run-7"}, None)
     assert run["run_id"] == "org-run-7" and run["report"]["run_id"] == "org-run-7"
+    for inner in ({"action": "window-open"}, {"action": "audit", "accounts": [a]}, {"action": "nope"}):
+        refused = handler({"action": "list-shards", "event": inner}, None)
+        assert refused["status"] == "error" and refused["exit_code"] == 2, refused
 
 
 def test_a_sharded_audit_that_may_act_needs_its_share_of_max_actions(
