@@ -8,7 +8,8 @@
 2. `pip install --target` for the Lambda runtime (CPython 3.X on manylinux x86_64 or aarch64, binary wheels only) of
    that wheel or of the installed distribution's requirements, without any extra (no demo, dev or opensearch);
 3. checks: nothing of the extras crept in, the state machines are there, the unpacked size is within the budget,
-   and, when an interpreter of the target platform is at hand, `import fleetwarden.lambda_handler` succeeds in a
+   every shared object is an ELF for the target machine and every extension module is for the target Python, and,
+   when an interpreter of the target platform is at hand, `import fleetwarden.lambda_handler` succeeds in a
    clean interpreter (`python -I -S -B`, only the unpacked tree on sys.path);
 4. a reproducible zip (sorted entries, fixed timestamps and modes), and its sha256.
 
@@ -86,6 +87,7 @@ class Package:
     arch: str
     source: str
     files: int
+    binaries: int
     unpacked_bytes: int
     zipped_bytes: int
     budget_bytes: int
@@ -100,6 +102,8 @@ class Package:
             f"unpacked: {_mb(self.unpacked_bytes)} in {self.files} files, within the budget of "
             f"{_mb(self.budget_bytes)} (Lambda's limit: {_mb(LAMBDA_UNZIPPED_LIMIT)} for code and layers)",
             f"zipped: {_mb(self.zipped_bytes)}{direct}",
+            f"binaries: {self.binaries} shared objects, all Linux ELF {ARCHES[self.arch]}, extension modules for "
+            f"CPython {self.python}",
             check,
             f"sha256: {self.sha256}",
             f"CodeSha256 (as Lambda shows it): {base64.b64encode(bytes.fromhex(self.sha256)).decode()}",
@@ -287,6 +291,38 @@ def check_tree(tree: Path, budget_bytes: int) -> tuple[int, int]:
     return len(files), size
 
 
+# ELF's e_machine (offset 18, little-endian) for Lambda's architectures.
+_ELF_MACHINES: dict[str, int] = {"x86_64": 62, "aarch64": 183}
+_EXTENSION = re.compile(r"\.cpython-(\d+)-([a-z0-9_]+)-linux-gnu\.so$")
+
+
+def check_binaries(tree: Path, python: str, arch: str) -> int:
+    """Every shared object is a Linux ELF for the target machine, and every CPython extension module is built for
+    the target Python: checkable without running the target's interpreter. The count of shared objects."""
+    machine = ARCHES[arch]
+    wanted_abi = python.replace(".", "")
+    wrong: list[str] = []
+    objects = sorted(p for p in tree.rglob("*") if p.is_file() and (p.suffix == ".so" or ".so." in p.name))
+    for path in objects:
+        relative = path.relative_to(tree).as_posix()
+        with path.open("rb") as handle:
+            header = handle.read(20)
+        if header[:4] != b"\x7fELF" or len(header) < 20:
+            wrong.append(f"{relative} (not a Linux ELF object)")
+            continue
+        if int.from_bytes(header[18:20], "little") != _ELF_MACHINES[machine]:
+            wrong.append(f"{relative} (not built for {machine})")
+            continue
+        tagged = _EXTENSION.search(path.name)
+        if tagged and (tagged.group(1) != wanted_abi or tagged.group(2) != machine):
+            wrong.append(f"{relative} (built for CPython {tagged.group(1)} on {tagged.group(2)})")
+    if wrong:
+        raise FleetwardenError(
+            f"the package has binaries Lambda python{python} {arch} cannot load: " + "; ".join(wrong[:10])
+        )
+    return len(objects)
+
+
 _PROBE = (
     "import platform, sys; "
     "print(sys.implementation.name, '%d.%d' % sys.version_info[:2], sys.platform, platform.machine(), "
@@ -394,6 +430,7 @@ def build_package(
             origin = f"{requirement} in {wheel_dir}" if wheel_dir is not None else f"{requirement} on the index"
         prune(tree)
         files, unpacked = check_tree(tree, budget_bytes)
+        binaries = check_binaries(tree, python, arch)
         checked = import_check(tree, python, arch)
         digest, zipped = write_zip(tree, output)
     return Package(
@@ -403,6 +440,7 @@ def build_package(
         arch=arch,
         source=origin,
         files=files,
+        binaries=binaries,
         unpacked_bytes=unpacked,
         zipped_bytes=zipped,
         budget_bytes=budget_bytes,

@@ -33,13 +33,18 @@ GOOD_HANDLER = "import fwdep\n\n\ndef handler(event, context):\n    return {'val
 ASL = '{"StartAt": "Done", "States": {"Done": {"Type": "Succeed"}}}'
 
 
-def fake_wheel(directory: Path, name: str, version: str, files: dict[str, str], requires: list[str]) -> Path:
+def elf(machine: str) -> bytes:
+    """The first bytes of a Linux shared object for `machine` (x86_64 or aarch64): enough for the binary check."""
+    return b"\x7fELF" + bytes(14) + {"x86_64": 62, "aarch64": 183}[machine].to_bytes(2, "little") + bytes(44)
+
+
+def fake_wheel(directory: Path, name: str, version: str, files: dict[str, str | bytes], requires: list[str]) -> Path:
     """A pure-Python wheel pip accepts: the files, METADATA with `requires`, WHEEL, entry points and RECORD."""
     dist_info = f"{name}-{version}.dist-info"
     metadata = [f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}"]
     metadata += [f"Requires-Dist: {requirement}" for requirement in requires]
     metadata += ["Provides-Extra: demo"] if any("extra ==" in r for r in requires) else []
-    contents = {
+    contents: dict[str, str | bytes] = {
         **files,
         f"{dist_info}/METADATA": "\n".join(metadata) + "\n",
         f"{dist_info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
@@ -48,8 +53,9 @@ def fake_wheel(directory: Path, name: str, version: str, files: dict[str, str], 
         contents[f"{dist_info}/entry_points.txt"] = "[console_scripts]\nfleetwarden = fleetwarden.cli:run\n"
     record = []
     for path, text in contents.items():
-        digest = base64.urlsafe_b64encode(hashlib.sha256(text.encode()).digest()).rstrip(b"=").decode()
-        record.append(f"{path},sha256={digest},{len(text.encode())}")
+        data = text.encode() if isinstance(text, str) else text
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
+        record.append(f"{path},sha256={digest},{len(data)}")
     record.append(f"{dist_info}/RECORD,,")
     contents[f"{dist_info}/RECORD"] = "\n".join(record) + "\n"
     wheel = directory / f"{name}-{version}-py3-none-any.whl"
@@ -59,10 +65,13 @@ def fake_wheel(directory: Path, name: str, version: str, files: dict[str, str], 
     return wheel
 
 
-def wheel_set(directory: Path, handler: str = GOOD_HANDLER, with_dep: bool = True) -> Path:
-    """fleetwarden (handler, state machine, emulator, demo, a console script), fwdep, and the demo extra's moto."""
+def wheel_set(
+    directory: Path, handler: str = GOOD_HANDLER, with_dep: bool = True, binaries: dict[str, bytes] | None = None
+) -> Path:
+    """fleetwarden (handler, state machine, emulator, demo, a console script), fwdep (with `binaries`, shared
+    objects by file name, in its package fwbin), and the demo extra's moto."""
     directory.mkdir(parents=True, exist_ok=True)
-    fleetwarden_files = {
+    fleetwarden_files: dict[str, str | bytes] = {
         "fleetwarden/__init__.py": f'__version__ = "{__version__}"\n',
         "fleetwarden/cli.py": "def run():\n    pass\n",
         "fleetwarden/lambda_handler.py": handler,
@@ -73,7 +82,9 @@ def wheel_set(directory: Path, handler: str = GOOD_HANDLER, with_dep: bool = Tru
     requires = ["fwdep>=1", 'moto>=5; extra == "demo"']
     fake_wheel(directory, "fleetwarden", __version__, fleetwarden_files, requires)
     if with_dep:
-        fake_wheel(directory, "fwdep", "1.0", {"fwdep.py": "VALUE = 42\n"}, [])
+        dep_files: dict[str, str | bytes] = {"fwdep.py": "VALUE = 42\n"}
+        dep_files.update({f"fwbin/{name}": data for name, data in (binaries or {}).items()})
+        fake_wheel(directory, "fwdep", "1.0", dep_files, [])
     fake_wheel(directory, "moto", "5.0.20", {"moto/__init__.py": ""}, [])
     return directory
 
@@ -92,7 +103,9 @@ needs_this_platform = pytest.mark.skipif(
 # -- the packager on fake wheels ---------------------------------------------------------------------------------
 @needs_this_platform
 def test_package_holds_the_runtime_tree_checked_by_a_clean_import(tmp_path: Path) -> None:
-    wheels = wheel_set(tmp_path / "wheels")
+    machine = ARCHES[HERE_ARCH]
+    speedup = f"_speed.cpython-{HERE_PYTHON.replace('.', '')}-{machine}-linux-gnu.so"
+    wheels = wheel_set(tmp_path / "wheels", binaries={speedup: elf(machine), "libz-1234.so.1": elf(machine)})
     package = build_package(tmp_path / "out" / "lambda.zip", HERE_PYTHON, HERE_ARCH, wheels)
 
     entries = names(package.path)
@@ -105,6 +118,9 @@ def test_package_holds_the_runtime_tree_checked_by_a_clean_import(tmp_path: Path
     assert not [e for e in entries if "__pycache__" in e]
     assert package.import_check.ran
     assert "fleetwarden.lambda_handler" in package.import_check.detail
+    assert f"binaries: 2 shared objects, all Linux ELF {machine}, extension modules for CPython {HERE_PYTHON}" in (
+        package.summary()
+    )
     assert package.sha256 == hashlib.sha256(package.path.read_bytes()).hexdigest()
     assert package.zipped_bytes == package.path.stat().st_size
     code_sha = base64.b64encode(hashlib.sha256(package.path.read_bytes()).digest()).decode()
@@ -132,6 +148,22 @@ def test_a_handler_that_cannot_import_fails_the_build_and_writes_no_zip(tmp_path
     wheels = wheel_set(tmp_path / "wheels", handler="import not_in_the_package\n\n\ndef handler(e, c):\n    pass\n")
     with pytest.raises(FleetwardenError, match="No module named 'not_in_the_package'"):
         build_package(tmp_path / "lambda.zip", HERE_PYTHON, HERE_ARCH, wheels)
+    assert not (tmp_path / "lambda.zip").exists()
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "problem"),
+    [
+        ("_speed.cpython-311-x86_64-linux-gnu.so", elf("x86_64"), "built for CPython 311 on x86_64"),
+        ("_speed.cpython-312-x86_64-linux-gnu.so", elf("aarch64"), "not built for x86_64"),
+        ("_speed.cpython-312-darwin.so", b"\xcf\xfa\xed\xfe" + bytes(60), "not a Linux ELF object"),
+    ],
+)
+def test_a_binary_for_another_platform_fails_the_build(tmp_path: Path, name: str, data: bytes, problem: str) -> None:
+    wheels = wheel_set(tmp_path / "wheels", binaries={name: data})
+    with pytest.raises(FleetwardenError, match="cannot load") as caught:
+        build_package(tmp_path / "lambda.zip", "3.12", "x86_64", wheels)
+    assert f"fwbin/{name} ({problem})" in str(caught.value)
     assert not (tmp_path / "lambda.zip").exists()
 
 
