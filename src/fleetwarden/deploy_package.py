@@ -328,14 +328,20 @@ _PROBE = (
     "print(sys.implementation.name, '%d.%d' % sys.version_info[:2], sys.platform, platform.machine(), "
     "platform.libc_ver()[0])"
 )
+# The handler imports its workflows lazily, so after it every fleetwarden module in the tree is imported too: that
+# loads every dependency (binary ones included) a Lambda event could reach.
 _IMPORT = (
-    "import sys\n"
+    "import importlib, pkgutil, sys\n"
     "tree = sys.argv[1]\n"
     "sys.path.insert(0, tree)\n"
     "import {module} as module\n"
     "assert module.__file__.startswith(tree), module.__file__\n"
     "assert callable(module.handler)\n"
-    "print(len(sys.modules))\n"
+    "import fleetwarden\n"
+    "names = [m.name for m in pkgutil.walk_packages(fleetwarden.__path__, 'fleetwarden.')]\n"
+    "for name in names:\n"
+    "    importlib.import_module(name)\n"
+    "print(len(names), len(sys.modules))\n"
 )
 
 
@@ -356,7 +362,8 @@ def _matching_interpreter(python: str, arch: str) -> tuple[str | None, str]:
 
 
 def import_check(tree: Path, python: str, arch: str) -> ImportCheck:
-    """`import fleetwarden.lambda_handler` from the unpacked tree in a clean interpreter of the target platform."""
+    """`import fleetwarden.lambda_handler`, then every fleetwarden module, from the unpacked tree in a clean
+    interpreter of the target platform."""
     exe, found = _matching_interpreter(python, arch)
     if exe is None:
         return ImportCheck(
@@ -372,10 +379,11 @@ def import_check(tree: Path, python: str, arch: str) -> ImportCheck:
     if done.returncode != 0:
         tail = "\n".join(done.stderr.strip().splitlines()[-10:])
         raise FleetwardenError(f"`import {IMPORT_CHECK_MODULE}` fails from the unpacked package:\n{tail}")
+    ours, loaded = done.stdout.split()
     return ImportCheck(
         ran=True,
-        detail=f"`import {IMPORT_CHECK_MODULE}` succeeded in a clean {exe} (python -I -S -B, only the package on "
-        f"sys.path; {done.stdout.strip()} modules loaded)",
+        detail=f"`import {IMPORT_CHECK_MODULE}`, then of all {ours} fleetwarden modules, succeeded in a clean {exe} "
+        f"(python -I -S -B, only the package on sys.path; {loaded} modules loaded)",
     )
 
 

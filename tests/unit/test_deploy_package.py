@@ -66,7 +66,11 @@ def fake_wheel(directory: Path, name: str, version: str, files: dict[str, str | 
 
 
 def wheel_set(
-    directory: Path, handler: str = GOOD_HANDLER, with_dep: bool = True, binaries: dict[str, bytes] | None = None
+    directory: Path,
+    handler: str = GOOD_HANDLER,
+    with_dep: bool = True,
+    binaries: dict[str, bytes] | None = None,
+    extra_files: dict[str, str] | None = None,
 ) -> Path:
     """fleetwarden (handler, state machine, emulator, demo, a console script), fwdep (with `binaries`, shared
     objects by file name, in its package fwbin), and the demo extra's moto."""
@@ -79,6 +83,7 @@ def wheel_set(
         "fleetwarden/emulator/__init__.py": "import moto\n",
         "fleetwarden/demo.py": "import moto\n",
     }
+    fleetwarden_files.update(extra_files or {})
     requires = ["fwdep>=1", 'moto>=5; extra == "demo"']
     fake_wheel(directory, "fleetwarden", __version__, fleetwarden_files, requires)
     if with_dep:
@@ -117,7 +122,9 @@ def test_package_holds_the_runtime_tree_checked_by_a_clean_import(tmp_path: Path
     assert "fleetwarden/demo.py" not in entries
     assert not [e for e in entries if "__pycache__" in e]
     assert package.import_check.ran
-    assert "fleetwarden.lambda_handler" in package.import_check.detail
+    assert "`import fleetwarden.lambda_handler`, then of all 2 fleetwarden modules, succeeded" in (
+        package.import_check.detail
+    )
     assert f"binaries: 2 shared objects, all Linux ELF {machine}, extension modules for CPython {HERE_PYTHON}" in (
         package.summary()
     )
@@ -164,6 +171,15 @@ def test_a_binary_for_another_platform_fails_the_build(tmp_path: Path, name: str
     with pytest.raises(FleetwardenError, match="cannot load") as caught:
         build_package(tmp_path / "lambda.zip", "3.12", "x86_64", wheels)
     assert f"fwbin/{name} ({problem})" in str(caught.value)
+    assert not (tmp_path / "lambda.zip").exists()
+
+
+@needs_this_platform
+def test_a_module_that_needs_an_extra_fails_the_import_check(tmp_path: Path) -> None:
+    wheels = wheel_set(tmp_path / "wheels", extra_files={"fleetwarden/search.py": "import opensearchpy\n"})
+    with pytest.raises(FleetwardenError, match="No module named 'opensearchpy'") as caught:
+        build_package(tmp_path / "lambda.zip", HERE_PYTHON, HERE_ARCH, wheels)
+    assert "fleetwarden/search.py" in str(caught.value)
     assert not (tmp_path / "lambda.zip").exists()
 
 
