@@ -263,6 +263,11 @@ def test_list_shards_then_shards_then_aggregate_equals_one_process(
     assert merged["shards"] == {"expected": 8, "reported": 8, "missing": [], "errors": []}
     report = s3_json(factory, merged["report_uri"])
     assert report["run_id"] == listing["run_id"]
+    # A run id list-shards never wrote: nothing to merge, an error (exit 1), no report written.
+    unknown = handler({"action": "aggregate", "run_id": "no-such-run", "fragments": f"s3://{BUCKET}/runs"}, None)
+    assert unknown["status"] == "error" and unknown["exit_code"] == 1 and "no-such-run" in unknown["error"], unknown
+    listed = factory.client("s3", region=REGION).list_objects_v2(Bucket=BUCKET, Prefix="runs/no-such-run")
+    assert listed["KeyCount"] == 0
     assert comparable(report) == comparable(one["report"])
     assert report["summary"]["violators"] == len(FLEET) + 2 * 13 and report["summary"]["accounts"] == len(FLEET)
 
