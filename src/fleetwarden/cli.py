@@ -743,15 +743,23 @@ def state_init(ctx: click.Context) -> None:
 
 @main.command()
 @global_options
+@click.option(
+    "--tier",
+    type=click.Choice(["full", "read-only"]),
+    default="full",
+    show_default=True,
+    help="read-only: a member role with only Describe/List/Get actions (for organizations that only audit).",
+)
 @click.pass_context
 @handle_errors
-def permissions(ctx: click.Context) -> None:
-    """Print the IAM policies fleetwarden needs (hub principal and member-account role), from its plugins."""
+def permissions(ctx: click.Context, tier: str) -> None:
+    """Print the IAM policies fleetwarden needs (hub principal and member-account role), derived from what the
+    config enables (without a config file: every feature)."""
     from .permissions import policy_documents
 
     opts = _opts(ctx)
     config = load_config(opts.config_path) if Path(opts.config_path).exists() else None
-    click.echo(json.dumps(policy_documents(config), indent=2))
+    click.echo(json.dumps(policy_documents(config, "read-only" if tier == "read-only" else "full"), indent=2))
 
 
 @main.group("deploy")

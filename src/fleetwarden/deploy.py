@@ -19,13 +19,16 @@ import json
 from importlib import resources
 from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import yaml
 
 from .errors import UsageError
-from .permissions import policy_documents
+from .permissions import Tier, policy_documents
 from .state.dynamodb import TTL_ATTRIBUTE
+
+if TYPE_CHECKING:
+    from .config import Config
 
 Kind = Literal["member", "hub", "billing"]
 KINDS: tuple[str, ...] = get_args(Kind)
@@ -100,17 +103,21 @@ def _allow(actions: list[str], resources: Any) -> dict[str, Any]:
 
 
 # -- member-account role -------------------------------------------------------------------------------------
-def member_role_template(role_name: str = "FleetWarden") -> Template:
-    """The member-account role (deployed to every member account as a StackSet), trusted by the hub account."""
+def member_role_template(role_name: str = "FleetWarden", config: Config | None = None, tier: Tier = "full") -> Template:
+    """The member-account role (deployed to every member account as a StackSet), trusted by the hub account.
+
+    With a config, its policy holds only what the config enables; `tier="read-only"` only Describe/List/Get.
+    """
     return _role_template(
         role_name,
         "member_role",
         "fleetwarden member-account role: assumed by the hub account (with an external id) to audit, guard "
         "and scan this account's EC2 fleet. Generated from the code's permission declarations: do not edit.",
+        policy_documents(config, tier)["member_role"],
     )
 
 
-def billing_role_template(role_name: str = "FleetWardenBilling") -> Template:
+def billing_role_template(role_name: str = "FleetWardenBilling", config: Config | None = None) -> Template:
     """The payer account's billing role (`guard.spend.billing_account`): what the spend sources read through."""
     return _role_template(
         role_name,
@@ -118,10 +125,11 @@ def billing_role_template(role_name: str = "FleetWardenBilling") -> Template:
         "fleetwarden billing role in the payer account: assumed by the hub account (with an external id) to "
         "read spend (CloudWatch billing metrics, Cost Explorer, CUR exports) for the runaway guard. Generated "
         "from the code's permission declarations: do not edit.",
+        policy_documents(config)["billing_role"],
     )
 
 
-def _role_template(role_name: str, document: str, description: str) -> Template:
+def _role_template(role_name: str, document: str, description: str, policy: dict[str, Any]) -> Template:
     used_as = (
         "the config's organization.role_name"
         if document == "member_role"
@@ -165,7 +173,7 @@ def _role_template(role_name: str, document: str, description: str) -> Template:
                     "Policies": [
                         {
                             "PolicyName": f"fleetwarden-{document.removesuffix('_role')}",
-                            "PolicyDocument": policy_documents()[document],
+                            "PolicyDocument": policy,
                         }
                     ],
                 },
@@ -285,11 +293,12 @@ def _invoke_permission(function: str, rule: str) -> dict[str, Any]:
     }
 
 
-def hub_template(state_machine_definition: dict[str, Any]) -> Template:
+def hub_template(state_machine_definition: dict[str, Any], config: Config | None = None) -> Template:
     """The hub stack: state table, alerts topic, functions and role, schedules, and the scan-window state machine.
 
     `state_machine_definition` is the ASL of `fleetwarden/statemachines/scan-window.asl.json`; its Task states name
-    the worker function as `${FleetwardenFunctionArn}` (a DefinitionSubstitutions key).
+    the worker function as `${FleetwardenFunctionArn}` (a DefinitionSubstitutions key). With a config, the
+    functions' `fleetwarden-hub` policy holds only what the config enables (`policy_documents(config)["hub"]`).
     """
     worker_logs = "/aws/lambda/${FunctionName}"
     guard_logs = "/aws/lambda/${FunctionName}-guard"
@@ -316,7 +325,7 @@ def hub_template(state_machine_definition: dict[str, Any]) -> Template:
                 "Description": "fleetwarden hub: the functions' role (assumes the member-account roles)",
                 "AssumeRolePolicyDocument": _trust({"Service": "lambda.amazonaws.com"}),
                 "Policies": [
-                    {"PolicyName": "fleetwarden-hub", "PolicyDocument": policy_documents()["hub"]},
+                    {"PolicyName": "fleetwarden-hub", "PolicyDocument": policy_documents(config)["hub"]},
                     _policy(
                         "fleetwarden-logs",
                         [

@@ -1,11 +1,23 @@
-"""The IAM permissions fleetwarden needs, gathered from what each part declares (STYLE.md habit 3)."""
+"""The IAM permissions fleetwarden needs, gathered from what each part declares (STYLE.md habit 3).
+
+With a config, the policies hold only what the config enables (see `features`): a report-only audit gives a
+read-only member role; terminate, snapshots, the guard's halt, each lockout mode, the scan window, compliance,
+Inspector and each sink appear only when configured. Without a config, every feature is in (today's full policy,
+so existing deployments keep working). Actions that IAM lets us narrow get their own statements with resource
+ARNs (and condition keys where IAM has one); the rest stay on `"Resource": "*"` (docs/permissions.md says why).
+"""
 
 from __future__ import annotations
 
 import importlib
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, Literal
+from urllib.parse import parse_qs, urlsplit
 
 from .config import Config
+
+Tier = Literal["full", "read-only"]
+TIERS: tuple[str, ...] = ("full", "read-only")
 
 # Where a part declares its permissions: (module, attribute). A dict attribute maps action names to tuples.
 DECLARATIONS: dict[str, tuple[str, str]] = {
@@ -30,6 +42,62 @@ MEMBER_SINKS = {"sinks.securityhub"}
 # Billing sources read through the payer account's billing role (`guard.spend.billing_account`).
 BILLING_PARTS = {"collect.spend"}
 
+# What a config can turn on. `inventory` (the EC2 and IAM reads every job starts from) is always in.
+FEATURES: tuple[str, ...] = (
+    "inventory",
+    "regions",
+    "audit.stop",
+    "audit.stop-protection",
+    "audit.terminate",
+    "audit.snapshot",
+    "guard.halt",
+    "guard.terminate",
+    "lockout.deactivate",
+    "lockout.delete",
+    "lockout.revoke-roles",
+    "window",
+    "window.aggregator",
+    "inspector",
+    "compliance",
+)
+
+# The actions of the IAM read-only tier: what only looks.
+READ_PREFIXES = ("Describe", "List", "Get", "BatchGet", "Select")
+
+# Resource ARNs for actions IAM authorizes per resource. `ec2:ResourceTag` conditions are deliberately not used:
+# a runaway instance or a violator is exactly the one whose tags cannot be trusted.
+INSTANCE_ARN = "arn:aws:ec2:*:*:instance/*"
+VOLUME_ARN = "arn:aws:ec2:*:*:volume/*"
+SNAPSHOT_ARN = "arn:aws:ec2:*::snapshot/*"
+ASG_ARN = "arn:aws:autoscaling:*:*:autoScalingGroup:*:autoScalingGroupName/*"
+USER_ARN = "arn:aws:iam::*:user/*"
+ROLE_ARN = "arn:aws:iam::*:role/*"
+RESOURCES: dict[str, tuple[str, ...]] = {
+    "ec2:StopInstances": (INSTANCE_ARN,),
+    "ec2:StartInstances": (INSTANCE_ARN,),
+    "ec2:TerminateInstances": (INSTANCE_ARN,),
+    "ec2:ModifyInstanceAttribute": (INSTANCE_ARN,),
+    "ec2:CreateSnapshots": (INSTANCE_ARN, VOLUME_ARN, SNAPSHOT_ARN),
+    "ec2:CreateTags": (SNAPSHOT_ARN,),
+    "autoscaling:SuspendProcesses": (ASG_ARN,),
+    "autoscaling:ResumeProcesses": (ASG_ARN,),
+    "iam:ListAccessKeys": (USER_ARN,),
+    "iam:UpdateAccessKey": (USER_ARN,),
+    "iam:DeleteAccessKey": (USER_ARN,),
+    "iam:DeleteLoginProfile": (USER_ARN,),
+    "iam:GetUserPolicy": (USER_ARN,),
+    "iam:PutUserPolicy": (USER_ARN,),
+    "iam:DeleteUserPolicy": (USER_ARN,),
+    "iam:GetRole": (ROLE_ARN,),
+    "iam:GetRolePolicy": (ROLE_ARN,),
+    "iam:PutRolePolicy": (ROLE_ARN,),
+    "iam:DeleteRolePolicy": (ROLE_ARN,),
+}
+# Condition keys, where IAM has one that fits: snapshots are tagged only as they are created (TagSpecifications).
+CONDITIONS: dict[str, dict[str, Any]] = {
+    "ec2:CreateTags": {"StringEquals": {"ec2:CreateAction": "CreateSnapshots"}},
+}
+
 
 def declared() -> dict[str, list[str]]:
     """Every part's declared IAM actions, by part name (sinks and checks included)."""
@@ -48,35 +116,201 @@ def declared() -> dict[str, list[str]]:
     return parts
 
 
-def policy_documents(config: Config | None = None) -> dict[str, Any]:
+def _group(part: str, key: str | None = None) -> set[str]:
+    """One declaration (a tuple, or one key of a dict of tuples)."""
+    module_name, attr = DECLARATIONS[part]
+    value: Any = getattr(importlib.import_module(module_name), attr)
+    return set(value[key] if key is not None else value)
+
+
+def guard_limited(config: Config) -> bool:
+    """True when any guard limit is configured (count, org count, spend, or a per-account override)."""
+    guard = config.guard
+    if guard.max_running_instances is not None or guard.max_running_instances_org is not None or guard.spend:
+        return True
+    return any(
+        a.guard is not None and (a.guard.max_running_instances is not None or a.guard.spend_max_usd is not None)
+        for a in config.accounts
+    )
+
+
+def features(config: Config | None) -> set[str]:
+    """What the config enables (every feature without a config)."""
+    if config is None:
+        return set(FEATURES)
+    out = {"inventory"}
+    if config.regions == "all":
+        out.add("regions")
+    audit = config.audit
+    if audit.action == "stop":
+        out.add("audit.stop")
+        if audit.override_stop_protection:
+            out.add("audit.stop-protection")
+    elif audit.action == "terminate":
+        out.add("audit.terminate")
+        if audit.snapshot_before_terminate:
+            out.add("audit.snapshot")
+    if guard_limited(config):
+        out.add("guard.halt")
+        if config.guard.on_unstoppable == "terminate":
+            out.add("guard.terminate")
+        lockout = config.guard.lockout
+        if lockout.mode != "off":
+            out.add(f"lockout.{lockout.mode}")
+            if lockout.revoke_role_sessions:
+                out.add("lockout.revoke-roles")
+    explicit = config.model_fields_set
+    if "window" in explicit:
+        out.update({"window", "inspector"})
+        if config.window.discovery.type == "config-aggregator":
+            out.add("window.aggregator")
+    if "compliance" in explicit:
+        out.add("compliance")
+    return out
+
+
+def _member_actions(enabled: set[str]) -> set[str]:
+    """The member-account actions of the enabled features."""
+    from .actions.iam_lockout import DEACTIVATE_PERMISSIONS, ROLE_PERMISSIONS
+
+    ec2 = "actions.ec2"
+    snapshot = _group(ec2, "snapshot")
+    out: set[str] = set()
+    if "inventory" in enabled:
+        out |= _group("collect.ec2") | _group("collect.iam") | _group("collect.spend", "burn-rate")
+    if "regions" in enabled:
+        out |= _group("targets.regions")
+    if "audit.stop" in enabled:
+        out |= _group(ec2, "stop") - _group(ec2, "clear-protection")
+    if "audit.stop-protection" in enabled:
+        out |= _group(ec2, "clear-protection")
+    if "audit.terminate" in enabled:
+        out |= _group(ec2, "terminate") - snapshot
+    if "audit.snapshot" in enabled:
+        out |= snapshot
+    if "guard.halt" in enabled:
+        # The halt overrides stop protection (and restores it on release); release can start the instances again.
+        out |= _group(ec2, "stop") | _group(ec2, "start") | _group("actions.asg")
+    if "guard.terminate" in enabled:
+        out |= _group(ec2, "terminate") | snapshot
+    lockout = "actions.iam_lockout"
+    if "lockout.deactivate" in enabled or "lockout.delete" in enabled:
+        out |= (_group(lockout, "lock") | _group(lockout, "release")) - ROLE_PERMISSIONS - DEACTIVATE_PERMISSIONS
+    if "lockout.deactivate" in enabled:
+        out |= DEACTIVATE_PERMISSIONS
+    if "lockout.delete" in enabled:
+        out |= _group(lockout, "delete")
+    if "lockout.revoke-roles" in enabled:
+        out |= ROLE_PERMISSIONS
+    if "window" in enabled:
+        out |= _group(ec2, "start") | (_group(ec2, "stop") - _group(ec2, "clear-protection"))
+    if "inspector" in enabled:
+        out |= _group("collect.inspector")
+    if "compliance" in enabled:
+        out |= _group("collect.compliance")
+    return out
+
+
+def is_read_only(action: str) -> bool:
+    """True for an action that only reads (Describe/List/Get...)."""
+    return action.partition(":")[2].startswith(READ_PREFIXES)
+
+
+def policy_documents(config: Config | None = None, tier: Tier = "full") -> dict[str, Any]:
     """IAM policy documents: the principal fleetwarden runs as (hub), the member-account role, and the payer
     account's billing role (spend sources).
 
-    With a config, sinks not used by it are left out of the hub policy.
+    With a config, only what it enables (`features`) and the sinks it uses; resources narrowed to the config's
+    roles, topics and table. `tier="read-only"` keeps only the member role's reads (for organizations that only
+    audit): the hub keeps its own actions.
     """
-    parts = declared()
-    used_sinks = {f"sinks.{raw.get('type')}" for raw in config.sinks.values()} if config else None
+    if tier not in TIERS:
+        raise ValueError(f"unknown tier {tier!r}: expected one of {', '.join(TIERS)}")
+    from .sinks import sink_registry
+
+    enabled = features(config)
+    member = _member_actions(enabled)
     hub: set[str] = {"sts:AssumeRole", "sts:GetCallerIdentity"}
-    member: set[str] = set()
-    billing: set[str] = set()
-    for part, actions in parts.items():
-        if part in BILLING_PARTS:
-            billing.update(a for a in actions if not a.startswith("ec2:"))
-            member.update(a for a in actions if a.startswith("ec2:"))
-        elif part.startswith("sinks."):
-            if used_sinks is None or part in used_sinks:
-                (member if part in MEMBER_SINKS else hub).update(actions)
-        elif part in HUB_PARTS:
-            hub.update(actions)
-        else:
-            member.update(actions)
+    used_sinks = {str(raw.get("type")) for raw in config.sinks.values()} if config else set(sink_registry.names())
+    for name in used_sinks:
+        if name in sink_registry:
+            (member if f"sinks.{name}" in MEMBER_SINKS else hub).update(sink_registry.get(name).permissions)
+    hub |= _group("config_source")
+    if config is None or config.organization is not None:
+        hub |= _group("targets")
+    if config is None or config.state.startswith("dynamodb://"):
+        hub |= _group("state.dynamodb")
+    if "window.aggregator" in enabled:
+        hub |= _group("collect.config_aggregator")
+    if tier == "read-only":
+        member = {a for a in member if is_read_only(a)}
+    billing = _billing_actions(config)
     # When the hub's own credentials reach a target (an account without role_arn, or the organization's
     # management account), the hub principal does the member's work there too.
+    hub_actions = hub | member if config is not None and not _uses_roles(config) else hub
     return {
-        "hub": _document(sorted(hub | member) if config is not None and not _uses_roles(config) else sorted(hub)),
-        "member_role": _document(sorted(member)),
-        "billing_role": _document(sorted(billing)),
+        "hub": _document(hub_actions, _hub_resources(config)),
+        "member_role": _document(member, _member_resources(config)),
+        "billing_role": _document(billing, {}),
     }
+
+
+def _billing_actions(config: Config | None) -> set[str]:
+    """The billing sources' actions: those the config's spend sources use (all of them without one)."""
+    from .collect.spend import normalize_source
+
+    declared_sources: dict[str, tuple[str, ...]] = getattr(
+        importlib.import_module(DECLARATIONS["collect.spend"][0]), DECLARATIONS["collect.spend"][1]
+    )
+    everything = {a for actions in declared_sources.values() for a in actions if not a.startswith("ec2:")}
+    if config is None or config.guard.spend is None:
+        return everything
+    chosen = {a for s in config.guard.spend.sources for a in declared_sources[normalize_source(s).type]}
+    chosen = {a for a in chosen if not a.startswith("ec2:")}
+    # A policy needs at least one action: with burn-rate alone the billing role is not used; keep it whole.
+    return chosen or everything
+
+
+def _member_resources(config: Config | None) -> dict[str, tuple[str, ...]]:
+    resources = dict(RESOURCES)
+    if config is not None and config.guard.lockout.revoke_role_sessions:
+        # Only the roles whose sessions the lockout revokes (with or without a path).
+        names = config.guard.lockout.revoke_role_sessions
+        arns = tuple(f"arn:aws:iam::*:role/{p}{n}" for n in names for p in ("", "*/"))
+        for action in ("iam:GetRole", "iam:GetRolePolicy", "iam:PutRolePolicy", "iam:DeleteRolePolicy"):
+            resources[action] = arns
+    return resources
+
+
+def _hub_resources(config: Config | None) -> dict[str, tuple[str, ...]]:
+    """With a config: the roles the hub assumes, the topics it publishes to, the state table."""
+    resources = _member_resources(config)
+    if config is None:
+        return resources
+    roles = {a.role_arn for a in config.accounts if a.role_arn}
+    if config.organization is not None:
+        roles.add(f"arn:aws:iam::*:role/{config.organization.role_name}")
+    billing = config.guard.spend.billing_account if config.guard.spend else None
+    if billing is not None and billing.role_arn:
+        roles.add(billing.role_arn)
+    if roles:
+        resources["sts:AssumeRole"] = tuple(sorted(roles))
+    topics = sorted({str(raw["topic_arn"]) for raw in config.sinks.values() if raw.get("type") == "sns"})
+    if topics and all(raw.get("type") != "sns" or raw.get("topic_arn") for raw in config.sinks.values()):
+        resources["sns:Publish"] = tuple(topics)
+    table = _table_arn(config.state)
+    if table:
+        for action in _group("state.dynamodb"):
+            resources[action] = (table,)
+    return resources
+
+
+def _table_arn(state: str) -> str | None:
+    if not state.startswith("dynamodb://"):
+        return None
+    parts = urlsplit(state)
+    region = parse_qs(parts.query).get("region", ["*"])[0]
+    return f"arn:aws:dynamodb:{region}:*:table/{parts.netloc}" if parts.netloc else None
 
 
 def _uses_roles(config: Config) -> bool:
@@ -88,5 +322,28 @@ def _uses_roles(config: Config) -> bool:
     return bool(config.accounts)
 
 
-def _document(actions: list[str]) -> dict[str, Any]:
-    return {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": actions, "Resource": "*"}]}
+def _document(actions: Iterable[str], resources: dict[str, tuple[str, ...]]) -> dict[str, Any]:
+    """One statement on `*` for what cannot be narrowed, then one per (resources, condition) for what can."""
+    wide: list[str] = []
+    narrowed: dict[tuple[tuple[str, ...], str], list[str]] = {}
+    for action in sorted(set(actions)):
+        if action in resources:
+            condition = CONDITIONS.get(action)
+            key = (resources[action], repr(sorted(condition.items())) if condition else "")
+            narrowed.setdefault(key, []).append(action)
+        else:
+            wide.append(action)
+    statements: list[dict[str, Any]] = []
+    if wide:
+        statements.append({"Effect": "Allow", "Action": wide, "Resource": "*"})
+    for (arns, _), group in narrowed.items():
+        statement: dict[str, Any] = {
+            "Effect": "Allow",
+            "Action": group,
+            "Resource": arns[0] if len(arns) == 1 else list(arns),
+        }
+        condition = CONDITIONS.get(group[0])
+        if condition:
+            statement["Condition"] = condition
+        statements.append(statement)
+    return {"Version": "2012-10-17", "Statement": statements}

@@ -78,6 +78,12 @@ PERMISSIONS: dict[str, tuple[str, ...]] = {
         "iam:PutUserPolicy",
     ),
 }
+# Parts of the above that only some configs use (`fleetwarden permissions` derives the policy from the config):
+# key deactivation and its release only in mode deactivate; the role actions only with revoke_role_sessions.
+DEACTIVATE_PERMISSIONS: frozenset[str] = frozenset({"iam:UpdateAccessKey"})
+ROLE_PERMISSIONS: frozenset[str] = frozenset(
+    {"iam:GetRole", "iam:GetRolePolicy", "iam:PutRolePolicy", "iam:DeleteRolePolicy"}
+)
 
 _NO_SUCH_ENTITY = "NoSuchEntity"
 _SERVICE_ROLE_PATH = "/aws-service-role/"
