@@ -306,16 +306,21 @@ def _run(
         run = _run_context(config, parsed)
     except FleetwardenError as exc:  # e.g. the state store cannot be opened
         return _shard_out(config, parsed, _error(str(exc), exc.exit_code, parsed), None)
+    shared = parsed.shard.get("run_id")
     base: dict[str, Any] = {
         **_event_fields(parsed),
-        "run_id": run.run_id,
+        "run_id": str(shared) if shared is not None else run.run_id,
         "workflow": parsed.action,
         "dry_run": not apply,
         "apply_from": apply_from,
     }
+    if shared is not None:
+        base["invocation_run_id"] = run.run_id  # the leases' owner and the journal's run id
     with _redacting(run.secrets):
         try:
             report = workflow(run)
+            if shared is not None:
+                report.run_id = str(shared)
         except SafetyRefusal as exc:
             result = {"status": "refused", "exit_code": EXIT_REFUSED, "error": str(exc), **base}
             log.warning("%s", json.dumps(result))
@@ -404,16 +409,22 @@ def _refuse_org_limit_in_shards(config: Config) -> None:
         )
 
 
-def _run_context(config: Config, parsed: ParsedEvent) -> RunContext:
-    """A RunContext; an org-run's shard runs under the run id that every shard shares."""
+def _run_context(config: Config, parsed: ParsedEvent, *, invocation: bool = True) -> RunContext:
+    """A RunContext. In an org-run, the report carries the run id every shard shares; the context's own run id
+    (the lease owner, the journal's run id) is that id plus the shard and a per-invocation suffix, so that two
+    invocations of one shard (a retry while the first still runs) exclude each other through the leases."""
+    import uuid
+
     from .aws.session import SessionFactory
     from .workflows.base import RunContext
 
-    run_id = parsed.shard.get("run_id")
-    if run_id is None:
+    shared = parsed.shard.get("run_id")
+    if shared is None:
         return RunContext.create(config)
-    run = RunContext.create(config, factory=SessionFactory(config.aws, run_id=str(run_id)))
-    run.run_id = str(run_id)
+    run = RunContext.create(config, factory=SessionFactory(config.aws, run_id=str(shared)))
+    shard = parsed.shard.get("shard")
+    suffix = f".{int(shard):05d}" if shard is not None else ""
+    run.run_id = f"{shared}{suffix}.{uuid.uuid4().hex[:8]}" if invocation else str(shared)
     return run
 
 
@@ -519,7 +530,7 @@ def _aggregate(config: Config, parsed: ParsedEvent) -> dict[str, Any]:
     run_id = str(parsed.params["run_id"])
     files = RunFiles.parse(str(parsed.params["fragments"]), run_id)
     parsed = ParsedEvent(parsed.action, parsed.apply, parsed.params, parsed.trigger, parsed.reason, {"run_id": run_id})
-    run = _run_context(config, parsed)
+    run = _run_context(config, parsed, invocation=False)
     with _redacting(run.secrets):
         try:
             merged = aggregate(run, files)

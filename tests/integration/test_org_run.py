@@ -22,6 +22,7 @@ import time
 import uuid
 import zipfile
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from fleet import GOOD_TAGS, launch, write_config
 from fleetwarden.aws.session import SessionFactory
 from fleetwarden.emulator.server import EmulatorServer
 from fleetwarden.lambda_handler import handler
+from fleetwarden.state import open_store
 
 ASL_PATH = Path(__file__).resolve().parents[2] / "src" / "fleetwarden" / "statemachines" / "org-run.asl.json"
 FUNCTION_PLACEHOLDER = "${FleetwardenFunctionArn}"
@@ -185,6 +187,16 @@ def test_a_shard_runs_only_its_accounts_and_regions_and_never_widens(
     }
     run = handler({"action": "audit", "accounts": [a], "run_id": "org-run-7"}, None)
     assert run["run_id"] == "org-run-7" and run["report"]["run_id"] == "org-run-7"
+    assert run["invocation_run_id"].startswith("org-run-7.")
+    # Another invocation of the same shard still holds the account's audit lease (a retry while the first one
+    # runs): the shared run id does not let the second one in.
+    store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        assert store.acquire_lease("audit", a, "org-run-7.00003.0badcafe", datetime.now(UTC), 120)
+    finally:
+        store.close()
+    again = handler({"action": "audit", "accounts": [a], "run_id": "org-run-7", "shard": 3}, None)
+    assert again["status"] == "refused" and again["exit_code"] == 5 and "org-run-7.00003.0badcafe" in again["error"]
     for inner in ({"action": "window-open"}, {"action": "audit", "accounts": [a]}, {"action": "nope"}):
         refused = handler({"action": "list-shards", "event": inner}, None)
         assert refused["status"] == "error" and refused["exit_code"] == 2, refused
