@@ -163,14 +163,19 @@ def test_window_and_compliance(aws: EmulatorServer, tmp_path: Path, factory: Ses
     config = _config(
         tmp_path,
         aws.url,
-        window={"settle_minutes": 0, "timeout_minutes": 30, "wait_for_inspector": False},
+        window={"settle_minutes": 0, "timeout_minutes": 30},
         compliance={"types": ["Custom:InSpec"]},
     )
     aws.client.reset_calls()
-    _run(config, ("window", "open", "--apply"), ("window", "close", "--apply"), ("compliance", "sync"))
-    docs = _assert_covered(
-        aws, config, {"ec2:StartInstances", "ec2:StopInstances", "ssm:ListResourceComplianceSummaries"}
+    _run(
+        config,
+        ("window", "open", "--apply"),
+        ("window", "close", "--apply"),
+        ("compliance", "sync"),
+        ("--output-dir", str(tmp_path / "out"), "findings", "inspector"),
     )
+    expected = {"ec2:StartInstances", "ec2:StopInstances", "ssm:ListResourceComplianceSummaries"}
+    docs = _assert_covered(aws, config, expected | {"inspector2:ListFindings"})
     member = {a for s in docs["member_role"]["Statement"] for a in s["Action"]}
     # No guard limit, no audit action: nothing that terminates or locks anyone out.
     assert not {a for a in member if a.startswith("iam:") and not is_read_only(a)}
