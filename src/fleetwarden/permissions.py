@@ -92,6 +92,8 @@ RESOURCES: dict[str, tuple[str, ...]] = {
     "iam:GetRolePolicy": (ROLE_ARN,),
     "iam:PutRolePolicy": (ROLE_ARN,),
     "iam:DeleteRolePolicy": (ROLE_ARN,),
+    # Findings are imported as the account's own default product (report.asff.default_product_arn).
+    "securityhub:BatchImportFindings": ("arn:aws:securityhub:*:*:product/*/default",),
 }
 # Condition keys, where IAM has one that fits: snapshots are tagged only as they are created (TagSpecifications).
 CONDITIONS: dict[str, dict[str, Any]] = {
@@ -298,11 +300,20 @@ def _hub_resources(config: Config | None) -> dict[str, tuple[str, ...]]:
     topics = sorted({str(raw["topic_arn"]) for raw in config.sinks.values() if raw.get("type") == "sns"})
     if topics and all(raw.get("type") != "sns" or raw.get("topic_arn") for raw in config.sinks.values()):
         resources["sns:Publish"] = tuple(topics)
+    buckets = [raw for raw in config.sinks.values() if raw.get("type") == "s3"]
+    if buckets and all(raw.get("bucket") for raw in buckets):
+        resources["s3:PutObject"] = tuple(sorted({_object_arn(raw) for raw in buckets}))
     table = _table_arn(config.state)
     if table:
         for action in _group("state.dynamodb"):
             resources[action] = (table,)
     return resources
+
+
+def _object_arn(sink: dict[str, Any]) -> str:
+    """The objects an S3 sink writes: `<prefix>/...` in its bucket (sinks.s3.S3Sink.key)."""
+    prefix = str(sink.get("prefix", "fleetwarden"))
+    return f"arn:aws:s3:::{sink['bucket']}/{prefix}/*" if prefix else f"arn:aws:s3:::{sink['bucket']}/*"
 
 
 def _table_arn(state: str) -> str | None:

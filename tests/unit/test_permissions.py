@@ -146,6 +146,14 @@ def test_sinks_state_and_organization_narrow_the_hub() -> None:
     assert "securityhub:BatchImportFindings" in actions(docs["member_role"])
     assert "securityhub:BatchImportFindings" not in actions(docs["hub"])
     assert "securityhub:BatchImportFindings" not in member(config())
+    product = statement_of(docs["member_role"], "securityhub:BatchImportFindings")["Resource"]
+    assert product == "arn:aws:securityhub:*:*:product/*/default"
+
+
+def test_s3_sink_writes_only_under_its_prefix() -> None:
+    cfg = config(sinks={"a": {"type": "s3", "bucket": "reports"}, "b": {"type": "s3", "bucket": "raw", "prefix": ""}})
+    statement = statement_of(policy_documents(cfg)["hub"], "s3:PutObject")
+    assert statement["Resource"] == ["arn:aws:s3:::raw/*", "arn:aws:s3:::reports/fleetwarden/*"]
 
 
 def test_window_and_compliance_reads_only_when_configured() -> None:
