@@ -163,6 +163,8 @@ def test_window_and_compliance_reads_only_when_configured() -> None:
     assert {"ec2:StartInstances", "ec2:StopInstances", "inspector2:ListCoverage"} <= window
     compliance = member(config(compliance={"types": ["Custom:InSpec"]}))
     assert "ssm:ListComplianceItems" in compliance and "ec2:StartInstances" not in compliance
+    # An empty section is enough to turn the job on (its defaults apply).
+    assert {"window", "inspector", "compliance"} <= features(config(window={}, compliance={}))
     aggregator = config(window={"discovery": {"type": "config-aggregator", "aggregator": "org"}})
     assert "config:SelectAggregateResourceConfig" in actions(policy_documents(aggregator)["hub"])
 
