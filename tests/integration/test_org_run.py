@@ -284,6 +284,36 @@ def test_list_shards_then_shards_then_aggregate_equals_one_process(
     assert report["summary"]["violators"] == len(FLEET) + 2 * 13 and report["summary"]["accounts"] == len(FLEET)
 
 
+def test_a_sharded_guard_dry_run_equals_one_process(
+    aws: EmulatorServer, factory: SessionFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Per-account limits only: 12 accounts, every third over its limit of 2 running instances."""
+    fleet = FLEET[:12]
+    for n, account in enumerate(fleet):
+        launch(factory, account, REGION, GOOD_TAGS, 3 if n % 3 == 0 else 1)
+    factory.client("s3", region=REGION).create_bucket(Bucket=BUCKET)
+    paths = []
+    for name in ("single", "sharded"):
+        (tmp_path / name).mkdir()
+        top = {"guard": {"max_running_instances": 2}}
+        paths.append(write_config(tmp_path / name, aws.url, fleet, [REGION], top=top))
+    monkeypatch.setenv("FLEETWARDEN_CONFIG", str(paths[0]))
+    one = handler({"action": "guard"}, None)
+    assert one["status"] == "ok", one
+    monkeypatch.setenv("FLEETWARDEN_CONFIG", str(paths[1]))
+    listing = handler(
+        {"action": "list-shards", "event": {"action": "guard"}, "size": 5, "fragments": f"s3://{BUCKET}/runs"}, None
+    )
+    assert listing["count"] == 3, listing
+    for item in listing["shards"]:
+        assert handler(item, None)["status"] == "ok"
+    merged = handler({"action": "aggregate", "run_id": listing["run_id"], "fragments": f"s3://{BUCKET}/runs"}, None)
+    assert merged["status"] == "ok", merged
+    report = s3_json(factory, merged["report_uri"])
+    assert comparable(report) == comparable(one["report"])
+    assert {f["account_id"] for f in report["findings"]} == {a for n, a in enumerate(fleet) if n % 3 == 0}
+
+
 # -- 3. the state machine, executed by moto ------------------------------------------------------------------
 class Bridge:
     """moto's Lambda without Docker, for FUNCTION only: fleetwarden's handler on the payload, in this process.

@@ -132,6 +132,8 @@ def test_summaries_add_up_counts_and_keep_what_every_shard_agrees_on() -> None:
             {"instances_audited": 0, "findings_by_status": {}, "required_tags": ["a"], "note": "y", "ok": True},
         ]
     )
+    tripped = merge_summaries([{"tripped": [A]}, {"tripped": []}, {"tripped": [B, C]}])
+    assert tripped == {"tripped": [A, B, C]}
     assert merged == {
         "instances_audited": 7,
         "findings_by_status": {"new": 3, "ongoing": 1},

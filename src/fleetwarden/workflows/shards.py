@@ -166,15 +166,16 @@ def merge_reports(run_id: str, workflow: str, fragments: list[RunReport], starte
         merged.deliveries += report.deliveries
     merged.targets.sort(key=lambda t: (t.account_id, t.region))
     merged.findings.sort(key=lambda f: (f.account_id, f.region))
-    merged.summary = merge_summaries([r.summary for r in fragments])
+    merged.summary = merge_summaries([r.summary for r in by_place])
     finished = [r.finished_at for r in fragments if r.finished_at is not None]
     merged.finished_at = max(finished) if finished else None
     return merged
 
 
 def merge_summaries(summaries: list[dict[str, Any]]) -> dict[str, Any]:
-    """Counts add up (shards partition the accounts, so even `accounts` adds up), dicts of counts add up key by
-    key, and any other value is kept when every shard agrees (required_tags) or listed once each otherwise."""
+    """Counts add up (shards partition the accounts, so even `accounts` adds up), dicts merge key by key, lists
+    are concatenated with each item once (tripped accounts; required_tags stays as is), and any other value is
+    kept when every shard agrees, else the distinct values are joined (strings) or listed."""
     merged: dict[str, Any] = {}
     keys = [k for s in summaries for k in s]
     for key in dict.fromkeys(keys):
@@ -188,6 +189,16 @@ def _merge_values(values: list[Any]) -> Any:
         return sum(values)
     if all(isinstance(v, dict) for v in values):
         return merge_summaries(values)
+    if all(isinstance(v, list) for v in values):
+        # Lists of the shards' own items (tripped accounts): concatenated, each item once (equal lists stay as is).
+        union: list[Any] = []
+        seen: set[str] = set()
+        for item in (i for v in values for i in v):
+            key = json.dumps(item, sort_keys=True, default=str)
+            if key not in seen:
+                seen.add(key)
+                union.append(item)
+        return union
     distinct: list[Any] = []
     for value in values:
         if value not in distinct:
