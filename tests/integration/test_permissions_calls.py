@@ -6,6 +6,7 @@ member role allows no write at all. (The whole-declaration check of one terminat
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -193,3 +194,31 @@ def test_read_only_tier_covers_a_report_only_audit(
     docs = policy_documents(load_config(config), "read-only")
     granted = {a for d in ("hub", "member_role") for s in docs[d]["Statement"] for a in s["Action"]}
     assert _made(aws) - UNGATED <= granted
+
+
+class _Clock:
+    """Moves only when the workflow sleeps (the window's settle and coverage polls), as in test_window_run.py."""
+
+    def __init__(self) -> None:
+        self.now = datetime.now(UTC) - timedelta(minutes=1)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+def test_window_run_waiting_for_inspector(aws: EmulatorServer, tmp_path: Path, factory: SessionFactory) -> None:
+    from fleetwarden.workflows.base import RunContext
+    from fleetwarden.workflows.window import RunOptions, run_window
+
+    stopped = launch(factory, A, "us-east-1", {}, 2, state="stopped")
+    aws.client._json("/_fleetwarden/inspector2/coverage", {"rule": {"scan_after_polls": 1}})
+    config = _config(tmp_path, aws.url, window={"settle_minutes": 1, "timeout_minutes": 30})
+    aws.client.reset_calls()
+    clock = _Clock()
+    report = run_window(RunContext.create(load_config(config), clock=clock, sleep=clock.sleep), RunOptions(apply=True))
+    assert report.summary["coverage"]["complete"] is True
+    _assert_covered(aws, config, {"ec2:StartInstances", "ec2:StopInstances", "inspector2:ListCoverage"})
+    assert set(states(factory, A, "us-east-1", stopped).values()) == {"stopped"}
