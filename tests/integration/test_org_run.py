@@ -514,3 +514,19 @@ def test_an_org_run_that_acts_keeps_to_the_organization_wide_limit(
         assert output["status"] == "ok" and output["exit_code"] == 0, output
         assert output["summary"]["actions_by_outcome"] == {"done": len(FLEET), "skipped": 2 * 13}
         assert ec2_states.count("running") == len(FLEET)  # the good ones
+
+
+def test_a_bad_org_run_input_fails_at_list_shards_and_runs_nothing(
+    aws: EmulatorServer,
+    factory: SessionFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    sfn_mode: None,
+    bridge: Bridge,
+) -> None:
+    monkeypatch.setenv("FLEETWARDEN_CONFIG", str(write_config(tmp_path, aws.url, FLEET[:2], [REGION])))
+    sfn, machine = deploy(factory)
+    for event in ({"action": "window-open"}, {"action": "audit", "aply": True}):
+        described = execute(sfn, machine, {"event": event})
+        assert described["status"] == "FAILED" and described.get("error") == "ListShardsFailed", described
+    assert bridge.actions() == ["list-shards", "list-shards"]
