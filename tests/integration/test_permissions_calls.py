@@ -121,8 +121,9 @@ def test_stop_audit_and_guard_deactivate(aws: EmulatorServer, tmp_path: Path, fa
         tmp_path,
         aws.url,
         audit={**AUDIT, "action": "stop"},
-        guard={"max_running_instances": 3, "lockout": {"mode": "deactivate"}},
+        guard={"max_running_instances": 3, "lockout": {"mode": "deactivate", "revoke_role_sessions": ["ci"]}},
     )
+    iam.create_role(RoleName="ci", AssumeRolePolicyDocument="{}")
     aws.client.reset_calls()
     _run(
         config,
@@ -131,7 +132,7 @@ def test_stop_audit_and_guard_deactivate(aws: EmulatorServer, tmp_path: Path, fa
         ("guard", "release", "--account", A, "--apply", "--start-instances"),
     )
     writes = {"ec2:StopInstances", "ec2:StartInstances", "iam:UpdateAccessKey", "iam:PutUserPolicy"}
-    docs = _assert_covered(aws, config, writes | {"iam:DeleteUserPolicy"})
+    docs = _assert_covered(aws, config, writes | {"iam:DeleteUserPolicy", "iam:PutRolePolicy"})
     member = {a for s in docs["member_role"]["Statement"] for a in s["Action"]}
     assert not {"ec2:TerminateInstances", "ec2:CreateSnapshots", "iam:DeleteAccessKey"} & member
     assert set(states(factory, A, "us-east-1", fleet["good"]).values()) == {"running"}  # released

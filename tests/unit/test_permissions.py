@@ -211,3 +211,9 @@ def test_templates_built_from_a_config() -> None:
     (hub_policy,) = [p["PolicyDocument"] for p in hub["Policies"] if p["PolicyName"] == "fleetwarden-hub"]
     assert hub_policy == policy_documents(cfg)["hub"]
     assert not {"dynamodb:PutItem", "organizations:ListAccounts"} & actions(hub_policy)
+
+
+def test_billing_role_holds_only_the_configured_sources() -> None:
+    cfg = config(guard={"spend": {"max_usd": 10, "sources": ["burn-rate", "cost-explorer"]}})
+    assert actions(policy_documents(cfg)["billing_role"]) == {"ce:GetCostAndUsage"}
+    assert "cloudwatch:GetMetricData" in actions(policy_documents()["billing_role"])
