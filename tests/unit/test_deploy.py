@@ -264,3 +264,21 @@ def test_billing_role_holds_exactly_the_spend_sources_permissions() -> None:
     actions = set(policy["Statement"][0]["Action"])
     assert {"ce:GetCostAndUsage", "cloudwatch:GetMetricData", "s3:GetObject"} <= actions
     assert not any(a.startswith("ec2:") for a in actions)  # nothing that could touch a fleet
+
+
+def test_templates_from_a_report_only_config_grant_no_write() -> None:
+    """The builders take the config (`deploy render --config` passes it): a report-only audit, read-only role."""
+    from fleetwarden.config.loader import parse_config
+    from fleetwarden.permissions import is_read_only
+
+    config = parse_config('accounts: [{id: "111111111111", role_arn: "arn:aws:iam::111111111111:role/FW"}]\n', "t")
+    for template in (deploy.member_role_template(config=config), deploy.member_role_template(tier="read-only")):
+        (role,) = _of_type(template, "AWS::IAM::Role").values()
+        granted = _actions(_policy(role, "fleetwarden-member"))
+        assert granted and all(is_read_only(a) for a in granted), sorted(granted)
+        known = set(template["Parameters"]) | set(template["Resources"]) | PSEUDO
+        assert _references(template["Resources"]) <= known
+    hub = deploy.hub_template(deploy.load_state_machine(), config=config)
+    hub_policy = _policy(hub["Resources"]["FunctionRole"], "fleetwarden-hub")
+    assert hub_policy == policy_documents(config)["hub"]
+    assert not any(a.startswith(("ec2:", "iam:", "autoscaling:")) for a in _actions(hub_policy))
