@@ -95,6 +95,7 @@ RESOURCES: dict[str, tuple[str, ...]] = {
     # Findings are imported as the account's own default product (report.asff.default_product_arn).
     "securityhub:BatchImportFindings": ("arn:aws:securityhub:*:*:product/*/default",),
 }
+SECRET_ACTION = "secretsmanager:GetSecretValue"
 # Condition keys, where IAM has one that fits: snapshots are tagged only as they are created (TagSpecifications).
 CONDITIONS: dict[str, dict[str, Any]] = {
     "ec2:CreateTags": {"StringEquals": {"ec2:CreateAction": "CreateSnapshots"}},
@@ -237,6 +238,8 @@ def policy_documents(config: Config | None = None, tier: Tier = "full") -> dict[
     for name in used_sinks:
         if name in sink_registry:
             (member if f"sinks.{name}" in MEMBER_SINKS else hub).update(sink_registry.get(name).permissions)
+    if config is not None and not _secret_arns(config):
+        hub.discard(SECRET_ACTION)  # no sink reads a secret from Secrets Manager (ssm:/ and env: refs need none)
     hub |= _group("config_source")
     if config is None or config.organization is not None:
         hub |= _group("targets")
@@ -300,6 +303,9 @@ def _hub_resources(config: Config | None) -> dict[str, tuple[str, ...]]:
     topics = sorted({str(raw["topic_arn"]) for raw in config.sinks.values() if raw.get("type") == "sns"})
     if topics and all(raw.get("type") != "sns" or raw.get("topic_arn") for raw in config.sinks.values()):
         resources["sns:Publish"] = tuple(topics)
+    secrets = _secret_arns(config)
+    if secrets:
+        resources[SECRET_ACTION] = secrets
     buckets = [raw for raw in config.sinks.values() if raw.get("type") == "s3"]
     if buckets and all(raw.get("bucket") for raw in buckets):
         resources["s3:PutObject"] = tuple(sorted({_object_arn(raw) for raw in buckets}))
@@ -308,6 +314,20 @@ def _hub_resources(config: Config | None) -> dict[str, tuple[str, ...]]:
         for action in _group("state.dynamodb"):
             resources[action] = (table,)
     return resources
+
+
+def _secret_arns(config: Config) -> tuple[str, ...]:
+    """The Secrets Manager secrets the sinks name (`secretsmanager:NAME` or an ARN); a secret's ARN ends in a
+    random 6-character suffix after its name, hence `NAME-??????`."""
+    refs = sorted(
+        {
+            value.removeprefix("secretsmanager:")
+            for raw in config.sinks.values()
+            for value in raw.values()
+            if isinstance(value, str) and value.startswith("secretsmanager:")
+        }
+    )
+    return tuple(ref if ref.startswith("arn:") else f"arn:aws:secretsmanager:*:*:secret:{ref}-??????" for ref in refs)
 
 
 def _object_arn(sink: dict[str, Any]) -> str:

@@ -217,3 +217,14 @@ def test_billing_role_holds_only_the_configured_sources() -> None:
     cfg = config(guard={"spend": {"max_usd": 10, "sources": ["burn-rate", "cost-explorer"]}})
     assert actions(policy_documents(cfg)["billing_role"]) == {"ce:GetCostAndUsage"}
     assert "cloudwatch:GetMetricData" in actions(policy_documents()["billing_role"])
+
+
+def test_secrets_manager_only_for_the_secrets_the_sinks_name() -> None:
+    slack = {"type": "slack", "channel": "C0123ABCD", "token": "secretsmanager:fleetwarden/slack"}
+    docs = policy_documents(config(sinks={"chat": slack}))
+    statement = statement_of(docs["hub"], "secretsmanager:GetSecretValue")
+    assert statement["Resource"] == "arn:aws:secretsmanager:*:*:secret:fleetwarden/slack-??????"
+    by_ssm = policy_documents(config(sinks={"chat": {**slack, "token": "ssm:/fleetwarden/slack"}}))
+    assert "secretsmanager:GetSecretValue" not in actions(by_ssm["hub"])
+    assert "ssm:GetParameter" in actions(by_ssm["hub"])
+    assert "secretsmanager:GetSecretValue" in actions(policy_documents()["hub"])  # no config: every sink
