@@ -779,12 +779,32 @@ def deploy_group() -> None:
     type=click.Path(dir_okay=False, exists=True, path_type=Path),
     help="The scan-window ASL for the hub (default: the packaged statemachines/scan-window.asl.json).",
 )
+@click.option(
+    "--from-config",
+    is_flag=True,
+    help="Grant only what the config (--config) enables: a report-only audit gets a read-only member role.",
+)
+@click.option(
+    "--tier",
+    type=click.Choice(["full", "read-only"]),
+    default="full",
+    show_default=True,
+    help="read-only: a member role that can only describe and list (organizations that only audit).",
+)
+@global_options
+@click.pass_context
 @handle_errors
-def deploy_render(kind: str, state_machine: Path | None) -> None:
-    """Print a CloudFormation template as YAML: what deploy/templates/ holds (see docs/deploy-templates.md)."""
+def deploy_render(ctx: click.Context, kind: str, state_machine: Path | None, from_config: bool, tier: str) -> None:
+    """Print a CloudFormation template as YAML: what deploy/templates/ holds (see docs/deploy-templates.md).
+
+    Without --from-config the policies cover every feature (the checked-in templates); with it, only what the
+    config enables. No AWS call is made."""
     from .deploy import render
 
-    click.echo(render(kind, state_machine), nl=False)
+    config = _load(_opts(ctx)) if from_config else None
+    click.echo(
+        render(kind, state_machine, config=config, tier="read-only" if tier == "read-only" else "full"), nl=False
+    )
 
 
 @deploy_group.command("package")

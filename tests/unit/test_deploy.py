@@ -282,3 +282,22 @@ def test_templates_from_a_report_only_config_grant_no_write() -> None:
     hub_policy = _policy(hub["Resources"]["FunctionRole"], "fleetwarden-hub")
     assert hub_policy == policy_documents(config)["hub"]
     assert not any(a.startswith(("ec2:", "iam:", "autoscaling:")) for a in _actions(hub_policy))
+
+
+def test_deploy_render_from_config_grants_only_what_the_config_enables(tmp_path: Path) -> None:
+    config = tmp_path / "fleetwarden.yaml"
+    config.write_text(
+        'accounts: [{id: "111111111111", role_arn: "arn:aws:iam::111111111111:role/FleetWarden"}]\n'
+        "regions: [us-east-1]\naudit: {required_tags: [owner], action: report}\n"
+    )
+    runner = CliRunner()
+    derived = runner.invoke(main, ["--config", str(config), "deploy", "render", "--kind", "member", "--from-config"])
+    assert derived.exit_code == 0, derived.output
+    actions = set(re.findall(r"- ((?:ec2|iam|autoscaling|ssm|inspector2|securityhub):[A-Za-z*]+)", derived.output))
+    assert actions and all(a.split(":")[1].startswith(("Describe", "List", "Get")) for a in actions), actions
+    assert "--from-config" in derived.output.splitlines()[0]  # the header says how to make it again
+    # Without --from-config: the checked-in template (every feature), unchanged.
+    full = runner.invoke(main, ["deploy", "render", "--kind", "member"])
+    assert full.exit_code == 0 and "ec2:StopInstances" in full.output and "ec2:StopInstances" not in derived.output
+    read_only = runner.invoke(main, ["deploy", "render", "--kind", "member", "--tier", "read-only"])
+    assert read_only.exit_code == 0 and "ec2:StopInstances" not in read_only.output
