@@ -8,9 +8,11 @@ this process, as in test_statemachine.py (moto without Docker never runs a funct
 fleet (findings, actions, targets, summary), apart from timings and run ids.
 
 What moto's interpreter does not do, and is therefore checked on the ASL's structure only: ToleratedFailurePercentage
-(moto stores it, never applies it: a failed iteration fails the Map), MaxConcurrency as a real limit of child
-executions, ResultWriter's result files (moto writes only the manifest, with empty ResultFiles; fleetwarden does not
-need them: every shard writes its own fragment), and JitterStrategy.
+(moto parses it and logs that it has no effect: a failed iteration leaves the Map SUCCEEDED, so the Map's Catch to
+Aggregate is never taken here; the crashed-shard test sees Aggregate report the missing shard either way),
+MaxConcurrency as a real limit (moto starts that many workers), ResultWriter's result files (moto writes only the
+manifest, with empty ResultFiles; fleetwarden does not need them: every shard writes its own fragment), and
+JitterStrategy.
 """
 
 from __future__ import annotations
