@@ -192,7 +192,7 @@ def _hub_parameters() -> dict[str, Any]:
         "CodeKey": {
             "Type": "String",
             "Default": "fleetwarden-lambda.zip",
-            "Description": "S3 key of the Lambda package: `pip install fleetwarden -t build/`, zipped.",
+            "Description": "S3 key of the Lambda package built by `fleetwarden deploy package` (docs/deploy.md).",
         },
         "ConfigReference": {
             "Type": "String",

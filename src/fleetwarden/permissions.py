@@ -34,9 +34,10 @@ DECLARATIONS: dict[str, tuple[str, str]] = {
     "collect.config_aggregator": ("fleetwarden.collect.config_aggregator", "PERMISSIONS"),
     "config_source": ("fleetwarden.config_source", "PERMISSIONS"),
     "state.dynamodb": ("fleetwarden.state.dynamodb", "PERMISSIONS"),
+    "workflows.shards": ("fleetwarden.workflows.shards", "PERMISSIONS"),
 }
 # Parts that run with the hub's own credentials rather than the member-account role.
-HUB_PARTS = {"targets", "state.dynamodb", "config_source", "collect.config_aggregator"}
+HUB_PARTS = {"targets", "state.dynamodb", "config_source", "collect.config_aggregator", "workflows.shards"}
 # Sinks that act inside each member account through the assumed role (Security Hub imports per account).
 MEMBER_SINKS = {"sinks.securityhub"}
 # Billing sources read through the payer account's billing role (`guard.spend.billing_account`).
@@ -247,6 +248,10 @@ def policy_documents(config: Config | None = None, tier: Tier = "full") -> dict[
         hub |= _group("state.dynamodb")
     if "window.aggregator" in enabled:
         hub |= _group("collect.config_aggregator")
+    if config is None:
+        # Organization-scale runs (list-shards, shard fragments, aggregate) on the org-run's bucket: not a config
+        # setting (the bucket comes with the state machine's events), so only in the full policy for now.
+        hub |= _group("workflows.shards")
     if tier == "read-only":
         member = {a for a in member if is_read_only(a)}
     billing = _billing_actions(config)

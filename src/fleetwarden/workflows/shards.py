@@ -44,6 +44,11 @@ class FragmentStoreError(FleetwardenError):
 
 
 # -- S3 ------------------------------------------------------------------------------------------------
+# With the hub's credentials, on the org-run's bucket (the `fragments` prefix of its events): shard lists,
+# fragments and the merged report.
+PERMISSIONS = ("s3:PutObject", "s3:GetObject", "s3:ListBucket")
+
+
 @dataclass(frozen=True)
 class RunFiles:
     """Where one org-run keeps its files: s3://bucket/prefix/run_id/..."""
