@@ -17,12 +17,7 @@ JitterStrategy.
 
 from __future__ import annotations
 
-import io
 import json
-import threading
-import time
-import uuid
-import zipfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -31,6 +26,8 @@ from typing import Any
 import pytest
 import yaml
 from fleet import GOOD_TAGS, launch, write_config
+from sfn import LambdaBridge, create_function, create_state_machine, execution_mode, install_bridge
+from sfn import execute as run_execution
 
 from fleetwarden.aws.session import SessionFactory
 from fleetwarden.emulator.server import EmulatorServer
@@ -42,7 +39,6 @@ FUNCTION_PLACEHOLDER = "${FleetwardenFunctionArn}"
 BUCKET_PLACEHOLDER = "${FleetwardenRunBucket}"
 FUNCTION = "fleetwarden-org-run-test"
 BUCKET = "fleetwarden-runs-test"
-SFN_ACCOUNT = "123456789012"  # moto's interpreter calls Lambda and S3 as moto's default account
 REGION = "us-east-1"
 LAMBDA_THROTTLING = {"Lambda.TooManyRequestsException", "Lambda.ServiceException"}
 FLEET = tuple(f"{100000000000 + i:012d}" for i in range(1, 53))  # 52 accounts
@@ -317,97 +313,26 @@ def test_a_sharded_guard_dry_run_equals_one_process(
 
 
 # -- 3. the state machine, executed by moto ------------------------------------------------------------------
-class Bridge:
-    """moto's Lambda without Docker, for FUNCTION only: fleetwarden's handler on the payload, in this process.
-    `crash_shards`: those shards fail like an unhandled exception (Lambda's FunctionError "Unhandled")."""
-
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-        self.crash_shards: set[int] = set()
-        self._lock = threading.Lock()
-
-    def invoke(self, body: Any, response_headers: dict[str, str]) -> bytes:
-        event = json.loads(body) if body else {}
-        with self._lock:
-            self.events.append(event)
-        try:
-            if event.get("shard") in self.crash_shards:
-                raise RuntimeError(f"shard {event['shard']} crashed")
-            result = handler(event, None)
-        except Exception as exc:  # noqa: BLE001 -- what Lambda replies for any unhandled exception
-            response_headers["x-amz-function-error"] = "Unhandled"
-            return json.dumps({"errorMessage": str(exc), "errorType": type(exc).__name__}).encode()
-        return json.dumps(result, default=str).encode()
-
-    def actions(self) -> list[str]:
-        return [str(e.get("action")) for e in self.events]
-
-
 @pytest.fixture
-def bridge(monkeypatch: pytest.MonkeyPatch) -> Bridge:
-    from moto.awslambda_simple.models import LambdaSimpleBackend
-
-    bridge = Bridge()
-    original = LambdaSimpleBackend.invoke
-
-    def invoke(
-        self: Any, function_name: str, qualifier: str | None, body: Any, headers: Any, response_headers: Any
-    ) -> str | bytes | None:
-        if function_name.split(":")[-1] == FUNCTION:
-            return bridge.invoke(body, response_headers)
-        return original(self, function_name, qualifier, body, headers, response_headers)
-
-    monkeypatch.setattr(LambdaSimpleBackend, "invoke", invoke)
-    return bridge
+def bridge(monkeypatch: pytest.MonkeyPatch) -> LambdaBridge:
+    return install_bridge(monkeypatch, FUNCTION)
 
 
 @pytest.fixture
 def sfn_mode(aws: EmulatorServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("MOTO_PORT", aws.url.rsplit(":", 1)[1])
-    aws.admin("/moto-api/config", {"stepfunctions": {"execute_state_machine": True}})
-    yield
-    aws.admin("/moto-api/config", {"stepfunctions": {"execute_state_machine": False}})
+    with execution_mode(aws, monkeypatch):
+        yield
 
 
 def deploy(factory: SessionFactory) -> tuple[Any, str]:
-    iam = factory.client("iam", region=REGION)
-    statement = {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}
-    trust = {"Version": "2012-10-17", "Statement": [statement]}
-    role_arn = iam.create_role(RoleName="fleetwarden-lambda", AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("index.py", "def handler(event, context):\n    return event\n")
-    function_arn = factory.client("lambda", region=REGION).create_function(
-        FunctionName=FUNCTION,
-        Runtime="python3.11",
-        Role=role_arn,
-        Handler="fleetwarden.lambda_handler.handler",
-        Code={"ZipFile": buffer.getvalue()},
-        Timeout=900,
-    )["FunctionArn"]
+    function_arn = create_function(factory, REGION, FUNCTION)
     factory.client("s3", region=REGION).create_bucket(Bucket=BUCKET)
     definition = ASL_PATH.read_text().replace(FUNCTION_PLACEHOLDER, function_arn).replace(BUCKET_PLACEHOLDER, BUCKET)
-    sfn = factory.client("stepfunctions", region=REGION)
-    machine = sfn.create_state_machine(
-        name="fleetwarden-org-run",
-        definition=definition,
-        roleArn=f"arn:aws:iam::{SFN_ACCOUNT}:role/fleetwarden-org-run",
-    )["stateMachineArn"]
-    return sfn, machine
+    return create_state_machine(factory, REGION, "fleetwarden-org-run", definition)
 
 
 def execute(sfn: Any, machine: str, payload: dict[str, Any], timeout: float = 120.0) -> dict[str, Any]:
-    arn = sfn.start_execution(stateMachineArn=machine, name=f"org-{uuid.uuid4().hex[:12]}", input=json.dumps(payload))[
-        "executionArn"
-    ]
-    deadline = time.monotonic() + timeout
-    while True:
-        described: dict[str, Any] = sfn.describe_execution(executionArn=arn)
-        if described["status"] != "RUNNING":
-            return described
-        if time.monotonic() > deadline:
-            pytest.fail(f"execution still RUNNING after {timeout}s")
-        time.sleep(0.2)
+    return run_execution(sfn, machine, payload, timeout, poll=0.2)
 
 
 @pytest.fixture
@@ -417,7 +342,7 @@ def org(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     sfn_mode: None,
-    bridge: Bridge,
+    bridge: LambdaBridge,
 ) -> dict[str, Any]:
     seed(factory)
     sns = factory.client("sns", region=REGION)
@@ -446,7 +371,7 @@ def messages(org: dict[str, Any]) -> list[dict[str, Any]]:
 
 @pytest.mark.parametrize("inline_max", [40, 0], ids=["items-inline", "items-from-s3"])
 def test_org_run_executes_and_equals_a_one_process_audit(
-    inline_max: int, factory: SessionFactory, bridge: Bridge, org: dict[str, Any]
+    inline_max: int, factory: SessionFactory, bridge: LambdaBridge, org: dict[str, Any]
 ) -> None:
     payload = {"event": {"action": "audit"}, "shard_size": 6, "inline_max": inline_max}
     described = execute(org["sfn"], org["machine"], payload)
@@ -470,7 +395,7 @@ def test_org_run_executes_and_equals_a_one_process_audit(
 
 
 def test_a_shard_that_crashes_makes_the_aggregate_partial(
-    factory: SessionFactory, bridge: Bridge, org: dict[str, Any]
+    factory: SessionFactory, bridge: LambdaBridge, org: dict[str, Any]
 ) -> None:
     bridge.crash_shards = {2}
     described = execute(org["sfn"], org["machine"], {"event": {"action": "audit"}, "shard_size": 6})
@@ -490,7 +415,7 @@ def test_a_shard_that_crashes_makes_the_aggregate_partial(
 
 @pytest.mark.parametrize("limit", [40, 2 * len(FLEET)], ids=["over-the-limit", "within-the-limit"])
 def test_an_org_run_that_acts_keeps_to_the_organization_wide_limit(
-    limit: int, factory: SessionFactory, bridge: Bridge, org: dict[str, Any]
+    limit: int, factory: SessionFactory, bridge: LambdaBridge, org: dict[str, Any]
 ) -> None:
     """Each shard gets its share of audit.max_actions from list-shards: the shares add up to at most the limit.
     52 violators to stop: with a limit of 40 every shard's plan (6) is over its share (4) and refuses, so nothing
@@ -524,7 +449,7 @@ def test_a_bad_org_run_input_fails_at_list_shards_and_runs_nothing(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     sfn_mode: None,
-    bridge: Bridge,
+    bridge: LambdaBridge,
 ) -> None:
     monkeypatch.setenv("FLEETWARDEN_CONFIG", str(write_config(tmp_path, aws.url, FLEET[:2], [REGION])))
     sfn, machine = deploy(factory)

@@ -17,20 +17,18 @@ Three levels:
 
 from __future__ import annotations
 
-import io
 import json
 import re
-import time
-import uuid
-import zipfile
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from fleet import ACCOUNTS, launch, states, window_config
+from sfn import LambdaBridge, create_function, create_state_machine, execution_mode, install_bridge
+from sfn import execute as run_execution
 
 from fleetwarden.aws.session import SessionFactory
 from fleetwarden.emulator.server import EmulatorServer
@@ -47,7 +45,6 @@ LAMBDA_ERRORS = {
 }
 A, B, _ = ACCOUNTS
 # moto's Step Functions interpreter calls Lambda with its own credentials ("ak"), i.e. moto's default account.
-SFN_ACCOUNT = "123456789012"
 SFN_REGION = "us-east-1"
 FAST = {"settle_seconds": 0, "poll_seconds": 1}
 
@@ -159,116 +156,28 @@ def test_waits_are_wait_states_driven_by_the_input() -> None:
 
 
 # -- 2. execution in moto's Step Functions interpreter -------------------------------------------------
-class LambdaBridge:
-    """moto's Lambda without Docker, for one function: runs fleetwarden's handler on the payload in this process.
-
-    `crash[action] = "before" | "after"` makes the function fail like an unhandled exception (FunctionError
-    "Unhandled", errorType "RuntimeError") before the handler runs or after it ran (e.g. a timeout after
-    window-open opened the window: its id is lost).
-    """
-
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-        self.results: list[dict[str, Any]] = []
-        self.crash: dict[str, str] = {}
-        self.probe: Callable[[dict[str, Any]], None] | None = None
-
-    def invoke(self, body: Any, response_headers: dict[str, str]) -> bytes:
-        event = json.loads(body) if body else {}
-        self.events.append(event)
-        action = str(event.get("action"))
-        try:
-            if self.crash.get(action) == "before":
-                raise RuntimeError(f"{action} crashed")
-            if self.probe is not None:
-                self.probe(event)
-            result = handler(event, None)
-            self.results.append(result)
-            if self.crash.get(action) == "after":
-                raise RuntimeError(f"{action} crashed after running")
-        except Exception as exc:  # noqa: BLE001 -- what Lambda replies for any unhandled exception
-            response_headers["x-amz-function-error"] = "Unhandled"
-            return json.dumps({"errorMessage": str(exc), "errorType": type(exc).__name__}).encode()
-        return json.dumps(result, default=str).encode()
-
-    def actions(self) -> list[str]:
-        return [str(e.get("action")) for e in self.events]
-
-
 @pytest.fixture
 def bridge(monkeypatch: pytest.MonkeyPatch) -> LambdaBridge:
-    from moto.awslambda_simple.models import LambdaSimpleBackend
-
-    bridge = LambdaBridge()
-    original = LambdaSimpleBackend.invoke
-
-    def invoke(
-        self: Any, function_name: str, qualifier: str | None, body: Any, headers: Any, response_headers: Any
-    ) -> str | bytes | None:
-        if function_name.split(":")[-1] == FUNCTION or function_name.endswith(f":function:{FUNCTION}"):
-            return bridge.invoke(body, response_headers)
-        return original(self, function_name, qualifier, body, headers, response_headers)
-
-    monkeypatch.setattr(LambdaSimpleBackend, "invoke", invoke)
-    return bridge
+    return install_bridge(monkeypatch, FUNCTION)
 
 
 @pytest.fixture
 def sfn_mode(aws: EmulatorServer, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """moto's Step Functions execution mode, for this test only; its Lambda calls go to this emulator."""
-    # The interpreter reaches Lambda at http://localhost:$MOTO_PORT (moto.settings.moto_server_port).
-    monkeypatch.setenv("MOTO_PORT", aws.url.rsplit(":", 1)[1])
-    aws.admin("/moto-api/config", {"stepfunctions": {"execute_state_machine": True}})
-    yield
-    aws.admin("/moto-api/config", {"stepfunctions": {"execute_state_machine": False}})
-
-
-def zip_bytes() -> bytes:
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        archive.writestr("index.py", "def handler(event, context):\n    return event\n")
-    return buffer.getvalue()
+    """moto's Step Functions execution mode, for this test only."""
+    with execution_mode(aws, monkeypatch):
+        yield
 
 
 def deploy(factory: SessionFactory) -> tuple[Any, str]:
     """The function and the state machine, created through the API after switching to execution mode."""
-    iam = factory.client("iam", region=SFN_REGION)
-    statement = {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}
-    trust = {"Version": "2012-10-17", "Statement": [statement]}
-    role_arn = iam.create_role(RoleName="fleetwarden-lambda", AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
-    function_arn = factory.client("lambda", region=SFN_REGION).create_function(
-        FunctionName=FUNCTION,
-        Runtime="python3.11",
-        Role=role_arn,
-        Handler="fleetwarden.lambda_handler.handler",
-        Code={"ZipFile": zip_bytes()},
-        Timeout=900,
-    )["FunctionArn"]
+    function_arn = create_function(factory, SFN_REGION, FUNCTION)
     # What deploy does: substitute the function's ARN for the placeholder (CloudFormation DefinitionSubstitutions).
     definition = ASL_PATH.read_text().replace(PLACEHOLDER, function_arn)
-    sfn = factory.client("stepfunctions", region=SFN_REGION)
-    machine = sfn.create_state_machine(
-        name="fleetwarden-scan-window",
-        definition=definition,
-        roleArn=f"arn:aws:iam::{SFN_ACCOUNT}:role/fleetwarden-scan-window",
-    )["stateMachineArn"]
-    return sfn, machine
+    return create_state_machine(factory, SFN_REGION, "fleetwarden-scan-window", definition)
 
 
 def execute(sfn: Any, machine: str, payload: dict[str, Any], timeout: float = 25.0) -> dict[str, Any]:
-    """Start an execution and poll describe_execution until it ends (bounded)."""
-    # A name every time: moto names an unnamed execution "None", and a second one then already exists.
-    name = f"scan-{uuid.uuid4().hex[:12]}"
-    arn = sfn.start_execution(stateMachineArn=machine, name=name, input=json.dumps(payload))["executionArn"]
-    deadline = time.monotonic() + timeout
-    while True:
-        described: dict[str, Any] = sfn.describe_execution(executionArn=arn)
-        if described["status"] != "RUNNING":
-            return described
-        if time.monotonic() > deadline:
-            history = sfn.get_execution_history(executionArn=arn)["events"]
-            pytest.fail(f"execution still RUNNING after {timeout}s: {[e['type'] for e in history]}")
-        time.sleep(0.1)
+    return run_execution(sfn, machine, payload, timeout)
 
 
 def seed(factory: SessionFactory) -> dict[str, list[str]]:
