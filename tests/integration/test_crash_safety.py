@@ -11,9 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from childrun import MUTATIONS, cli_child
-from fleet import cli, launch, role, states
+from fleet import cli, launch, role, states, write_config
 
 from fleetwarden.actions.iam_lockout import LOCKOUT_POLICY
 from fleetwarden.aws.session import SessionFactory
@@ -27,17 +26,9 @@ REGIONS = ["us-east-1", "eu-west-1"]
 
 
 def write(tmp_path: Path, endpoint: str, **config: Any) -> Path:
-    data: dict[str, Any] = {
-        "aws": {"endpoint_url": endpoint, "max_attempts": 2, "max_concurrency": 8},
-        "accounts": [{"id": A, "role_arn": role(A)}],
-        "regions": REGIONS,
-        "state": f"sqlite:///{tmp_path / 'state.db'}",
-        "guard": {"max_running_instances": 1, "lockout": {"exempt_users": ["breakglass"]}},
-    }
-    data.update(config)
-    path = tmp_path / "fleetwarden.yaml"
-    path.write_text(yaml.safe_dump(data))
-    return path
+    """The shared test config (fleet.write_config) for A in REGIONS with a guard limit of 1; `config` overrides."""
+    guard = {"max_running_instances": 1, "lockout": {"exempt_users": ["breakglass"]}}
+    return write_config(tmp_path, endpoint, (A,), REGIONS, top={"guard": guard, **config})
 
 
 def store(tmp_path: Path) -> SqliteStore:

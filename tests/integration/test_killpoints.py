@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 import yaml
 from childrun import cli_child, fresh_factory, fresh_state, kill_each_mutation
-from fleet import launch, role, states, users
+from fleet import launch, states, users, write_config
 
 from fleetwarden.actions.iam_lockout import LOCKOUT_POLICY
 from fleetwarden.aws.session import SessionFactory
@@ -34,16 +34,8 @@ REGIONS = ["us-east-1", "eu-west-1"]
 
 
 def base_config(tmp_path: Path, endpoint: str, **sections: Any) -> Path:
-    config: dict[str, Any] = {
-        "aws": {"endpoint_url": endpoint, "max_attempts": 2, "max_concurrency": 8},
-        "accounts": [{"id": ACCOUNT, "role_arn": role(ACCOUNT)}],
-        "regions": REGIONS,
-        "state": f"sqlite:///{tmp_path / 'state.db'}",
-        **sections,
-    }
-    path = tmp_path / "fleetwarden.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
+    """The shared test config for ACCOUNT in REGIONS (fleet.write_config), with these sections."""
+    return write_config(tmp_path, endpoint, (ACCOUNT,), REGIONS, top=sections)
 
 
 # -- the guard ------------------------------------------------------------------------------------------------

@@ -131,6 +131,13 @@ def verify_accounts(accounts: list[AccountAccess], factory: SessionFactory) -> l
     """Check that the credentials used for each configured account act in that account: a role ARN must name
     the account's own id, and the current credentials (no role_arn) must belong to it (GetCallerIdentity, once).
     Each account that fails is an error target, never audited or acted on under the wrong label."""
+    acting, unknown = "", ""
+    if any(a.role_arn is None for a in accounts):
+        try:
+            acting = base_identity(factory)["account_id"]
+        except CredentialsError as exc:
+            # Those accounts cannot be vouched for; the accounts reached through roles go on without them.
+            unknown = f"cannot tell which account the current credentials act in: {exc}"
     errors: list[TargetResult] = []
     for access in accounts:
         problem = None
@@ -138,23 +145,22 @@ def verify_accounts(accounts: list[AccountAccess], factory: SessionFactory) -> l
             match = _ROLE_ACCOUNT.match(access.role_arn)
             if match is None or match.group(1) != access.account_id:
                 problem = f"role_arn {access.role_arn} is not a role of account {access.account_id}"
-        else:
-            try:
-                acting = base_identity(factory)["account_id"]
-            except CredentialsError as exc:
-                # This account cannot be vouched for; the accounts reached through roles go on without it.
-                acting, problem = "", f"cannot tell which account the current credentials act in: {exc}"
-            if acting and acting != access.account_id:
-                problem = (
-                    f"no role_arn, and the current credentials belong to account {acting}, not {access.account_id}; "
-                    "this account was skipped (give it a role_arn, or use credentials of that account)"
-                )
+        elif unknown:
+            problem = unknown
+        elif acting != access.account_id:
+            problem = (
+                f"no role_arn, and the current credentials belong to account {acting}, not {access.account_id}; "
+                "this account was skipped (give it a role_arn, or use credentials of that account)"
+            )
         if problem:
             log.warning("account %s: %s", access.account_id, problem)
-            errors.append(
-                TargetResult(account_id=access.account_id, region="*", status=TargetStatus.ERROR, error=problem)
-            )
+            errors.append(_account_error(access.account_id, problem))
     return errors
+
+
+def _account_error(account_id: str, error: str) -> TargetResult:
+    """An account none of whose regions is looked at, reported as one error target (region `*`)."""
+    return TargetResult(account_id=account_id, region="*", status=TargetStatus.ERROR, error=error)
 
 
 def enabled_regions(factory: SessionFactory, account_id: str, home_region: str) -> list[str]:
@@ -202,14 +208,7 @@ def resolve_targets(config: Config, factory: SessionFactory, only_accounts: Iter
             if outcome.value is not None:
                 by_account[outcome.key] = outcome.value
             else:
-                plan.errors.append(
-                    TargetResult(
-                        account_id=outcome.key,
-                        region="*",
-                        status=TargetStatus.ERROR,
-                        error=f"cannot list enabled regions: {outcome.error}",
-                    )
-                )
+                plan.errors.append(_account_error(outcome.key, f"cannot list enabled regions: {outcome.error}"))
     for access in accounts:
         if config.regions == "all":
             if access.account_id not in by_account:
@@ -224,12 +223,10 @@ def resolve_targets(config: Config, factory: SessionFactory, only_accounts: Iter
         kept = [Target(access.account_id, r) for r in regions if r not in excluded]
         if not kept:
             # An account with nothing to look at would pass as "all clear": it is an error target instead.
+            removed = ", ".join(regions) or "-"
             plan.errors.append(
-                TargetResult(
-                    account_id=access.account_id,
-                    region="*",
-                    status=TargetStatus.ERROR,
-                    error=f"no region left to check: exclude_regions removes every one of {', '.join(regions) or '-'}",
+                _account_error(
+                    access.account_id, f"no region left to check: exclude_regions removes every one of {removed}"
                 )
             )
         plan.targets += kept
