@@ -4,9 +4,11 @@ Two templates (see docs/deploy-templates.md):
 
 - `member_role_template()`: the role each member account gives the hub (deployed as a StackSet), trusted by the
   hub account with an external id, its policy `policy_documents()["member_role"]`;
-- `hub_template()`: the hub stack: the DynamoDB state table, the SNS alerts topic, the Lambda functions and their
-  role (`policy_documents()["hub"]` plus logs), the EventBridge schedules, and the scan-window state machine
-  (its definition read from the package data `fleetwarden/statemachines/scan-window.asl.json`).
+- `hub_template()`: the hub stack: the DynamoDB state table, the SNS alerts topic (encrypted with its own KMS key)
+  and the CloudWatch alarms that publish to it, the Lambda functions and their role (`policy_documents()["hub"]`
+  plus logs and the stack's own bucket, key and state machine), the EventBridge schedules, the scan-window state
+  machine and the org-run state machine with its run bucket (their definitions read from the package data
+  `fleetwarden/statemachines/*.asl.json`).
 
 `render(kind)` is the YAML checked in under `deploy/templates/`; a unit test regenerates it and fails when the
 checked-in file is stale, so the templates stay in step with what the code declares (STYLE.md habit 3).
@@ -24,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 import yaml
 
 from .errors import UsageError
+from .handoff import ORG_RUN_ARN_ENV, SHARD_ABOVE_ENV
 from .permissions import Tier, policy_documents
 from .state.dynamodb import TTL_ATTRIBUTE
 
@@ -47,6 +50,23 @@ STATE_MACHINES_DIR = "statemachines"
 STATE_MACHINE = "scan-window"
 STATE_MACHINE_FILE = Path("src/fleetwarden") / STATE_MACHINES_DIR / f"{STATE_MACHINE}.asl.json"  # in a checkout
 FUNCTION_ARN_SUBSTITUTION = "FleetwardenFunctionArn"
+# The org-run (docs/deploy.md, "Organization-scale runs"): its definition also names the run bucket. Its name is
+# known in advance, so the functions' environment and role name its ARN without referring to the resource (the
+# state machine refers to the function: a reference back would be a circular dependency).
+ORG_RUN = "org-run"
+RUN_BUCKET_SUBSTITUTION = "FleetwardenRunBucket"
+RUNS_PREFIX = "runs"  # list-shards' `fragments` is s3://BUCKET/runs: shard lists, fragments, reports
+ORG_RUN_NAME = "${FunctionName}-org-run"
+ORG_RUN_ARN = "arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}:stateMachine:" + ORG_RUN_NAME
+SHARD_ABOVE_DEFAULT = 200
+RUN_RETENTION_DAYS = 30
+# The functions' CloudWatch metrics (embedded metric format, Powertools): namespace, the service dimension, and
+# one `Action` dimension per event action. Runs: 1 per completed run; PartialRuns: exit 4; FailedRuns: exit 1 or 2.
+METRICS_NAMESPACE = "Fleetwarden"
+METRICS_SERVICE = "fleetwarden"
+ACTION_DIMENSION = "Action"
+GUARD_SILENT_PERIODS = 3  # of 5 minutes: the guard runs every 5 minutes, so 15 minutes without a run
+ALARM_PERIOD_SECONDS = 300
 TEMPLATE_FILES: dict[str, Path] = {
     "member": Path("deploy/templates/member-role.yaml"),
     "hub": Path("deploy/templates/hub.yaml"),
@@ -225,6 +245,19 @@ def _hub_parameters() -> dict[str, Any]:
             "AllowedValues": ["ENABLED", "DISABLED"],
             "Description": "State of every EventBridge rule (DISABLED: deploy, invoke by hand, then enable).",
         },
+        "ShardAboveAccounts": {
+            "Type": "Number",
+            "Default": SHARD_ABOVE_DEFAULT,
+            "MinValue": 0,
+            "Description": "FLEETWARDEN_SHARD_ABOVE: over this many accounts, a scheduled audit, guard or compliance "
+            "sync is handed off to the org-run state machine (0: never; docs/deploy-templates.md, Hand-off).",
+        },
+        "RunRetentionDays": {
+            "Type": "Number",
+            "Default": RUN_RETENTION_DAYS,
+            "MinValue": 1,
+            "Description": f"Days the run bucket keeps {RUNS_PREFIX}/ (the org-runs' shard lists, fragments, reports).",
+        },
     }
     for _rule, parameter, default, event, _target in SCHEDULES:
         parameters[parameter] = {
@@ -251,7 +284,13 @@ def _function(name: Any, role: str, reserved: int | None) -> dict[str, Any]:
         "Timeout": TIMEOUT_SECONDS,
         "MemorySize": _ref("MemorySize"),
         "Environment": {
-            "Variables": {"FLEETWARDEN_CONFIG": _ref("ConfigReference"), "FLEETWARDEN_DISABLED": _ref("Disabled")}
+            "Variables": {
+                "FLEETWARDEN_CONFIG": _ref("ConfigReference"),
+                "FLEETWARDEN_DISABLED": _ref("Disabled"),
+                # The hand-off to the org-run (fleetwarden.handoff): over ShardAboveAccounts accounts.
+                SHARD_ABOVE_ENV: _ref("ShardAboveAccounts"),
+                ORG_RUN_ARN_ENV: _sub(ORG_RUN_ARN),
+            }
         },
     }
     if reserved is not None:
@@ -293,13 +332,21 @@ def _invoke_permission(function: str, rule: str) -> dict[str, Any]:
     }
 
 
-def hub_template(state_machine_definition: dict[str, Any], config: Config | None = None) -> Template:
-    """The hub stack: state table, alerts topic, functions and role, schedules, and the scan-window state machine.
+def hub_template(
+    state_machine_definition: dict[str, Any],
+    config: Config | None = None,
+    org_run_definition: dict[str, Any] | None = None,
+) -> Template:
+    """The hub stack: state table, alerts topic and its key, alarms, functions and role, schedules, the scan-window
+    state machine, and the org-run state machine with its run bucket.
 
     `state_machine_definition` is the ASL of `fleetwarden/statemachines/scan-window.asl.json`; its Task states name
-    the worker function as `${FleetwardenFunctionArn}` (a DefinitionSubstitutions key). With a config, the
-    functions' `fleetwarden-hub` policy holds only what the config enables (`policy_documents(config)["hub"]`).
+    the worker function as `${FleetwardenFunctionArn}` (a DefinitionSubstitutions key). `org_run_definition` is the
+    org-run's (default: the packaged `org-run.asl.json`, read now), whose role is derived from its states. With a
+    config, the functions' `fleetwarden-hub` policy holds only what the config enables
+    (`policy_documents(config)["hub"]`); the stack's own resources are granted by `fleetwarden-hub-stack`.
     """
+    org_run = org_run_definition if org_run_definition is not None else load_state_machine(name=ORG_RUN)
     worker_logs = "/aws/lambda/${FunctionName}"
     guard_logs = "/aws/lambda/${FunctionName}-guard"
     resources: dict[str, Any] = {
@@ -318,7 +365,10 @@ def hub_template(state_machine_definition: dict[str, Any], config: Config | None
                 "SSESpecification": {"SSEEnabled": True},
             },
         },
-        "AlertsTopic": {"Type": "AWS::SNS::Topic", "Properties": {"TopicName": _ref("AlertsTopicName")}},
+        "AlertsTopic": {
+            "Type": "AWS::SNS::Topic",
+            "Properties": {"TopicName": _ref("AlertsTopicName"), "KmsMasterKeyId": _ref("AlertsKey")},
+        },
         "FunctionRole": {
             "Type": "AWS::IAM::Role",
             "Properties": {
@@ -340,6 +390,7 @@ def hub_template(state_machine_definition: dict[str, Any], config: Config | None
                             )
                         ],
                     ),
+                    _policy("fleetwarden-hub-stack", _function_stack_statements()),
                 ],
             },
         },
@@ -374,11 +425,16 @@ def hub_template(state_machine_definition: dict[str, Any], config: Config | None
     }
     resources["ComplianceSyncRulePermission"] = _invoke_permission("Function", "ComplianceSyncRule")
     resources.update(_scan_window_resources(state_machine_definition))
+    resources.update(_run_bucket_resources())
+    resources.update(_org_run_resources(org_run))
+    resources.update(_alerts_key_resources())
+    resources.update(_alarms())
     return {
         "AWSTemplateFormatVersion": "2010-09-09",
         "Description": (
-            "fleetwarden hub: state table, alerts topic, Lambda functions, schedules and the scan-window state "
-            "machine. Generated from the code's permission declarations: do not edit."
+            "fleetwarden hub: state table, alerts topic (KMS-encrypted) and alarms, Lambda functions, schedules, the "
+            "scan-window and org-run state machines and the run bucket. Generated from the code's permission "
+            "declarations: do not edit."
         ),
         "Parameters": _hub_parameters(),
         "Resources": resources,
@@ -429,6 +485,314 @@ def _scan_window_resources(definition: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _function_stack_statements() -> list[dict[str, Any]]:
+    """The functions' grants on the stack's own resources, narrowed to them: the org-run's files in the run bucket
+    (`workflows.shards`), starting the org-run (`handoff`), and the alerts topic's key (publishing to an encrypted
+    topic needs the key)."""
+    return [
+        _allow(["s3:GetObject", "s3:PutObject"], _sub(f"${{RunBucket.Arn}}/{RUNS_PREFIX}/*")),
+        {
+            **_allow(["s3:ListBucket"], _att("RunBucket")),
+            "Condition": {"StringLike": {"s3:prefix": f"{RUNS_PREFIX}/*"}},
+        },
+        _allow(["states:StartExecution"], _sub(ORG_RUN_ARN)),
+        _allow(["kms:Decrypt", "kms:GenerateDataKey"], _att("AlertsKey")),
+    ]
+
+
+def _run_bucket_resources() -> dict[str, Any]:
+    """The org-runs' bucket: private, encrypted, TLS only, `runs/` expiring after RunRetentionDays."""
+    bucket_arn = _att("RunBucket")
+    return {
+        "RunBucket": {
+            "Type": "AWS::S3::Bucket",
+            # The merged reports outlive the stack, as the state table does; the lifecycle rule still expires them.
+            "DeletionPolicy": "Retain",
+            "UpdateReplacePolicy": "Retain",
+            "Properties": {
+                "BucketEncryption": {
+                    "ServerSideEncryptionConfiguration": [{"ServerSideEncryptionByDefault": {"SSEAlgorithm": "AES256"}}]
+                },
+                "PublicAccessBlockConfiguration": {
+                    "BlockPublicAcls": True,
+                    "BlockPublicPolicy": True,
+                    "IgnorePublicAcls": True,
+                    "RestrictPublicBuckets": True,
+                },
+                "OwnershipControls": {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]},
+                "LifecycleConfiguration": {
+                    "Rules": [
+                        {
+                            "Id": "expire-runs",
+                            "Status": "Enabled",
+                            "Prefix": f"{RUNS_PREFIX}/",
+                            "ExpirationInDays": _ref("RunRetentionDays"),
+                            "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1},
+                        }
+                    ]
+                },
+            },
+        },
+        "RunBucketPolicy": {
+            "Type": "AWS::S3::BucketPolicy",
+            "Properties": {
+                "Bucket": _ref("RunBucket"),
+                "PolicyDocument": {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Sid": "TlsOnly",
+                            "Effect": "Deny",
+                            "Principal": "*",
+                            "Action": "s3:*",
+                            "Resource": [bucket_arn, _sub("${RunBucket.Arn}/*")],
+                            "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+                        }
+                    ],
+                },
+            },
+        },
+    }
+
+
+def _asl_states(states: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every state of a definition, those inside Map and Parallel states included."""
+    out: list[dict[str, Any]] = []
+    for state in states.values():
+        out.append(state)
+        for inner in (state.get("ItemProcessor"), state.get("Iterator"), *state.get("Branches", [])):
+            if inner:
+                out.extend(_asl_states(inner["States"]))
+    return out
+
+
+def _org_run_statements(definition: dict[str, Any]) -> list[dict[str, Any]]:
+    """What the org-run's role needs, read from its states: invoking the function (Tasks), reading the shard items
+    (ItemReader), writing each ResultWriter's manifest, and running a Distributed Map's child executions."""
+    invoke = False
+    reads: set[str] = set()
+    writes: set[str] = set()
+    distributed = False
+    function = "${" + FUNCTION_ARN_SUBSTITUTION + "}"
+    for state in _asl_states(definition["States"]):
+        if state.get("Type") == "Task":
+            if state.get("Resource") != function:
+                raise UsageError(
+                    f"the org-run definition has a Task on {state.get('Resource')!r}: the hub template grants its "
+                    "role only the function (extend deploy._org_run_statements)"
+                )
+            invoke = True
+        if state.get("Type") != "Map":
+            continue
+        if (state.get("ItemProcessor") or {}).get("ProcessorConfig", {}).get("Mode") == "DISTRIBUTED":
+            distributed = True
+        reader = state.get("ItemReader")
+        if reader is not None:
+            if reader.get("Resource") != "arn:aws:states:::s3:getObject":
+                raise UsageError(f"the org-run's ItemReader {reader.get('Resource')!r} is not granted (s3:getObject)")
+            # The key comes from list-shards (`$.listing.key`): always under runs/ of the run bucket.
+            reads.add(f"{RUNS_PREFIX}/*")
+        writer = state.get("ResultWriter")
+        if writer is not None:
+            prefix = str(writer.get("Parameters", {}).get("Prefix", "")).strip("/")
+            if not prefix.startswith(f"{RUNS_PREFIX}/"):
+                raise UsageError(f"the org-run's ResultWriter prefix {prefix!r} is not under {RUNS_PREFIX}/")
+            writes.add(f"{prefix}/*")
+    statements: list[dict[str, Any]] = []
+    if invoke:
+        statements.append(_allow(["lambda:InvokeFunction"], [_att("Function"), _sub("${Function.Arn}:*")]))
+    if reads:
+        statements.append(_allow(["s3:GetObject"], [_sub(f"${{RunBucket.Arn}}/{key}") for key in sorted(reads)]))
+    if writes:
+        # ResultWriter writes the manifest (and result files) as multipart uploads.
+        actions = ["s3:PutObject", "s3:GetObject", "s3:ListMultipartUploadParts", "s3:AbortMultipartUpload"]
+        statements.append(_allow(actions, [_sub(f"${{RunBucket.Arn}}/{key}") for key in sorted(writes)]))
+    if distributed:
+        executions = "arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}:execution:" + ORG_RUN_NAME
+        statements.append(_allow(["states:StartExecution"], _sub(ORG_RUN_ARN)))
+        # A Distributed Map's child executions: execution:NAME/MAP-RUN-LABEL:ID (and the parent's own, NAME:ID).
+        statements.append(
+            _allow(
+                ["states:DescribeExecution", "states:StopExecution"],
+                [_sub(f"{executions}/*"), _sub(f"{executions}:*")],
+            )
+        )
+    return statements
+
+
+def _org_run_resources(definition: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "OrgRunRole": {
+            "Type": "AWS::IAM::Role",
+            "Properties": {
+                "Description": "fleetwarden hub: the org-run state machine (shards, run bucket, child executions)",
+                "AssumeRolePolicyDocument": _trust({"Service": "states.amazonaws.com"}),
+                "Policies": [_policy("fleetwarden-org-run", _org_run_statements(definition))],
+            },
+        },
+        "OrgRunStateMachine": {
+            "Type": "AWS::StepFunctions::StateMachine",
+            # cfn-lint's ASL schema (E3601) refuses OutputPath on a Succeed state, which the ASL allows (the org-run's
+            # Done outputs aggregate's result); tests/integration/test_org_run.py executes the definition instead.
+            "Metadata": {"cfn-lint": {"config": {"ignore_checks": ["E3601"]}}},
+            "Properties": {
+                "StateMachineName": _sub(ORG_RUN_NAME),
+                "StateMachineType": "STANDARD",
+                "RoleArn": _att("OrgRunRole"),
+                "DefinitionString": json.dumps(definition, indent=2) + "\n",
+                "DefinitionSubstitutions": {
+                    FUNCTION_ARN_SUBSTITUTION: _att("Function"),
+                    RUN_BUCKET_SUBSTITUTION: _ref("RunBucket"),
+                },
+            },
+        },
+    }
+
+
+def _alerts_key_resources() -> dict[str, Any]:
+    """The alerts topic's customer managed key: CloudWatch alarms (and EventBridge rules) can publish to an
+    encrypted topic only when its key lets their service use it, which an AWS managed key does not."""
+    return {
+        "AlertsKey": {
+            "Type": "AWS::KMS::Key",
+            "Properties": {
+                "Description": "fleetwarden hub: encrypts the alerts topic",
+                "EnableKeyRotation": True,
+                "KeyPolicy": {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            # The account administers the key; IAM policies (the functions' role) grant its use.
+                            "Sid": "AccountAdministers",
+                            "Effect": "Allow",
+                            "Principal": {"AWS": _sub("arn:${AWS::Partition}:iam::${AWS::AccountId}:root")},
+                            "Action": "kms:*",
+                            "Resource": "*",
+                        },
+                        {
+                            "Sid": "AlarmsAndRulesPublish",
+                            "Effect": "Allow",
+                            "Principal": {"Service": ["cloudwatch.amazonaws.com", "events.amazonaws.com"]},
+                            "Action": ["kms:Decrypt", "kms:GenerateDataKey*"],
+                            "Resource": "*",
+                        },
+                    ],
+                },
+            },
+        },
+        "AlertsKeyAlias": {
+            "Type": "AWS::KMS::Alias",
+            "Properties": {"AliasName": _sub("alias/${FunctionName}-alerts"), "TargetKeyId": _ref("AlertsKey")},
+        },
+    }
+
+
+def _camel(action: str) -> str:
+    return "".join(part.capitalize() for part in action.split("-"))
+
+
+def _alarm(
+    name: str,
+    description: str,
+    namespace: str,
+    metric: str,
+    dimensions: dict[str, Any],
+    *,
+    below: bool = False,
+    periods: int = 1,
+    missing: str = "notBreaching",
+) -> dict[str, Any]:
+    """An alarm into the alerts topic: Sum of the metric >= 1 in a 5-minute period (or < 1 over `periods`)."""
+    return {
+        "Type": "AWS::CloudWatch::Alarm",
+        "Properties": {
+            "AlarmName": _sub(f"${{FunctionName}}-{name}"),
+            "AlarmDescription": description,
+            "Namespace": namespace,
+            "MetricName": metric,
+            "Dimensions": [{"Name": key, "Value": value} for key, value in dimensions.items()],
+            "Statistic": "Sum",
+            "Period": ALARM_PERIOD_SECONDS,
+            "EvaluationPeriods": periods,
+            "DatapointsToAlarm": periods,
+            "Threshold": 1,
+            "ComparisonOperator": "LessThanThreshold" if below else "GreaterThanOrEqualToThreshold",
+            "TreatMissingData": missing,
+            "AlarmActions": [_ref("AlertsTopic")],
+        },
+    }
+
+
+def alarmed_actions() -> tuple[str, ...]:
+    """The actions whose partial and failed runs raise an alarm: every scheduled one, and `aggregate` (the outcome
+    of an org-run, handed-off runs included)."""
+    return (*(event["action"] for *_, event, _target in SCHEDULES), "aggregate")
+
+
+def _alarms() -> dict[str, Any]:
+    def runs(action: str) -> dict[str, Any]:
+        return {"service": METRICS_SERVICE, ACTION_DIMENSION: action}
+
+    alarms: dict[str, Any] = {
+        "FunctionErrorsAlarm": _alarm(
+            "errors",
+            "fleetwarden: the worker function raised (a bug, a timeout or out of memory): see its log",
+            "AWS/Lambda",
+            "Errors",
+            {"FunctionName": _ref("Function")},
+        ),
+        "GuardFunctionErrorsAlarm": _alarm(
+            "guard-errors",
+            "fleetwarden: the guard function raised (a bug, a timeout or out of memory): see its log",
+            "AWS/Lambda",
+            "Errors",
+            {"FunctionName": _ref("GuardFunction")},
+        ),
+        "GuardSilentAlarm": _alarm(
+            "guard-silent",
+            "fleetwarden: no guard run completed in 15 minutes (schedule disabled, Disabled=true, or the guard "
+            "keeps failing): runaway instances are not being halted",
+            METRICS_NAMESPACE,
+            "Runs",
+            runs("guard"),
+            below=True,
+            periods=GUARD_SILENT_PERIODS,
+            missing="breaching",
+        ),
+        "OrgRunFailedAlarm": _alarm(
+            "org-run-failed",
+            "fleetwarden: an org-run execution failed (ListShardsFailed or AggregateFailed): see its history",
+            "AWS/States",
+            "ExecutionsFailed",
+            {"StateMachineArn": _ref("OrgRunStateMachine")},
+        ),
+        "ScanWindowFailedAlarm": _alarm(
+            "scan-window-failed",
+            "fleetwarden: a scan-window execution failed: instances may still be running; run "
+            "`fleetwarden window close --apply`",
+            "AWS/States",
+            "ExecutionsFailed",
+            {"StateMachineArn": _ref("ScanWindowStateMachine")},
+        ),
+    }
+    for action in alarmed_actions():
+        alarms[f"{_camel(action)}PartialRunsAlarm"] = _alarm(
+            f"{action}-partial",
+            f"fleetwarden: a {action} run was partial (exit 4: some targets could not be read or acted on)",
+            METRICS_NAMESPACE,
+            "PartialRuns",
+            runs(action),
+        )
+        alarms[f"{_camel(action)}FailedRunsAlarm"] = _alarm(
+            f"{action}-failed",
+            f"fleetwarden: a {action} run failed (exit 1 or 2: nothing or not everything ran): see the log",
+            METRICS_NAMESPACE,
+            "FailedRuns",
+            runs(action),
+        )
+    return alarms
+
+
 def _hub_outputs() -> dict[str, Any]:
     return {
         "StateUrl": {
@@ -444,6 +808,15 @@ def _hub_outputs() -> dict[str, Any]:
             "Value": _att("FunctionRole"),
         },
         "ScanWindowStateMachineArn": {"Value": _ref("ScanWindowStateMachine")},
+        "RunBucketName": {
+            "Description": f"The org-runs' bucket ({RUNS_PREFIX}/: shard lists, fragments, merged reports)",
+            "Value": _ref("RunBucket"),
+        },
+        "OrgRunStateMachineArn": {
+            "Description": "The org-run state machine (FLEETWARDEN_ORG_RUN_ARN of the functions)",
+            "Value": _ref("OrgRunStateMachine"),
+        },
+        "AlertsKeyArn": {"Description": "The KMS key of the alerts topic", "Value": _att("AlertsKey")},
     }
 
 
@@ -483,7 +856,7 @@ def template(
     if kind == "member":
         return member_role_template(config=config, tier=tier)
     if kind == "hub":
-        return hub_template(load_state_machine(state_machine), config=config)
+        return hub_template(load_state_machine(state_machine), config=config, org_run_definition=None)
     if kind == "billing":
         return billing_role_template(config=config)
     raise UsageError(f"unknown template kind {kind!r}: expected one of {', '.join(KINDS)}")

@@ -35,9 +35,13 @@ DECLARATIONS: dict[str, tuple[str, str]] = {
     "config_source": ("fleetwarden.config_source", "PERMISSIONS"),
     "state.dynamodb": ("fleetwarden.state.dynamodb", "PERMISSIONS"),
     "workflows.shards": ("fleetwarden.workflows.shards", "PERMISSIONS"),
+    "handoff": ("fleetwarden.handoff", "PERMISSIONS"),
 }
+# Parts an operator runs with their own credentials in the hub account, never as the functions' role: the
+# `operator` document (docs/doctor.md).
+OPERATOR_DECLARATIONS: dict[str, tuple[str, str]] = {"doctor": ("fleetwarden.doctor", "PERMISSIONS")}
 # Parts that run with the hub's own credentials rather than the member-account role.
-HUB_PARTS = {"targets", "state.dynamodb", "config_source", "collect.config_aggregator", "workflows.shards"}
+HUB_PARTS = {"targets", "state.dynamodb", "config_source", "collect.config_aggregator", "workflows.shards", "handoff"}
 # Sinks that act inside each member account through the assumed role (Security Hub imports per account).
 MEMBER_SINKS = {"sinks.securityhub"}
 # Billing sources read through the payer account's billing role (`guard.spend.billing_account`).
@@ -96,6 +100,10 @@ RESOURCES: dict[str, tuple[str, ...]] = {
     # Findings are imported as the account's own default product (report.asff.default_product_arn).
     "securityhub:BatchImportFindings": ("arn:aws:securityhub:*:*:product/*/default",),
 }
+# The hub's own narrowed actions: the hand-off starts only an org-run state machine (`<FunctionName>-org-run`).
+HUB_RESOURCES: dict[str, tuple[str, ...]] = {
+    "states:StartExecution": ("arn:aws:states:*:*:stateMachine:*-org-run",),
+}
 SECRET_ACTION = "secretsmanager:GetSecretValue"
 # Condition keys, where IAM has one that fits: snapshots are tagged only as they are created (TagSpecifications).
 CONDITIONS: dict[str, dict[str, Any]] = {
@@ -118,6 +126,15 @@ def declared() -> dict[str, list[str]]:
     for name, check in load_checks().items():
         parts[f"checks.{name}"] = sorted(check.permissions)
     return parts
+
+
+def operator_actions() -> set[str]:
+    """The operator's read actions (`fleetwarden doctor`), from OPERATOR_DECLARATIONS."""
+    actions: set[str] = set()
+    for module_name, attr in OPERATOR_DECLARATIONS.values():
+        value: Any = getattr(importlib.import_module(module_name), attr)
+        actions.update(a for group in value.values() for a in group)
+    return actions
 
 
 def _group(part: str, key: str | None = None) -> set[str]:
@@ -221,8 +238,8 @@ def is_read_only(action: str) -> bool:
 
 
 def policy_documents(config: Config | None = None, tier: Tier = "full") -> dict[str, Any]:
-    """IAM policy documents: the principal fleetwarden runs as (hub), the member-account role, and the payer
-    account's billing role (spend sources).
+    """IAM policy documents: the principal fleetwarden runs as (hub), the member-account role, the payer
+    account's billing role (spend sources), and an operator's reads for `fleetwarden doctor` (operator).
 
     With a config, only what it enables (`features`) and the sinks it uses; resources narrowed to the config's
     roles, topics and table. `tier="read-only"` keeps only the member role's reads (for organizations that only
@@ -252,6 +269,8 @@ def policy_documents(config: Config | None = None, tier: Tier = "full") -> dict[
         # Organization-scale runs (list-shards, shard fragments, aggregate) on the org-run's bucket: not a config
         # setting (the bucket comes with the state machine's events), so only in the full policy for now.
         hub |= _group("workflows.shards")
+        # The hand-off to the org-run (a Lambda setting, FLEETWARDEN_ORG_RUN_ARN, not a config one): likewise.
+        hub |= _group("handoff")
     if tier == "read-only":
         member = {a for a in member if is_read_only(a)}
     billing = _billing_actions(config)
@@ -262,6 +281,7 @@ def policy_documents(config: Config | None = None, tier: Tier = "full") -> dict[
         "hub": _document(hub_actions, _hub_resources(config)),
         "member_role": _document(member, _member_resources(config)),
         "billing_role": _document(billing, {}),
+        "operator": _document(operator_actions(), {}),
     }
 
 
@@ -294,7 +314,7 @@ def _member_resources(config: Config | None) -> dict[str, tuple[str, ...]]:
 
 def _hub_resources(config: Config | None) -> dict[str, tuple[str, ...]]:
     """With a config: the roles the hub assumes, the topics it publishes to, the state table."""
-    resources = _member_resources(config)
+    resources = {**_member_resources(config), **HUB_RESOURCES}
     if config is None:
         return resources
     roles = {a.role_arn for a in config.accounts if a.role_arn}
