@@ -33,8 +33,10 @@ PERMISSIONS = (
     "autoscaling:ResumeProcesses",
 )
 
-# DescribeAutoScalingGroups takes at most this many names per call.
+# DescribeAutoScalingGroups takes at most this many names per call, and returns at most this many groups per page
+# (MaxRecords; the default is 50): a region of up to 100 groups is one call.
 _NAMES_PER_DESCRIBE = 100
+_GROUPS_PER_PAGE = 100
 
 
 class AsgProcesses(JournaledActions):
@@ -101,13 +103,14 @@ class AsgProcesses(JournaledActions):
 
     def _groups(self, names: Sequence[str] = ()) -> Iterator[dict[str, Any]]:
         paginator = self.client.get_paginator("describe_auto_scaling_groups")
+        paging = {"PageSize": _GROUPS_PER_PAGE}
         if not names:
-            for page in paginator.paginate():
+            for page in paginator.paginate(PaginationConfig=paging):
                 yield from page.get("AutoScalingGroups", [])
             return
         for start in range(0, len(names), _NAMES_PER_DESCRIBE):
             chunk = list(names[start : start + _NAMES_PER_DESCRIBE])
-            for page in paginator.paginate(AutoScalingGroupNames=chunk):
+            for page in paginator.paginate(AutoScalingGroupNames=chunk, PaginationConfig=paging):
                 yield from page.get("AutoScalingGroups", [])
 
     # -- resume ---------------------------------------------------------------------------------------
