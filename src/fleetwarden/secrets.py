@@ -9,7 +9,7 @@ import logging
 import os
 import re
 import threading
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import quote, quote_plus
 
 from .errors import SecretError
@@ -43,8 +43,8 @@ class SecretResolver:
         return value
 
     def _fetch(self, ref: str) -> str:
-        from botocore.exceptions import BotoCoreError, ClientError
-
+        """The secret's value; an SSM or Secrets Manager read goes through the warm cache (a Powertools provider:
+        within `FLEETWARDEN_CACHE_SECONDS`, default 300 in Lambda, a later invocation reads it from memory)."""
         if ref.startswith("env:"):
             var = ref[4:]
             if var not in os.environ:
@@ -52,16 +52,32 @@ class SecretResolver:
             return os.environ[var]
         if self._factory is None:
             raise SecretError(f"secret {ref}: no AWS session to read it with")
+        if ref.startswith("ssm:"):
+            value = self._cached(ref, "ssm", ref[4:])
+        elif ref.startswith("secretsmanager:"):
+            value = self._cached(ref, "secretsmanager", ref[len("secretsmanager:") :])
+        else:
+            raise SecretError(f"secret {ref}: unknown reference scheme")
+        if not isinstance(value, str):
+            raise SecretError(f"secret {ref} is binary (SecretBinary); fleetwarden reads text secrets (SecretString)")
+        return value
+
+    def _cached(self, ref: str, source: Literal["ssm", "secretsmanager"], name: str) -> str | bytes:
+        from aws_lambda_powertools.utilities.parameters.exceptions import GetParameterError
+
+        from .config_source import SECRETS_MAX_AGE, cache_seconds, fetch_error, warm_cache
+        from .errors import ConfigError
+
+        assert self._factory is not None
         try:
-            if ref.startswith("ssm:"):
-                ssm = self._factory.client("ssm", region=self._region)
-                return str(ssm.get_parameter(Name=ref[4:], WithDecryption=True)["Parameter"]["Value"])
-            if ref.startswith("secretsmanager:"):
-                sm = self._factory.client("secretsmanager", region=self._region)
-                return str(sm.get_secret_value(SecretId=ref[len("secretsmanager:") :])["SecretString"])
-        except (ClientError, BotoCoreError) as exc:
-            raise SecretError(f"secret {ref} could not be read: {exc}") from None
-        raise SecretError(f"secret {ref}: unknown reference scheme")
+            max_age = cache_seconds(SECRETS_MAX_AGE)
+        except ConfigError as exc:
+            raise SecretError(f"secret {ref}: {exc}") from None
+        client = self._factory.client(source, region=self._region)
+        try:
+            return warm_cache().get(source, client, name, max_age)
+        except GetParameterError as exc:
+            raise SecretError(f"secret {ref} could not be read: {fetch_error(exc)}") from None
 
     def values(self) -> list[str]:
         """The resolved secret values (and those registered with `protect`) long enough to redact anywhere."""
