@@ -1,11 +1,14 @@
 """The rendered templates deployed with moto's CloudFormation: what each stack creates, and that it works.
 
-moto creates every resource type of both templates (IAM roles, DynamoDB table, SNS topic, Lambda functions and
-permissions, log groups, EventBridge rules, the Step Functions state machine). What it ignores, so these tests
-do not check it: the table's TimeToLiveSpecification and PointInTimeRecoverySpecification, the state
-machine's DefinitionSubstitutions (the definition keeps `${FleetwardenFunctionArn}`), and every IAM condition
-(trust is not enforced). It also keeps an inline role policy made by CloudFormation as a Python repr string
-(see `_inline_policy`).
+moto creates nearly every resource type of both templates (IAM roles, DynamoDB table, SNS topic, KMS key and
+alias, S3 bucket, Lambda functions and permissions, log groups, EventBridge rules, the Step Functions state
+machines). What it ignores, so these tests do not check it: the table's TimeToLiveSpecification and
+PointInTimeRecoverySpecification, the state machines' DefinitionSubstitutions (a definition keeps
+`${FleetwardenFunctionArn}`), the bucket's lifecycle rule, public access block and ownership controls, and every IAM
+condition (trust is not enforced). Two resource types it does not create at all (it warns and goes on):
+`AWS::CloudWatch::Alarm` and `AWS::S3::BucketPolicy`; tests/unit/test_deploy.py checks those (the alarms against the
+EMF the functions write, the policy's TLS-only deny). It also keeps an inline role policy made by CloudFormation as
+a Python repr string (see `_inline_policy`).
 """
 
 from __future__ import annotations
@@ -14,13 +17,16 @@ import ast
 import io
 import json
 import zipfile
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from fleetwarden.aws.session import AccountAccess, SessionFactory
-from fleetwarden.deploy import render
+from fleetwarden.config_source import load_config_from
+from fleetwarden.deploy import load_state_machine, render
 from fleetwarden.emulator.server import EmulatorServer
+from fleetwarden.handoff import ORG_RUN_ARN_ENV, SHARD_ABOVE_ENV, hand_off
 from fleetwarden.permissions import policy_documents
 from fleetwarden.state import open_store
 from fleetwarden.state.dynamodb import TTL_ATTRIBUTE
@@ -29,6 +35,11 @@ REGION = "us-east-1"
 HUB = "123456789012"  # moto's default account: where the tests' own credentials act
 MEMBERS = ("210987654321", "333333333333")
 EXTERNAL_ID = "fleetwarden-test-external-id"
+# moto warns for the resource types it does not create (the alarms, the bucket policy): see the docstring.
+pytestmark = pytest.mark.filterwarnings(
+    r"ignore:Tried to parse AWS.{2}(CloudWatch.{2}Alarm|S3.{2}BucketPolicy) but it's not supported:UserWarning"
+)
+SHARD_ABOVE = 2  # the stack's ShardAboveAccounts in these tests: a 3-account organization is handed off
 
 
 def _member_actions() -> set[str]:
@@ -117,7 +128,11 @@ def hub_stack(aws: EmulatorServer, factory: SessionFactory) -> dict[str, str]:
         StackName="fleetwarden-hub",
         TemplateBody=render("hub"),
         Parameters=_parameters(
-            {"CodeBucket": "fleetwarden-artifacts", "ConfigReference": "s3://fleetwarden-artifacts/fleetwarden.yaml"}
+            {
+                "CodeBucket": "fleetwarden-artifacts",
+                "ConfigReference": "s3://fleetwarden-artifacts/fleetwarden.yaml",
+                "ShardAboveAccounts": str(SHARD_ABOVE),
+            }
         ),
         Capabilities=["CAPABILITY_IAM"],
     )
@@ -147,6 +162,10 @@ def test_hub_stack_creates_table_topic_and_functions(hub_stack: dict[str, str], 
         assert config["Role"] == hub_stack["FunctionRoleArn"]
         assert config["Environment"]["Variables"]["FLEETWARDEN_CONFIG"] == "s3://fleetwarden-artifacts/fleetwarden.yaml"
         assert config["Environment"]["Variables"]["FLEETWARDEN_DISABLED"] == "false"
+        # The hand-off: the ARN built from the state machine's name is the ARN of the state machine the stack made.
+        # (moto keeps a Number parameter's value as a number here; Lambda's variables are always strings)
+        assert str(config["Environment"]["Variables"][SHARD_ABOVE_ENV]) == str(SHARD_ABOVE)
+        assert config["Environment"]["Variables"][ORG_RUN_ARN_ENV] == hub_stack["OrgRunStateMachineArn"]
     # EventBridge may invoke each function, from its rules only.
     policy = json.loads(lam.get_policy(FunctionName="fleetwarden")["Policy"])
     assert {s["Principal"]["Service"] for s in policy["Statement"]} == {"events.amazonaws.com"}
@@ -188,3 +207,87 @@ def test_state_store_works_on_the_stacks_table(hub_stack: dict[str, str], factor
     assert store.put_record("probe", "deploy", {"ok": True}, expected_version=None) == 1
     assert store.get_record("probe", "deploy") == ({"ok": True}, 1)
     store.close()
+
+
+def _resources(statement: dict[str, Any]) -> list[str]:
+    value = statement["Resource"]
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _grants(document: dict[str, Any], action: str) -> list[str]:
+    """The resources of every statement of `document` that allows `action`."""
+    found: list[str] = []
+    for statement in document["Statement"]:
+        actions = [statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"]
+        if action in actions:
+            found += _resources(statement)
+    return found
+
+
+def test_hub_stack_creates_the_run_bucket_and_the_org_run(hub_stack: dict[str, str], factory: SessionFactory) -> None:
+    bucket = hub_stack["RunBucketName"]
+    s3 = factory.client("s3", region=REGION)
+    rules = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
+    assert rules[0]["ApplyServerSideEncryptionByDefault"]["SSEAlgorithm"] == "AES256"
+
+    sfn = factory.client("stepfunctions", region=REGION)
+    machine = sfn.describe_state_machine(stateMachineArn=hub_stack["OrgRunStateMachineArn"])
+    assert machine["name"] == "fleetwarden-org-run"
+    assert json.loads(machine["definition"]) == load_state_machine(name="org-run")  # the file at render time
+    function_arn = hub_stack["FunctionArn"]
+    iam = factory.client("iam", region=REGION)
+    role = _inline_policy(iam, machine["roleArn"].rsplit("/", 1)[1], "fleetwarden-org-run")
+    assert function_arn in _grants(role, "lambda:InvokeFunction")
+    assert _grants(role, "s3:GetObject") == [
+        f"arn:aws:s3:::{bucket}/runs/*",
+        f"arn:aws:s3:::{bucket}/runs/map-results/*",
+    ]
+    assert f"arn:aws:s3:::{bucket}/runs/map-results/*" in _grants(role, "s3:PutObject")
+    assert _grants(role, "states:StartExecution") == [hub_stack["OrgRunStateMachineArn"]]
+    executions = hub_stack["OrgRunStateMachineArn"].replace(":stateMachine:", ":execution:")
+    assert set(_grants(role, "states:StopExecution")) == {f"{executions}/*", f"{executions}:*"}
+
+    # The functions' grants on the stack's own resources, resolved to what the stack made.
+    stack = _inline_policy(iam, hub_stack["FunctionRoleArn"].rsplit("/", 1)[1], "fleetwarden-hub-stack")
+    assert _grants(stack, "s3:PutObject") == [f"arn:aws:s3:::{bucket}/runs/*"]
+    assert _grants(stack, "s3:ListBucket") == [f"arn:aws:s3:::{bucket}"]
+    assert _grants(stack, "states:StartExecution") == [hub_stack["OrgRunStateMachineArn"]]
+    assert _grants(stack, "kms:GenerateDataKey") == [hub_stack["AlertsKeyArn"]]
+
+
+def test_hub_stack_encrypts_the_alerts_topic_with_its_key(hub_stack: dict[str, str], factory: SessionFactory) -> None:
+    """The key, its alias and the topic's key. moto cannot serve a key made by CloudFormation beyond listing it: its
+    KMS checks the stored key policy as a JSON string on every call on the key (DescribeKey, GetKeyRotationStatus,
+    GetKeyPolicy), and CloudFormation hands it the policy as an object; the unit tests check rotation and policy."""
+    kms = factory.client("kms", region=REGION)
+    key_id = hub_stack["AlertsKeyArn"].rsplit("/", 1)[1]
+    assert hub_stack["AlertsKeyArn"] == f"arn:aws:kms:{REGION}:{HUB}:key/{key_id}"
+    assert key_id in {k["KeyId"] for k in kms.list_keys()["Keys"]}
+    aliases = {a["AliasName"]: a.get("TargetKeyId") for a in kms.list_aliases()["Aliases"]}
+    assert aliases["alias/fleetwarden-alerts"] == key_id
+    topic = factory.client("sns", region=REGION).get_topic_attributes(TopicArn=hub_stack["AlertsTopicArn"])
+    assert topic["Attributes"]["KmsMasterKeyId"] == key_id
+
+
+def test_the_stacks_functions_hand_a_large_run_off_to_the_stacks_org_run(
+    hub_stack: dict[str, str], aws: EmulatorServer, factory: SessionFactory, tmp_path: Path
+) -> None:
+    """With the environment the stack gives the functions, a run over ShardAboveAccounts starts an execution of
+    the stack's own org-run state machine."""
+    config_path = tmp_path / "fleetwarden.yaml"
+    accounts = [
+        {"id": f"{400000000000 + n:012d}", "role_arn": f"arn:aws:iam::{400000000000 + n:012d}:role/FW"}
+        for n in range(SHARD_ABOVE + 1)
+    ]
+    config_path.write_text(json.dumps({"aws": {"endpoint_url": aws.url}, "accounts": accounts, "regions": [REGION]}))
+    config = load_config_from(str(config_path))
+    lam = factory.client("lambda", region=REGION)
+    variables = lam.get_function_configuration(FunctionName="fleetwarden-guard")["Environment"]["Variables"]
+    # As Lambda sets them: strings (moto keeps the Number parameter's value as a number).
+    result = hand_off({"action": "guard", "apply": True}, config, factory, {k: str(v) for k, v in variables.items()})
+    assert result is not None and result["status"] == "handed-off", result
+    sfn = factory.client("stepfunctions", region=REGION)
+    (execution,) = sfn.list_executions(stateMachineArn=hub_stack["OrgRunStateMachineArn"])["executions"]
+    assert execution["executionArn"] == result["execution_arn"]
+    described = sfn.describe_execution(executionArn=result["execution_arn"])
+    assert json.loads(described["input"]) == {"event": {"action": "guard", "apply": True}}

@@ -301,3 +301,279 @@ def test_deploy_render_from_config_grants_only_what_the_config_enables(tmp_path:
     assert full.exit_code == 0 and "ec2:StopInstances" in full.output and "ec2:StopInstances" not in derived.output
     read_only = runner.invoke(main, ["deploy", "render", "--kind", "member", "--tier", "read-only"])
     assert read_only.exit_code == 0 and "ec2:StopInstances" not in read_only.output
+
+
+# -- the org-run, its bucket, the hand-off, the alerts key and the alarms ------------------------------------------
+def _statements(resource: dict[str, Any], policy: str) -> list[dict[str, Any]]:
+    return list(_policy(resource, policy)["Statement"])
+
+
+def _sub_text(value: Any) -> str:
+    """The text of an `Fn::Sub` (or a plain string), to compare ARNs built from names."""
+    return str(value["Fn::Sub"]) if isinstance(value, dict) and "Fn::Sub" in value else str(value)
+
+
+def _resources(statement: dict[str, Any]) -> list[str]:
+    """A statement's resources as text: `Fn::Sub` as written, `Fn::GetAtt: [R, Arn]` as `${R.Arn}`."""
+    value = statement["Resource"]
+    values = value if isinstance(value, list) else [value]
+    out = []
+    for v in values:
+        if isinstance(v, dict) and "Fn::GetAtt" in v:
+            resource, attribute = v["Fn::GetAtt"]
+            out.append(f"${{{resource}.{attribute}}}")
+        else:
+            out.append(_sub_text(v))
+    return out
+
+
+def _granted(statements: list[dict[str, Any]], action: str, resource: str) -> bool:
+    """True when a statement allows `action` on `resource` (IAM wildcards in the statement's resources)."""
+    from fnmatch import fnmatchcase
+
+    for statement in statements:
+        actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
+        if any(fnmatchcase(action, a) for a in actions) and any(
+            fnmatchcase(resource, r) for r in _resources(statement)
+        ):
+            return True
+    return False
+
+
+def test_functions_hand_off_to_the_org_run_over_shard_above_accounts(hub: dict[str, Any]) -> None:
+    from fleetwarden.handoff import ORG_RUN_ARN_ENV, PERMISSIONS, SHARD_ABOVE_ENV
+
+    machine = hub["Resources"]["OrgRunStateMachine"]["Properties"]
+    for function in _of_type(hub, "AWS::Lambda::Function").values():
+        variables = function["Properties"]["Environment"]["Variables"]
+        assert variables[SHARD_ABOVE_ENV] == {"Ref": "ShardAboveAccounts"}
+        # The ARN is built from the state machine's own name (a Ref would be a circular dependency).
+        arn = _sub_text(variables[ORG_RUN_ARN_ENV])
+        assert arn.endswith(":stateMachine:" + _sub_text(machine["StateMachineName"]))
+        assert arn.startswith("arn:${AWS::Partition}:states:${AWS::Region}:${AWS::AccountId}:")
+    assert hub["Parameters"]["ShardAboveAccounts"]["Default"] == 200
+    assert hub["Parameters"]["ShardAboveAccounts"]["MinValue"] == 0
+    stack = _statements(hub["Resources"]["FunctionRole"], "fleetwarden-hub-stack")
+    for action in PERMISSIONS:
+        assert _granted(stack, action, deploy.ORG_RUN_ARN), action
+    assert not _granted(stack, "states:StartExecution", "${ScanWindowStateMachine}")
+
+
+def test_run_bucket_is_private_encrypted_tls_only_and_expires_runs(hub: dict[str, Any]) -> None:
+    from fleetwarden.workflows.shards import PERMISSIONS as SHARD_ACTIONS
+
+    bucket = hub["Resources"]["RunBucket"]
+    assert bucket["DeletionPolicy"] == "Retain"
+    props = bucket["Properties"]
+    (encryption,) = props["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+    assert encryption["ServerSideEncryptionByDefault"]["SSEAlgorithm"] in ("AES256", "aws:kms")
+    assert set(props["PublicAccessBlockConfiguration"].values()) == {True}
+    assert len(props["PublicAccessBlockConfiguration"]) == 4
+    (rule,) = props["LifecycleConfiguration"]["Rules"]
+    assert rule["Status"] == "Enabled" and rule["Prefix"] == "runs/"
+    assert rule["ExpirationInDays"] == {"Ref": "RunRetentionDays"}
+    policy = hub["Resources"]["RunBucketPolicy"]["Properties"]
+    assert policy["Bucket"] == {"Ref": "RunBucket"}
+    (deny,) = policy["PolicyDocument"]["Statement"]
+    assert deny["Effect"] == "Deny" and deny["Principal"] == "*" and deny["Action"] == "s3:*"
+    assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert set(_resources(deny)) == {"${RunBucket.Arn}", "${RunBucket.Arn}/*"}
+    # The functions write and read the org-run's files (workflows.shards' declaration) in the bucket, under runs/.
+    stack = _statements(hub["Resources"]["FunctionRole"], "fleetwarden-hub-stack")
+    for action in set(SHARD_ACTIONS) - {"s3:ListBucket"}:
+        assert _granted(stack, action, "${RunBucket.Arn}/runs/r1/fragments/00001.json"), action
+        assert not _granted(stack, action, "${RunBucket.Arn}/other/key"), action
+    (listing,) = [s for s in stack if s["Action"] == ["s3:ListBucket"]]
+    assert _resources(listing) == ["${RunBucket.Arn}"]
+    assert listing["Condition"] == {"StringLike": {"s3:prefix": "runs/*"}}
+    assert hub["Outputs"]["RunBucketName"]["Value"] == {"Ref": "RunBucket"}
+
+
+def test_the_bucket_key_and_org_run_grants_are_in_a_template_from_a_config_too() -> None:
+    """A config-derived hub policy has no shard, hand-off or key actions: the stack policy carries them."""
+    from fleetwarden.config.loader import parse_config
+
+    config = parse_config('accounts: [{id: "111111111111", role_arn: "arn:aws:iam::111111111111:role/FW"}]\n', "t")
+    template = deploy.hub_template(deploy.load_state_machine(), config=config)
+    hub_actions = _actions(_policy(template["Resources"]["FunctionRole"], "fleetwarden-hub"))
+    assert "states:StartExecution" not in hub_actions
+    stack = _statements(template["Resources"]["FunctionRole"], "fleetwarden-hub-stack")
+    assert _granted(stack, "states:StartExecution", deploy.ORG_RUN_ARN)
+    assert _granted(stack, "s3:PutObject", "${RunBucket.Arn}/runs/x/report.json")
+    assert _granted(stack, "kms:GenerateDataKey", "${AlertsKey.Arn}")
+
+
+def _asl_states(states: dict[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for state in states.values():
+        out.append(state)
+        for inner in (state.get("ItemProcessor"), state.get("Iterator"), *state.get("Branches", [])):
+            if inner:
+                out += _asl_states(inner["States"])
+    return out
+
+
+def _check_org_run_role(template: dict[str, Any], definition: dict[str, Any]) -> None:
+    """Walk the ASL: each state's AWS work is allowed to the state machine's role, on exactly its resources."""
+    machine = template["Resources"]["OrgRunStateMachine"]["Properties"]
+    role = template["Resources"][machine["RoleArn"]["Fn::GetAtt"][0]]
+    assert role["Properties"]["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {
+        "Service": "states.amazonaws.com"
+    }
+    granted = _statements(role, "fleetwarden-org-run")
+    function = "${" + deploy.FUNCTION_ARN_SUBSTITUTION + "}"
+    bucket = "${RunBucket.Arn}"
+    own = deploy.ORG_RUN_ARN
+    executions = own.replace(":stateMachine:", ":execution:")
+    for state in _asl_states(definition["States"]):
+        if state["Type"] == "Task":
+            assert state["Resource"] == function, state
+            assert _granted(granted, "lambda:InvokeFunction", "${Function.Arn}")
+        if state["Type"] != "Map":
+            continue
+        if state.get("ItemReader"):
+            assert state["ItemReader"]["Resource"] == "arn:aws:states:::s3:getObject"
+            assert _granted(granted, "s3:GetObject", f"{bucket}/runs/RUN/items.json")
+        if state.get("ResultWriter"):
+            prefix = state["ResultWriter"]["Parameters"]["Prefix"]
+            assert state["ResultWriter"]["Parameters"]["Bucket"] == "${" + deploy.RUN_BUCKET_SUBSTITUTION + "}"
+            for action in ("s3:PutObject", "s3:GetObject", "s3:ListMultipartUploadParts", "s3:AbortMultipartUpload"):
+                assert _granted(granted, action, f"{bucket}/{prefix}/0a1b/manifest.json"), (prefix, action)
+        if state["ItemProcessor"]["ProcessorConfig"]["Mode"] == "DISTRIBUTED":
+            # A Distributed Map runs its iterations as child executions of the state machine itself.
+            assert _granted(granted, "states:StartExecution", own)
+            for action in ("states:DescribeExecution", "states:StopExecution"):
+                assert _granted(granted, action, f"{executions}/Shards:0a1b"), action
+    # Nothing else: no other state machine, no write outside runs/map-results, no other function.
+    assert not _granted(granted, "states:StartExecution", "${ScanWindowStateMachine}")
+    assert not _granted(granted, "s3:PutObject", f"{bucket}/runs/RUN/report.json")
+    assert not _granted(granted, "lambda:InvokeFunction", "${GuardFunction.Arn}")
+
+
+def test_org_run_state_machine_takes_the_asl_file_at_render_time_and_its_role_covers_its_states(
+    hub: dict[str, Any],
+) -> None:
+    machine = hub["Resources"]["OrgRunStateMachine"]["Properties"]
+    definition = deploy.load_state_machine(name=deploy.ORG_RUN)
+    assert json.loads(machine["DefinitionString"]) == definition
+    used = set(re.findall(r"\$\{([A-Za-z0-9_]+)\}", machine["DefinitionString"]))
+    assert used == set(machine["DefinitionSubstitutions"]), "a ${...} of the ASL has no substitution"
+    assert machine["DefinitionSubstitutions"] == {
+        deploy.FUNCTION_ARN_SUBSTITUTION: {"Fn::GetAtt": ["Function", "Arn"]},
+        deploy.RUN_BUCKET_SUBSTITUTION: {"Ref": "RunBucket"},
+    }
+    assert _sub_text(machine["StateMachineName"]) == "${FunctionName}-org-run"
+    _check_org_run_role(hub, definition)
+    assert hub["Outputs"]["OrgRunStateMachineArn"]["Value"] == {"Ref": "OrgRunStateMachine"}
+
+
+def test_org_run_role_follows_the_definition_and_refuses_what_it_cannot_grant() -> None:
+    """A second Map (the guard's halt phase, say) writing its results elsewhere under runs/ gets that prefix; a
+    Task the template does not know how to grant fails the render instead of deploying a role that lacks it."""
+    from fleetwarden.errors import UsageError
+
+    definition = deploy.load_state_machine(name=deploy.ORG_RUN)
+    maps = [s for s in definition["States"].values() if s["Type"] == "Map"]
+    halt = json.loads(json.dumps(maps[0]))
+    halt["ResultWriter"]["Parameters"]["Prefix"] = "runs/halt-results"
+    definition["States"]["HaltShards"] = halt
+    template = deploy.hub_template(deploy.load_state_machine(), org_run_definition=definition)
+    _check_org_run_role(template, definition)
+    unknown = deploy.load_state_machine(name=deploy.ORG_RUN)
+    unknown["States"]["Notify"] = {"Type": "Task", "Resource": "arn:aws:states:::sns:publish", "End": True}
+    with pytest.raises(UsageError, match="sns:publish"):
+        deploy.hub_template(deploy.load_state_machine(), org_run_definition=unknown)
+
+
+def test_alerts_topic_is_encrypted_with_a_rotated_key_alarms_can_use(hub: dict[str, Any]) -> None:
+    resources = hub["Resources"]
+    assert resources["AlertsTopic"]["Properties"]["KmsMasterKeyId"] == {"Ref": "AlertsKey"}
+    key = resources["AlertsKey"]["Properties"]
+    assert key["EnableKeyRotation"] is True
+    statements = key["KeyPolicy"]["Statement"]
+    (admin,) = [s for s in statements if s["Action"] == "kms:*"]
+    assert _sub_text(admin["Principal"]["AWS"]) == "arn:${AWS::Partition}:iam::${AWS::AccountId}:root"
+    (services,) = [s for s in statements if "Service" in s["Principal"]]
+    assert set(services["Principal"]["Service"]) == {"cloudwatch.amazonaws.com", "events.amazonaws.com"}
+    assert set(services["Action"]) == {"kms:Decrypt", "kms:GenerateDataKey*"}
+    alias = resources["AlertsKeyAlias"]["Properties"]
+    assert alias["TargetKeyId"] == {"Ref": "AlertsKey"} and _sub_text(alias["AliasName"]).startswith("alias/")
+    # The functions publish to the topic: SNS asks KMS for a data key on their behalf.
+    stack = _statements(resources["FunctionRole"], "fleetwarden-hub-stack")
+    for action in ("kms:GenerateDataKey", "kms:Decrypt"):
+        assert _granted(stack, action, "${AlertsKey.Arn}"), action
+    assert hub["Outputs"]["AlertsKeyArn"]["Value"] == {"Fn::GetAtt": ["AlertsKey", "Arn"]}
+
+
+def _emitted_metrics(capsys: pytest.CaptureFixture[str]) -> set[tuple[str, str, frozenset[tuple[str, str]]]]:
+    """The metrics the functions emit (fleetwarden.observability, the EMF record of one invocation), for every
+    action an alarm may watch and every kind of outcome: (namespace, metric, dimensions)."""
+    from fleetwarden.observability import RunFigures, new_metrics, record_result
+
+    actions = {event["action"] for *_, event, _target in deploy.SCHEDULES} | {"aggregate", "compliance-sync"}
+    capsys.readouterr()
+    for action in sorted(actions):
+        for status, code in (("ok", 0), ("partial", 4), ("error", 1)):
+            metrics = new_metrics()
+            record_result(metrics, action, RunFigures(status=status, exit_code=code), 0.5)
+            metrics.flush_metrics()
+    emitted = set()
+    for line in capsys.readouterr().out.splitlines():
+        blob = json.loads(line)
+        for directive in blob["_aws"]["CloudWatchMetrics"]:
+            for dimension_set in directive["Dimensions"]:
+                dimensions = frozenset((d, blob[d]) for d in dimension_set)
+                for metric in directive["Metrics"]:
+                    emitted.add((directive["Namespace"], metric["Name"], dimensions))
+    assert emitted, "no EMF record was written"
+    return emitted
+
+
+def test_alarms_watch_the_metrics_the_functions_emit(hub: dict[str, Any], capsys: pytest.CaptureFixture[str]) -> None:
+    alarms = {name: a["Properties"] for name, a in _of_type(hub, "AWS::CloudWatch::Alarm").items()}
+    for name, alarm in alarms.items():
+        assert alarm["AlarmActions"] == [{"Ref": "AlertsTopic"}], name
+        assert alarm["Statistic"] == "Sum" and alarm["Threshold"] == 1, name
+    emitted = _emitted_metrics(capsys)
+    ours = {n: a for n, a in alarms.items() if a["Namespace"] == deploy.METRICS_NAMESPACE}
+    for name, alarm in ours.items():
+        dimensions = frozenset((d["Name"], d["Value"]) for d in alarm["Dimensions"])
+        # CloudWatch matches a metric only on its exact dimension set: service and Action, nothing more or less.
+        assert (alarm["Namespace"], alarm["MetricName"], dimensions) in emitted, name
+    silent = alarms["GuardSilentAlarm"]
+    assert (silent["MetricName"], silent["ComparisonOperator"]) == ("Runs", "LessThanThreshold")
+    assert {d["Name"]: d["Value"] for d in silent["Dimensions"]} == {"service": "fleetwarden", "Action": "guard"}
+    assert silent["Period"] * silent["EvaluationPeriods"] == 15 * 60 and silent["DatapointsToAlarm"] == 3
+    assert silent["TreatMissingData"] == "breaching"  # no run at all is exactly what it must catch
+    watched = {
+        (a["MetricName"], next(d["Value"] for d in a["Dimensions"] if d["Name"] == "Action"))
+        for a in ours.values()
+        if a["ComparisonOperator"] == "GreaterThanOrEqualToThreshold"
+    }
+    for *_, event, _target in deploy.SCHEDULES:
+        assert {("PartialRuns", event["action"]), ("FailedRuns", event["action"])} <= watched, event
+    errors = {
+        a["Dimensions"][0]["Value"]["Ref"]
+        for a in alarms.values()
+        if (a["Namespace"], a["MetricName"]) == ("AWS/Lambda", "Errors")
+    }
+    assert errors == set(_of_type(hub, "AWS::Lambda::Function"))
+    failed = {
+        a["Dimensions"][0]["Value"]["Ref"]
+        for a in alarms.values()
+        if (a["Namespace"], a["MetricName"]) == ("AWS/States", "ExecutionsFailed")
+    }
+    assert failed == set(_of_type(hub, "AWS::StepFunctions::StateMachine"))
+    assert all(
+        a["Dimensions"][0]["Name"] == "StateMachineArn" for a in alarms.values() if a["Namespace"] == "AWS/States"
+    )
+    names = [_sub_text(a["AlarmName"]) for a in alarms.values()]
+    assert len(set(names)) == len(names) and all(n.startswith("${FunctionName}-") for n in names)
+
+
+@pytest.mark.parametrize("kind", deploy.KINDS)
+def test_templates_pass_cfn_lint(kind: str) -> None:
+    """cfn-lint's errors and warnings (its informational notes are left aside)."""
+    cfnlint_api = pytest.importorskip("cfnlint.api", reason="cfn-lint is not installed")
+    problems = [m for m in cfnlint_api.lint_all(deploy.render(kind)) if m.rule.id[0] in "EW"]
+    assert not problems, "\n".join(f"{m.rule.id} {m.message} (line {m.linenumber})" for m in problems)
