@@ -253,6 +253,18 @@ class LockoutConfig(StrictModel):
     revoke_role_sessions: list[str] = Field(default_factory=list)
 
 
+class HeartbeatConfig(StrictModel):
+    """The guard's "all quiet" message: at most once every `every_hours`, from a run that tripped nothing, so that
+    silence is never mistaken for safety (docs/guard.md, "Heartbeat")."""
+
+    enabled: bool = False
+    every_hours: int = Field(default=24, strict=True, ge=1, le=24 * 31)
+    # None: the guard's own `notify` sinks.
+    sinks: list[str] | None = None
+    # How many accounts the message lists by running instances (the total always counts them all).
+    top: int = Field(default=10, strict=True, ge=1, le=100)
+
+
 class GuardConfig(StrictModel):
     max_running_instances: int | None = Field(default=None, strict=True, ge=0, le=MAX_INSTANCES)
     max_running_instances_org: int | None = Field(default=None, strict=True, ge=0, le=MAX_INSTANCES)
@@ -260,6 +272,19 @@ class GuardConfig(StrictModel):
     lockout: LockoutConfig = Field(default_factory=LockoutConfig)
     on_unstoppable: Literal["leave", "terminate"] = "leave"
     notify: list[str] = Field(default_factory=list)
+    heartbeat: HeartbeatConfig = Field(default_factory=HeartbeatConfig)
+
+    @model_validator(mode="after")
+    def _heartbeat_has_a_sink(self) -> GuardConfig:
+        heartbeat = self.heartbeat
+        if heartbeat.enabled and not (self.notify if heartbeat.sinks is None else heartbeat.sinks):
+            raise ValueError("heartbeat is enabled but has no sink: list them in guard.heartbeat.sinks or guard.notify")
+        return self
+
+    @property
+    def heartbeat_sinks(self) -> list[str]:
+        """The sinks the heartbeat goes to: its own, else the guard's notify sinks."""
+        return list(self.notify if self.heartbeat.sinks is None else self.heartbeat.sinks)
 
 
 class DiscoveryConfig(StrictModel):
@@ -343,6 +368,7 @@ class Config(StrictModel):
         for section, names in (
             ("audit.notify", self.audit.notify),
             ("guard.notify", self.guard.notify),
+            ("guard.heartbeat.sinks", self.guard.heartbeat.sinks or []),
             ("compliance.notify", self.compliance.notify),
             ("compliance.report_sink", [self.compliance.report_sink] if self.compliance.report_sink else []),
         ):

@@ -1,0 +1,226 @@
+"""The guard's heartbeat (workflows/guard/heartbeat.py) against the emulator: a real guard run, then
+`maybe_heartbeat` as run_guard calls it; the message is observed where it arrives (an SQS queue subscribed to
+the SNS topic of the guard's sink)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from fleet import ACCOUNTS, launch, role
+
+from fleetwarden.aws.session import SessionFactory
+from fleetwarden.config import Config
+from fleetwarden.emulator.server import EmulatorServer
+from fleetwarden.model import RunReport, utcnow
+from fleetwarden.workflows.base import RunContext
+from fleetwarden.workflows.guard import GuardOptions, run_guard
+from fleetwarden.workflows.guard.heartbeat import KEY, KIND, maybe_heartbeat
+
+A, B, _ = ACCOUNTS
+REGIONS = ["us-east-1", "eu-west-1"]
+TAGS = {"created_by": "alice", "department": "eng", "project": "web"}
+
+
+@pytest.fixture
+def inbox(factory: SessionFactory) -> tuple[str, Any, str]:
+    """An SNS topic with an SQS queue subscribed (raw delivery): (topic arn, sqs client, queue url)."""
+    sns = factory.client("sns", region="us-east-1")
+    sqs = factory.client("sqs", region="us-east-1")
+    topic = sns.create_topic(Name="fleetwarden-guard")["TopicArn"]
+    queue = sqs.create_queue(QueueName="guard")["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn, Attributes={"RawMessageDelivery": "true"})
+    return topic, sqs, queue
+
+
+def received(inbox: tuple[str, Any, str]) -> list[str]:
+    _, sqs, queue = inbox
+    out = []
+    while True:
+        got = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", [])
+        if not got:
+            return out
+        for m in got:
+            out.append(m["Body"])
+            sqs.delete_message(QueueUrl=queue, ReceiptHandle=m["ReceiptHandle"])
+
+
+def config(aws: EmulatorServer, tmp_path: Any, topic: str, **heartbeat: Any) -> Config:
+    return Config.model_validate(
+        {
+            "aws": {"endpoint_url": aws.url, "max_attempts": 2, "max_concurrency": 8},
+            "accounts": [{"id": a, "role_arn": role(a)} for a in (A, B)],
+            "regions": REGIONS,
+            "state": f"sqlite:///{tmp_path / 'state.db'}",
+            "sinks": {"ops": {"type": "sns", "topic_arn": topic}},
+            "guard": {
+                "max_running_instances": 4,
+                "lockout": {"mode": "off"},
+                "notify": ["ops"],
+                "heartbeat": {"enabled": True, "every_hours": 24, **heartbeat},
+            },
+        }
+    )
+
+
+def guard_run(cfg: Config) -> tuple[RunContext, RunReport]:
+    ctx = RunContext.create(cfg)
+    return ctx, run_guard(ctx, GuardOptions(apply=True))
+
+
+def heartbeat(cfg: Config, at: timedelta = timedelta(0)) -> bool:
+    """One applied guard run, then the heartbeat as run_guard calls it, `at` after now."""
+    ctx, report = guard_run(cfg)
+    try:
+        return maybe_heartbeat(ctx, report, utcnow() + at)
+    finally:
+        ctx.store.close()
+
+
+def test_a_quiet_run_sends_one_heartbeat_per_period(
+    aws: EmulatorServer, factory: SessionFactory, inbox: tuple[str, Any, str], tmp_path: Any
+) -> None:
+    launch(factory, A, "us-east-1", TAGS, 2)
+    launch(factory, A, "eu-west-1", TAGS, 1)
+    launch(factory, B, "us-east-1", TAGS, 1)
+    cfg = config(aws, tmp_path, inbox[0])
+
+    assert heartbeat(cfg) is True
+    [message] = received(inbox)
+    assert "no account over its limits" in message
+    assert "Checked: 2 account(s), 2 region(s) (eu-west-1, us-east-1)" in message
+    assert "Running+pending instances: 4 in all" in message
+    assert f"  {A}: 3 of 4" in message and f"  {B}: 1 of 4" in message
+    assert "Targets failed: none" in message and "Last trip: none on record" in message
+
+    assert heartbeat(cfg, timedelta(hours=23)) is False  # within the period: nothing
+    assert received(inbox) == []
+    assert heartbeat(cfg, timedelta(hours=24, minutes=1)) is True  # the next period: one again
+    assert len(received(inbox)) == 1
+
+
+def test_a_tripped_run_sends_its_trip_notice_and_no_heartbeat(
+    aws: EmulatorServer, factory: SessionFactory, inbox: tuple[str, Any, str], tmp_path: Any
+) -> None:
+    launch(factory, A, "us-east-1", TAGS, 5)
+    cfg = config(aws, tmp_path, inbox[0])
+    assert heartbeat(cfg) is False
+    [message] = received(inbox)
+    assert f"Account {A}: TRIPPED" in message and "no account over its limits" not in message
+
+
+def test_a_partial_run_says_which_targets_were_not_checked(
+    aws: EmulatorServer, factory: SessionFactory, inbox: tuple[str, Any, str], tmp_path: Any
+) -> None:
+    launch(factory, A, "us-east-1", TAGS, 1)
+    aws.client.set_faults([{"region": "eu-west-1", "service": "ec2", "mode": "unavailable"}])
+    cfg = config(aws, tmp_path, inbox[0])
+    assert heartbeat(cfg) is True
+    aws.client.set_faults([])
+    messages = received(inbox)
+    # The guard's own failure notice, and the heartbeat, which says what it could not check.
+    [beat] = [m for m in messages if "no account over its limits" in m]
+    assert "NOT CHECKED: 2 target(s) failed" in beat
+    assert f"{A}/eu-west-1" in beat and f"{B}/eu-west-1" in beat
+
+
+def test_the_last_trip_is_reported_once_released(
+    aws: EmulatorServer, factory: SessionFactory, inbox: tuple[str, Any, str], tmp_path: Any
+) -> None:
+    from fleetwarden.workflows.guard import ReleaseOptions, release_guard
+
+    ids = launch(factory, A, "us-east-1", TAGS, 5)
+    cfg = config(aws, tmp_path, inbox[0])
+    assert heartbeat(cfg) is False  # trips A
+    factory.client("ec2", region="us-east-1", account_id=A).terminate_instances(InstanceIds=ids)
+    ctx = RunContext.create(cfg)
+    release_guard(ctx, ReleaseOptions(account_id=A, apply=True))
+    ctx.store.close()
+    received(inbox)
+    assert heartbeat(cfg) is True
+    [beat] = [m for m in received(inbox) if "no account over its limits" in m]
+    assert f"(account {A})" in beat and "Last trip: none" not in beat
+
+
+class Interleaved:
+    """A state store through which another guard run completes its heartbeat between this run's read of the
+    heartbeat record and its conditional write: two runs at the same time, made deterministic."""
+
+    def __init__(self, store: Any, other: Callable[[], bool]) -> None:
+        self._store = store
+        self._other: Callable[[], bool] | None = other
+        self.other_sent: bool | None = None
+
+    def get_record(self, kind: str, key: str) -> Any:
+        got = self._store.get_record(kind, key)
+        if kind == KIND and self._other is not None:
+            other, self._other = self._other, None
+            self.other_sent = other()
+        return got
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._store, name)
+
+
+def test_two_concurrent_runs_send_one_heartbeat(
+    aws: EmulatorServer, factory: SessionFactory, inbox: tuple[str, Any, str], tmp_path: Any
+) -> None:
+    launch(factory, A, "us-east-1", TAGS, 1)
+    cfg = config(aws, tmp_path, inbox[0])
+    first, first_report = guard_run(cfg)
+    second, second_report = guard_run(cfg)
+    now = utcnow()
+    interleaved = Interleaved(first.store, lambda: maybe_heartbeat(second, second_report, now))
+    first.store = interleaved  # type: ignore[assignment]
+    try:
+        first_sent = maybe_heartbeat(first, first_report, now)
+    finally:
+        interleaved._store.close()
+        second.store.close()
+    assert interleaved.other_sent is True and first_sent is False
+    assert len([m for m in received(inbox) if "no account over its limits" in m]) == 1
+
+
+def test_a_heartbeat_nobody_received_is_tried_again_by_the_next_run(
+    aws: EmulatorServer, factory: SessionFactory, inbox: tuple[str, Any, str], tmp_path: Any
+) -> None:
+    launch(factory, A, "us-east-1", TAGS, 1)
+    missing = inbox[0].rsplit(":", 1)[0] + ":no-such-topic"
+    broken = config(aws, tmp_path, missing)
+    ctx, report = guard_run(broken)
+    assert maybe_heartbeat(ctx, report, utcnow()) is False
+    assert [d.outcome for d in report.deliveries if d.sink == "ops"][-1] == "failed"  # reported: the run is partial
+    stored = ctx.store.get_record(KIND, KEY)
+    ctx.store.close()
+    assert stored is not None and stored[0].get("sent_at") is None
+    assert heartbeat(config(aws, tmp_path, inbox[0])) is True
+    assert len(received(inbox)) == 1
+
+
+def test_no_heartbeat_from_a_dry_run_or_when_disabled(
+    aws: EmulatorServer, factory: SessionFactory, inbox: tuple[str, Any, str], tmp_path: Any
+) -> None:
+    launch(factory, A, "us-east-1", TAGS, 1)
+    cfg = config(aws, tmp_path, inbox[0])
+    ctx = RunContext.create(cfg)
+    assert maybe_heartbeat(ctx, run_guard(ctx, GuardOptions(apply=False)), utcnow()) is False
+    ctx.store.close()
+    assert heartbeat(config(aws, tmp_path, inbox[0], enabled=False)) is False
+    assert received(inbox) == []
+
+
+def test_its_own_sinks_and_their_validation(aws: EmulatorServer, tmp_path: Any, inbox: tuple[str, Any, str]) -> None:
+    cfg = config(aws, tmp_path, inbox[0], sinks=["ops"])
+    assert cfg.guard.heartbeat_sinks == ["ops"]
+    for bad in ({"sinks": ["nope"]}, {"sinks": []}, {"every_hours": 0}, {"evry_hours": 24}):
+        with pytest.raises(ValueError, match="heartbeat"):
+            config(aws, tmp_path, inbox[0], **bad)
+
+
+@pytest.fixture(autouse=True)
+def _no_faults(aws: EmulatorServer) -> Iterator[None]:
+    yield
+    aws.client.set_faults([])
