@@ -491,10 +491,9 @@ def _function_stack_statements() -> list[dict[str, Any]]:
     topic needs the key)."""
     return [
         _allow(["s3:GetObject", "s3:PutObject"], _sub(f"${{RunBucket.Arn}}/{RUNS_PREFIX}/*")),
-        {
-            **_allow(["s3:ListBucket"], _att("RunBucket")),
-            "Condition": {"StringLike": {"s3:prefix": f"{RUNS_PREFIX}/*"}},
-        },
+        # No s3:prefix condition: S3 answers a GetObject of a missing key with 404 (which the org-run reads as "not
+        # written yet") only to a caller with s3:ListBucket, and that check carries no prefix to match.
+        _allow(["s3:ListBucket"], _att("RunBucket")),
         _allow(["states:StartExecution"], _sub(ORG_RUN_ARN)),
         _allow(["kms:Decrypt", "kms:GenerateDataKey"], _att("AlertsKey")),
     ]

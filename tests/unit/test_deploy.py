@@ -385,7 +385,9 @@ def test_run_bucket_is_private_encrypted_tls_only_and_expires_runs(hub: dict[str
         assert not _granted(stack, action, "${RunBucket.Arn}/other/key"), action
     (listing,) = [s for s in stack if s["Action"] == ["s3:ListBucket"]]
     assert _resources(listing) == ["${RunBucket.Arn}"]
-    assert listing["Condition"] == {"StringLike": {"s3:prefix": "runs/*"}}
+    # Unconditioned: a GetObject of a missing key is a 404 (not written yet), not a 403, only with s3:ListBucket,
+    # and S3 checks that without a prefix to match a condition on.
+    assert "Condition" not in listing
     assert hub["Outputs"]["RunBucketName"]["Value"] == {"Ref": "RunBucket"}
 
 
