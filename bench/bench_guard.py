@@ -114,6 +114,10 @@ def serve_emulator(latency_ms: float) -> int:
                 with self._timeline_lock:
                     self._timeline.clear()
                 return {"events": []}
+            if name == "bench/states" and method == "GET":
+                return {"states": _instance_states(start_stopped=False)}
+            if name == "bench/start-all" and method == "POST":
+                return {"states": _instance_states(start_stopped=True)}
             return super()._dispatch(name, method, body)
 
     stop = threading.Event()
@@ -130,6 +134,24 @@ def serve_emulator(latency_ms: float) -> int:
     finally:
         server.stop()
     return 0
+
+
+def _instance_states(*, start_stopped: bool) -> dict[str, int]:
+    """Bench helper inside the emulator process: count every instance of every account and region by state,
+    starting the stopped ones first if asked (moto's own Instance.start; a reset of thousands of targets through
+    the API would take minutes of client set-up)."""
+    from moto.ec2.models import ec2_backends
+
+    counts: dict[str, int] = {}
+    for account_id in list(ec2_backends.keys()):
+        for region in list(ec2_backends[account_id].keys()):
+            backend = ec2_backends[account_id][region]
+            for reservation in list(backend.reservations.values()):
+                for instance in reservation.instances:
+                    if start_stopped and instance.state in ("stopped", "stopping"):
+                        instance.start()
+                    counts[instance.state] = counts.get(instance.state, 0) + 1
+    return counts
 
 
 # == mode 2: fleetwarden in-process with instrumentation (--fw-instrumented) ============================
