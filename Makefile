@@ -40,6 +40,7 @@ $(C7N_VENV)/.installed:
 bench: install $(C7N_VENV)/.installed
 	$(BIN)/python bench/bench_audit.py
 	$(BIN)/python bench/bench_guard.py
+	$(BIN)/python bench/bench_guard_org.py
 
 clean:
 	rm -rf $(VENV) $(C7N_VENV) demo-output .pytest_cache .mypy_cache .ruff_cache
