@@ -893,6 +893,42 @@ def findings_inspector(ctx: click.Context, fail_on: str | None) -> None:
     _run_workflow(ctx, run_inspector_findings, fail_on)
 
 
+@main.command()
+@click.option("--stack-name", default="fleetwarden-hub", show_default=True, help="The hub stack's name.")
+@click.option("--region", help="The hub stack's region (default: the config's DynamoDB state region, else AWS_REGION).")
+@click.option(
+    "--max-age",
+    multiple=True,
+    metavar="ACTION=DURATION",
+    help="How old a scheduled job's last success may be, e.g. guard=20m, audit=30h (defaults: guard=15m, "
+    "audit=26h, compliance-report=32d). Repeatable.",
+)
+@global_options
+@click.pass_context
+@handle_errors
+def doctor(ctx: click.Context, stack_name: str, region: str | None, max_age: tuple[str, ...]) -> None:
+    """Check that a deployment is whole, read-only: the hub stack and every resource it made, what the config
+    points to, the member role in every account, and recent successful runs. One line per check; exit 0 when
+    whole, 3 when something is missing or broken, 2 for a bad config or credentials (docs/doctor.md)."""
+    from .doctor import CheckResult, DoctorOptions, format_line, parse_max_age, run_doctor
+    from .errors import UsageError
+
+    opts = _opts(ctx)
+    try:
+        ages = parse_max_age(max_age)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+    def progress(result: CheckResult) -> None:
+        if opts.verbosity >= 0 or result.status == "problem":  # -q: the problems only
+            click.echo(format_line(result), err=True)
+
+    report = run_doctor(DoctorOptions(opts.config_path, stack_name, region, ages), progress=progress)
+    if opts.json:
+        click.echo(json.dumps(report.to_dict(), indent=2))
+    sys.exit(report.exit_code)
+
+
 def run() -> None:
     """Console-script entry point."""
     try:
