@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import glob
 import itertools
+import json
 import re
 import shlex
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ import pytest
 
 from fleetwarden import deploy
 from fleetwarden.cli import main
+from fleetwarden.events import parse_event
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -212,6 +214,39 @@ def test_the_extractor_finds_commands_in_blocks_spans_and_continuations() -> Non
     ]
 
 
+def _aws_commands(text: str, *prefix: str) -> Iterator[list[str]]:
+    for lang, body in _blocks(text):
+        if lang not in SHELL:
+            continue
+        for line in _shell_lines(body):
+            for words in _simple_commands(line):
+                if words[: len(prefix)] == list(prefix):
+                    yield words
+
+
+def _option(words: list[str], name: str) -> str | None:
+    return next((value for option, value in itertools.pairwise(words) if option == name), None)
+
+
+def test_every_event_the_page_sends_is_one_the_handler_accepts() -> None:
+    """`aws lambda invoke --payload` and the org-run's `{"event": ...}` input: events `parse_event` accepts, so an
+    operator following the page never gets an `error` result for the event itself."""
+    text = _text()
+    payloads = [p for words in _aws_commands(text, "aws", "lambda", "invoke") if (p := _option(words, "--payload"))]
+    org_runs = [
+        json.loads(i)["event"]
+        for words in _aws_commands(text, "aws", "stepfunctions", "start-execution")
+        if (i := _option(words, "--input")) and "event" in json.loads(i)
+    ]
+    assert len(payloads) >= 3 and org_runs, (payloads, org_runs)
+    for event in [json.loads(p) for p in payloads] + org_runs:
+        assert parse_event(event).action == event["action"]
+    # Every invoke that sends JSON says how (AWS CLI v2 otherwise reads --payload as base64).
+    for words in _aws_commands(text, "aws", "lambda", "invoke"):
+        if _option(words, "--payload"):
+            assert _option(words, "--cli-binary-format") == "raw-in-base64-out", shlex.join(words)
+
+
 def _template_parameters() -> dict[str, set[str]]:
     return {
         "hub": set(deploy.hub_template(deploy.load_state_machine())["Parameters"]),
@@ -239,10 +274,8 @@ def _stack_parameters(words: list[str]) -> list[str]:
 
 
 def _stack_kind(words: list[str]) -> str | None:
-    for option, value in itertools.pairwise(words):
-        if option in ("--stack-name", "--stack-set-name") and value in STACKS:
-            return STACKS[value]
-    return None
+    name = _option(words, "--stack-name") or _option(words, "--stack-set-name")
+    return STACKS.get(name) if name else None
 
 
 def test_every_stack_parameter_in_the_commands_is_one_of_its_template() -> None:
