@@ -224,23 +224,20 @@ class JsonLogHandler(logging.Handler):
 def json_logger() -> Logger:
     """The Powertools Logger of the `fleetwarden` loggers (made once per process; later calls find it).
 
-    The JSON handler is put back first and alone on each call: a CLI run in the same process (the test suite)
-    replaces the `fleetwarden` logger's handlers with its own."""
+    The JSON handler is put back first and alone, and the level set, on each call: a CLI run in the same process
+    (the test suite) replaces the `fleetwarden` logger's handlers and level with its own."""
     from aws_lambda_powertools import Logger
 
-    level = os.environ.get(LEVEL_ENV, "INFO").upper()
+    raw = os.environ.get(LEVEL_ENV, "INFO").upper()
+    level = raw if raw in logging.getLevelNamesMapping() else "INFO"
     std = logging.getLogger(SERVICE)
     ours = getattr(std, "powertools_handler", None)
     if ours is not None and std.handlers != [ours]:
         std.handlers[:] = [ours]
-    logger = Logger(
-        service=SERVICE,
-        level=level if level in logging.getLevelNamesMapping() else "INFO",
-        logger_handler=ours or JsonLogHandler(),
-        utc=True,
-    )
+    logger = Logger(service=SERVICE, level=level, logger_handler=ours or JsonLogHandler(), utc=True)
     if std.handlers != [logger.registered_handler]:
         std.handlers[:] = [logger.registered_handler]
+    logger.setLevel(level)
     return logger
 
 

@@ -14,7 +14,7 @@ from click.testing import CliRunner
 
 from fleetwarden.cli import main
 from fleetwarden.lambda_handler import _redacting
-from fleetwarden.observability import NAMESPACE, RunFigures, observe
+from fleetwarden.observability import NAMESPACE, RunFigures, bind, observe
 from fleetwarden.secrets import SecretResolver
 
 log = logging.getLogger("fleetwarden.lambda")
@@ -214,3 +214,19 @@ def test_the_cli_writes_no_emf_and_no_json_logs(tmp_path: Path, capsys: pytest.C
     assert result.exit_code == 0, result.output
     out = result.stdout + capsys.readouterr().out
     assert "_aws" not in out and "CloudWatchMetrics" not in out and '"service":"fleetwarden"' not in out
+
+
+def test_bind_adds_keys_to_the_rest_of_the_invocation_only(capsys: pytest.CaptureFixture[str]) -> None:
+    @observe
+    def handler(event: Any, context: Any = None) -> dict[str, Any]:
+        log.info("before")
+        bind(run_id="r-bound")
+        log.info("after")
+        return {"status": "ok", "exit_code": 0, "action": "audit"}
+
+    handler({"action": "audit"}, None)
+    returning(GUARD_OK)({"action": "guard"}, None)
+    out = {line["message"]: line for line in logs(capsys.readouterr().out) if isinstance(line["message"], str)}
+    assert "run_id" not in out["before"] and out["after"]["run_id"] == "r-bound"
+    assert [line.get("run_id") for m, line in out.items() if m == "invocation finished"] == [GUARD_OK["run_id"]]
+    bind(run_id="outside")  # no invocation: nothing to bind to, no error
