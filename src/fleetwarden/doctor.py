@@ -178,7 +178,7 @@ class DoctorOptions:
 
 
 @dataclass
-class _Stack:
+class StackInfo:
     """What the checks learnt about the stack."""
 
     status: str = ""
@@ -199,10 +199,11 @@ class Doctor:
         progress: Callable[[CheckResult], None] | None = None,
     ) -> None:
         self.options = options
-        self._factory = factory
+        self.factory: Any = factory  # made in run() from the config's aws settings when None
+        self.region = options.region or ""
         self.progress = progress
         self.config: Config | None = None
-        self.stack: _Stack | None = None
+        self.stack: StackInfo | None = None
         self.report = DoctorReport(options.stack_name, options.region or "")
 
     def emit(self, check: str, status: Status, detail: str, fix: str = "") -> CheckResult:
@@ -218,11 +219,11 @@ class Doctor:
         from .config import AwsSettings
 
         self.check_config()
-        factory = self._factory or SessionFactory(self.config.aws if self.config else AwsSettings(), run_id="doctor")
-        self.factory = factory
+        if self.factory is None:
+            self.factory = SessionFactory(self.config.aws if self.config else AwsSettings(), run_id="doctor")
         self.region = self.report.region = self.options.region or _default_region(self.config)
         try:
-            ident = base_identity(factory)
+            ident = base_identity(self.factory)
         except CredentialsError as exc:
             self.report.credentials_error = True
             self.emit("credentials", "problem", str(exc), "configure AWS credentials of the hub account")
@@ -268,7 +269,7 @@ class Doctor:
             else:
                 self.emit("stack", "problem", f"cannot read stack {name}: {_text(exc)}", _read_fix("cloudformation"))
             return
-        stack = _Stack(
+        stack = StackInfo(
             status=described["StackStatus"],
             parameters={p["ParameterKey"]: p.get("ParameterValue", "") for p in described.get("Parameters", [])},
             outputs={o["OutputKey"]: o["OutputValue"] for o in described.get("Outputs", [])},

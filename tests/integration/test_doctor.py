@@ -30,8 +30,9 @@ from fleet import cli
 from fleetwarden.aws.session import AccountAccess, SessionFactory
 from fleetwarden.config import AwsSettings
 from fleetwarden.deploy import render
-from fleetwarden.doctor import DoctorOptions, DoctorReport, record_run, run_doctor
+from fleetwarden.doctor import CheckResult, Doctor, DoctorOptions, DoctorReport, StackInfo, record_run, run_doctor
 from fleetwarden.emulator.server import EmulatorServer
+from fleetwarden.permissions import is_read_only, policy_documents
 from fleetwarden.state import open_store
 
 REGION = "us-east-1"
@@ -410,3 +411,83 @@ def test_rules_disabled_by_the_stack_are_warnings_not_problems(
     assert "DISABLED, as the stack's RulesState says" in rules[0].detail
     assert {c.check: c.status for c in report.checks}["last-run"] == "not-checked"
     assert report.exit_code == 0
+
+
+# -- resource types moto's CloudFormation cannot make, and the calls doctor makes -------------------------------
+def _resource(logical: str, kind: str, physical: str) -> dict[str, str]:
+    return {
+        "LogicalResourceId": logical,
+        "ResourceType": kind,
+        "PhysicalResourceId": physical,
+        "ResourceStatus": "CREATE_COMPLETE",
+    }
+
+
+def _resource_checks(factory: SessionFactory, *resources: dict[str, str]) -> dict[str, CheckResult]:
+    doctor = Doctor(DoctorOptions(region=REGION), factory)
+    doctor.stack = StackInfo(status="CREATE_COMPLETE", resources=list(resources))
+    doctor.check_resources()
+    return {c.check: c for c in doctor.report.checks if c.check.startswith("resource:")}
+
+
+def test_alarms_buckets_and_keys(aws: EmulatorServer, factory: SessionFactory) -> None:
+    """The checks of the types moto's CloudFormation cannot create (alarms) or describe (a key it made), on
+    resources made through their own APIs."""
+    cloudwatch = factory.client("cloudwatch", region=REGION)
+    cloudwatch.put_metric_alarm(
+        AlarmName="fleetwarden-guard-silent",
+        Namespace="AWS/Lambda",
+        MetricName="Invocations",
+        Statistic="Sum",
+        Period=300,
+        EvaluationPeriods=3,
+        Threshold=1,
+        ComparisonOperator="LessThanThreshold",
+    )
+    factory.client("s3", region=REGION).create_bucket(Bucket="fleetwarden-runs")
+    kms = factory.client("kms", region=REGION)
+    key, doomed = (kms.create_key()["KeyMetadata"]["KeyId"] for _ in range(2))
+    kms.schedule_key_deletion(KeyId=doomed, PendingWindowInDays=7)
+    resources = (
+        _resource("GuardSilentAlarm", "AWS::CloudWatch::Alarm", "fleetwarden-guard-silent"),
+        _resource("OtherAlarm", "AWS::CloudWatch::Alarm", "fleetwarden-deleted"),
+        _resource("RunBucket", "AWS::S3::Bucket", "fleetwarden-runs"),
+        _resource("GoneBucket", "AWS::S3::Bucket", "fleetwarden-gone"),
+        _resource("AlertsKey", "AWS::KMS::Key", key),
+        _resource("DoomedKey", "AWS::KMS::Key", doomed),
+    )
+    checks = _resource_checks(factory, *resources)
+    statuses = {name.split(":", 1)[1]: c.status for name, c in checks.items()}
+    assert statuses == {
+        "GuardSilentAlarm": "ok",
+        "OtherAlarm": "problem",
+        "RunBucket": "ok",
+        "GoneBucket": "problem",
+        "AlertsKey": "ok",
+        "DoomedKey": "problem",
+    }
+    assert "fleetwarden-deleted does not exist" in checks["resource:OtherAlarm"].detail
+    assert "fleetwarden-gone does not exist" in checks["resource:GoneBucket"].detail
+    assert "is PendingDeletion" in checks["resource:DoomedKey"].detail
+    assert "cancel-key-deletion" in checks["resource:DoomedKey"].fix
+
+
+# botocore's service names and operations where the IAM action differs.
+IAM_NAMES = {"s3:HeadBucket": "s3:ListBucket"}
+IAM_SERVICES = {"stepfunctions": "states"}
+
+
+def test_every_call_doctor_makes_is_in_the_operator_policy(deployment: Deployment) -> None:
+    before = dict(deployment.factory.counter.calls)
+    report = deployment.doctor()
+    assert report.exit_code == 0
+    made = set()
+    for call, count in deployment.factory.counter.calls.items():
+        if count > before.get(call, 0):
+            service, _, operation = call.partition(":")
+            name = f"{IAM_SERVICES.get(service, service)}:{operation}"
+            made.add(IAM_NAMES.get(name, name))
+    operator = {a for s in policy_documents()["operator"]["Statement"] for a in s["Action"]}
+    assert made <= operator, sorted(made - operator)
+    assert all(is_read_only(a) for a in made - {"sts:AssumeRole"}), made
+    assert {"cloudformation:DescribeStackResources", "lambda:GetFunction", "sts:AssumeRole"} <= made
