@@ -12,6 +12,7 @@ import pytest
 from fleet import ACCOUNTS, launch, role
 
 from fleetwarden.aws.session import SessionFactory
+from fleetwarden.aws.targets import Scope, narrowed
 from fleetwarden.config import Config
 from fleetwarden.emulator.server import EmulatorServer
 from fleetwarden.model import RunReport, utcnow
@@ -218,6 +219,21 @@ def test_its_own_sinks_and_their_validation(aws: EmulatorServer, tmp_path: Any, 
     for bad in ({"sinks": ["nope"]}, {"sinks": []}, {"every_hours": 0}, {"evry_hours": 24}):
         with pytest.raises(ValueError, match="heartbeat"):
             config(aws, tmp_path, inbox[0], **bad)
+
+
+def test_each_shard_of_an_org_run_keeps_its_own_period(
+    aws: EmulatorServer, factory: SessionFactory, inbox: tuple[str, Any, str], tmp_path: Any
+) -> None:
+    launch(factory, A, "us-east-1", TAGS, 1)
+    launch(factory, B, "us-east-1", TAGS, 2)
+    cfg = config(aws, tmp_path, inbox[0])
+    for account_id in (A, B):
+        with narrowed(Scope(accounts=frozenset({account_id}))):
+            assert heartbeat(cfg) is True
+            assert heartbeat(cfg, timedelta(hours=1)) is False
+    beats = received(inbox)
+    assert len(beats) == 2 and all("one shard of an org-run (shard of 1 accounts)" in b for b in beats)
+    assert "Checked: 1 account(s)" in beats[0] and f"  {A}: 1 of 4" in beats[0] and f"  {B}: 2 of 4" in beats[1]
 
 
 @pytest.fixture(autouse=True)

@@ -6,6 +6,9 @@ the last heartbeat is at least `every_hours` old: the accounts and regions check
 account (the top N and the total) against their limits, spend if it was measured, the targets that could not be
 checked (a partial run says so in the subject and lists them) and when the last trip began.
 
+A shard of an org-run (a run narrowed to some accounts) keeps its own record and says in its message that it
+covers only its part: one shard's heartbeat must not use up the period of the others.
+
 It is a message, not a mutation: nothing is journaled. Like the trip notice's `notified` flag, the last heartbeat
 is a record in the state store, written with `expected_version` BEFORE the message goes out, so that of two guard
 runs at the same time only the one whose write wins sends. A run that fails every delivery puts the previous
@@ -16,10 +19,12 @@ heartbeat (the next one is due a period later).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 from datetime import datetime, timedelta
 from typing import Any
 
+from ...aws.targets import Scope, current_scope
 from ...checks.runaway import limits_for
 from ...model import RunReport, TargetStatus
 from ...sinks import Notification, deliver
@@ -41,14 +46,15 @@ def maybe_heartbeat(ctx: RunContext, report: RunReport, now: datetime) -> bool:
     guard = ctx.config.guard
     if not guard.heartbeat.enabled or report.dry_run or report.summary.get("tripped"):
         return False
-    stored = ctx.store.get_record(KIND, KEY)
+    key = heartbeat_key(current_scope())
+    stored = ctx.store.get_record(KIND, key)
     previous, version = stored if stored is not None else ({}, None)
     last = _parse_time(previous.get("sent_at"))
     if last is not None and now - last < timedelta(hours=guard.heartbeat.every_hours):
         return False
     claim = {"sent_at": now.isoformat(), "run_id": ctx.run_id, "previous": previous.get("sent_at")}
     try:
-        claimed = ctx.store.put_record(KIND, KEY, claim, expected_version=version)
+        claimed = ctx.store.put_record(KIND, key, claim, expected_version=version)
     except VersionConflict:
         log.info("guard heartbeat: another guard run sent this period's heartbeat")
         return False
@@ -61,8 +67,17 @@ def maybe_heartbeat(ctx: RunContext, report: RunReport, now: datetime) -> bool:
     # Nobody was told: put the previous record back so that the next run tries again. A conflict means another
     # run has claimed since: it sends (or restores) in turn.
     with contextlib.suppress(VersionConflict):
-        ctx.store.put_record(KIND, KEY, previous, expected_version=claimed)
+        ctx.store.put_record(KIND, key, previous, expected_version=claimed)
     return False
+
+
+def heartbeat_key(scope: Scope | None) -> str:
+    """The state record of the last heartbeat: one for the whole config, and one per shard of an org-run (its
+    accounts and regions), since a shard's figures cover only its part and must not use up the period of the rest."""
+    if scope is None:
+        return KEY
+    parts = [",".join(sorted(scope.accounts or ())), ",".join(sorted(scope.regions or ()))]
+    return "shard-" + hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
 
 def heartbeat_notification(ctx: RunContext, report: RunReport) -> Notification:
@@ -111,10 +126,14 @@ def heartbeat_notification(ctx: RunContext, report: RunReport) -> Notification:
         lines.append("Targets failed: none")
     last_trip = _last_trip(ctx)
     lines.append(f"Last trip: {last_trip}" if last_trip else "Last trip: none on record")
+    scope = current_scope()
+    part = f" (shard of {len(scope.accounts)} accounts)" if scope is not None and scope.accounts is not None else ""
+    if part:
+        lines.insert(1, f"This run is one shard of an org-run{part}: the other shards send their own heartbeats.")
     subject = (
-        f"fleetwarden guard: all quiet, but {len(failed)} target(s) not checked"
+        f"fleetwarden guard: all quiet, but {len(failed)} target(s) not checked{part}"
         if failed
-        else f"fleetwarden guard: all quiet ({len(running)} accounts, {total} instances)"
+        else f"fleetwarden guard: all quiet ({len(running)} accounts, {total} instances){part}"
     )
     data: dict[str, Any] = {
         "kind": "guard-heartbeat",
@@ -148,4 +167,4 @@ def _parse_time(value: Any) -> datetime | None:
         return None
 
 
-__all__ = ["KIND", "heartbeat_notification", "maybe_heartbeat"]
+__all__ = ["KIND", "heartbeat_key", "heartbeat_notification", "maybe_heartbeat"]
