@@ -16,6 +16,7 @@ from fleetwarden.aws.targets import Scope, narrowed
 from fleetwarden.config import Config
 from fleetwarden.emulator.server import EmulatorServer
 from fleetwarden.model import RunReport, utcnow
+from fleetwarden.state import open_store
 from fleetwarden.workflows.base import RunContext
 from fleetwarden.workflows.guard import GuardOptions, run_guard
 from fleetwarden.workflows.guard.heartbeat import KEY, KIND, maybe_heartbeat
@@ -49,13 +50,13 @@ def received(inbox: tuple[str, Any, str]) -> list[str]:
             sqs.delete_message(QueueUrl=queue, ReceiptHandle=m["ReceiptHandle"])
 
 
-def config(aws: EmulatorServer, tmp_path: Any, topic: str, **heartbeat: Any) -> Config:
+def config(aws: EmulatorServer, tmp_path: Any, topic: str, state: str | None = None, **heartbeat: Any) -> Config:
     return Config.model_validate(
         {
             "aws": {"endpoint_url": aws.url, "max_attempts": 2, "max_concurrency": 8},
             "accounts": [{"id": a, "role_arn": role(a)} for a in (A, B)],
             "regions": REGIONS,
-            "state": f"sqlite:///{tmp_path / 'state.db'}",
+            "state": state or f"sqlite:///{tmp_path / 'state.db'}",
             "sinks": {"ops": {"type": "sns", "topic_arn": topic}},
             "guard": {
                 "max_running_instances": 4,
@@ -166,11 +167,17 @@ class Interleaved:
         return getattr(self._store, name)
 
 
+@pytest.mark.parametrize("backend", ["sqlite", "dynamodb"])
 def test_two_concurrent_runs_send_one_heartbeat(
-    aws: EmulatorServer, factory: SessionFactory, inbox: tuple[str, Any, str], tmp_path: Any
+    backend: str, aws: EmulatorServer, factory: SessionFactory, inbox: tuple[str, Any, str], tmp_path: Any
 ) -> None:
     launch(factory, A, "us-east-1", TAGS, 1)
-    cfg = config(aws, tmp_path, inbox[0])
+    state = "dynamodb://fleetwarden-state?region=us-east-1" if backend == "dynamodb" else None
+    cfg = config(aws, tmp_path, inbox[0], state)
+    if state is not None:
+        store = open_store(state, factory, create=True)
+        store.init()  # `fleetwarden state init`
+        store.close()
     first, first_report = guard_run(cfg)
     second, second_report = guard_run(cfg)
     now = utcnow()
