@@ -1,0 +1,167 @@
+"""Resource type -> check: does the physical resource behind each of the stack's resources still exist?
+
+Each check takes (doctor, logical id, physical id) and returns (status, detail[, fix]), or None when the resource
+does not exist; a ClientError that means "not found" counts as None (`is_missing`). A type without a check is
+listed as not checked. A new resource type in the hub template gets its check here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from botocore.exceptions import ClientError
+
+from .report import Status
+
+if TYPE_CHECKING:
+    from .run import Doctor
+
+Outcome = tuple[Status, str] | tuple[Status, str, str] | None
+
+
+def _lambda_function(doctor: Doctor, logical: str, physical: str) -> Outcome:
+    found = doctor.factory.client("lambda", region=doctor.region).get_function(FunctionName=physical)
+    configuration = found["Configuration"]
+    env = configuration.get("Environment", {}).get("Variables", {})
+    if doctor.stack is not None:
+        doctor.stack.environments[physical] = dict(env)
+    state = configuration.get("State", "Active")
+    if state == "Failed":
+        return "problem", f"function {physical}: {state} ({configuration.get('StateReason', '')})", update_fix()
+    return "ok", f"function {physical} ({configuration.get('Runtime', '?')}, {state})"
+
+
+def _dynamodb_table(doctor: Doctor, logical: str, physical: str) -> Outcome:
+    table = doctor.factory.client("dynamodb", region=doctor.region).describe_table(TableName=physical)["Table"]
+    status = table.get("TableStatus", "?")
+    if status in ("ACTIVE", "UPDATING"):
+        return "ok", f"table {physical} ({status})"
+    return "problem", f"table {physical}: {status}", "restore the table, then update the stack"
+
+
+def _sns_topic(doctor: Doctor, logical: str, physical: str) -> Outcome:
+    doctor.factory.client("sns", region=doctor.region).get_topic_attributes(TopicArn=physical)
+    return "ok", f"topic {physical}"
+
+
+def _events_rule(doctor: Doctor, logical: str, physical: str) -> Outcome:
+    rule = doctor.factory.client("events", region=doctor.region).describe_rule(Name=physical)
+    state = rule.get("State", "?")
+    what = rule.get("ScheduleExpression") or "event pattern"
+    wanted = doctor.stack.parameters.get("RulesState", "ENABLED") if doctor.stack else "ENABLED"
+    if state == wanted == "ENABLED":
+        return "ok", f"rule {physical} ({what}) ENABLED"
+    if wanted == "DISABLED":
+        note = "as the stack's RulesState says" if state == "DISABLED" else "though the stack's RulesState is DISABLED"
+        return "warning", f"rule {physical} ({what}) {state}, {note}", "update the stack with RulesState=ENABLED"
+    return (
+        "problem",
+        f"rule {physical} ({what}) is {state} while the stack's RulesState is ENABLED: it does not fire",
+        f"aws events enable-rule --name {physical}",
+    )
+
+
+def _state_machine(doctor: Doctor, logical: str, physical: str) -> Outcome:
+    sfn = doctor.factory.client("stepfunctions", region=doctor.region)
+    machine = sfn.describe_state_machine(stateMachineArn=physical)
+    status = machine.get("status", "ACTIVE")
+    if status != "ACTIVE":
+        return "problem", f"state machine {physical}: {status}", update_fix()
+    return "ok", f"state machine {machine.get('name', physical)}"
+
+
+def _iam_role(doctor: Doctor, logical: str, physical: str) -> Outcome:
+    doctor.factory.client("iam", region=doctor.region).get_role(RoleName=physical)
+    return "ok", f"role {physical}"
+
+
+def _log_group(doctor: Doctor, logical: str, physical: str) -> Outcome:
+    logs = doctor.factory.client("logs", region=doctor.region)
+    groups = logs.describe_log_groups(logGroupNamePrefix=physical).get("logGroups", [])
+    if not any(g.get("logGroupName") == physical for g in groups):
+        return None
+    return "ok", f"log group {physical}"
+
+
+def _s3_bucket(doctor: Doctor, logical: str, physical: str) -> Outcome:
+    doctor.factory.client("s3", region=doctor.region).head_bucket(Bucket=physical)
+    return "ok", f"bucket {physical}"
+
+
+def _alarm(doctor: Doctor, logical: str, physical: str) -> Outcome:
+    cloudwatch = doctor.factory.client("cloudwatch", region=doctor.region)
+    alarms = cloudwatch.describe_alarms(AlarmNames=[physical]).get("MetricAlarms", [])
+    if not alarms:
+        return None
+    return "ok", f"alarm {physical} ({alarms[0].get('StateValue', '?')})"
+
+
+def _kms_key(doctor: Doctor, logical: str, physical: str) -> Outcome:
+    key = doctor.factory.client("kms", region=doctor.region).describe_key(KeyId=physical)["KeyMetadata"]
+    state = key.get("KeyState", "?")
+    if state != "Enabled":
+        fix = "aws kms cancel-key-deletion / enable-key, or update the stack"
+        return "problem", f"KMS key {physical} is {state}: what it encrypts cannot be read or written", fix
+    return "ok", f"KMS key {physical} (Enabled)"
+
+
+RESOURCE_CHECKS: dict[str, Callable[[Doctor, str, str], Outcome]] = {
+    "AWS::Lambda::Function": _lambda_function,
+    "AWS::DynamoDB::Table": _dynamodb_table,
+    "AWS::SNS::Topic": _sns_topic,
+    "AWS::Events::Rule": _events_rule,
+    "AWS::StepFunctions::StateMachine": _state_machine,
+    "AWS::IAM::Role": _iam_role,
+    "AWS::Logs::LogGroup": _log_group,
+    "AWS::S3::Bucket": _s3_bucket,
+    "AWS::CloudWatch::Alarm": _alarm,
+    "AWS::KMS::Key": _kms_key,
+}
+# Error codes that mean "this resource does not exist", across the services above.
+MISSING = {
+    "ResourceNotFoundException",
+    "NotFoundException",
+    "NotFound",
+    "404",
+    "NoSuchEntity",
+    "NoSuchBucket",
+    "StateMachineDoesNotExist",
+    "AssociationDoesNotExist",
+}
+ACCESS_DENIED = {"AccessDenied", "AccessDeniedException", "UnauthorizedOperation", "403"}
+
+
+def error_code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def is_missing(exc: ClientError) -> bool:
+    code = error_code(exc)
+    if code in MISSING:
+        return True
+    # Some services say it only in the message (a ValidationException "... does not exist").
+    return "does not exist" in str(exc)
+
+
+def http_status(exc: ClientError) -> int:
+    return int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+
+
+def short_error(exc: BaseException) -> str:
+    """One short line: a service error's body can be a whole HTML page."""
+    from ..aws.targets import error_text
+
+    text = " ".join(error_text(exc).split())
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def read_fix(what: str) -> str:
+    return f"give this principal the read actions of `fleetwarden permissions` (operator) for {what}"
+
+
+def update_fix() -> str:
+    return (
+        "update the stack so CloudFormation creates it again (a resource deleted by hand: aws cloudformation "
+        "update-stack with the same template may not notice; detect-stack-drift shows it)"
+    )
