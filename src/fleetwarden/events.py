@@ -38,6 +38,7 @@ Action = Literal[
     "compliance-report",
     "list-targets",
     "list-shards",
+    "guard-org-check",
     "aggregate",
     "pass",
 ]
@@ -184,9 +185,22 @@ class AuditEvent(ShardableEvent):
 
 
 class GuardEvent(ShardableEvent):
-    """Run the runaway guard (`guard run`)."""
+    """Run the runaway guard (`guard run`).
+
+    In an org-run (docs/deploy.md, "The guard's two phases"), `phase` is `count` for the shards of the first
+    Distributed Map (per-account triggers, the organization-wide limit left to `guard-org-check`) and `halt` for
+    those of the second: trip these accounts on the organization-wide count that `guard-org-check` recorded
+    (`FRAGMENTS/RUN_ID/org-check.json`), latch and halt them.
+    """
 
     action: Literal["guard"]
+    phase: Literal["count", "halt"] = "count"
+
+    @model_validator(mode="after")
+    def _halt_needs_the_org_run(self) -> GuardEvent:
+        if self.phase == "halt" and self.fragments is None:
+            raise ValueError("phase halt needs accounts, run_id, shard and fragments (guard-org-check gives them)")
+        return self
 
 
 class GuardReleaseEvent(ActionEvent):
@@ -263,6 +277,15 @@ class ListShardsEvent(ActionEvent):
     run_id: RunId | None = None
 
 
+class GuardOrgCheckEvent(ActionEvent):
+    """The guard's org check in an org-run: add up the shards' `running`, and over
+    `guard.max_running_instances_org` latch one org trip before any halt and list the shards to halt."""
+
+    action: Literal["guard-org-check"]
+    run_id: RunId
+    fragments: S3Prefix
+
+
 class AggregateEvent(ActionEvent):
     """Merge an org-run's RunReport fragments (FRAGMENTS/RUN_ID/fragments/*.json) into one RunReport: written to
     FRAGMENTS/RUN_ID/report.json, delivered once, one exit status."""
@@ -289,6 +312,7 @@ ACTION_MODELS: dict[str, type[ActionEvent]] = {
     "compliance-report": ComplianceEvent,
     "list-targets": ListTargetsEvent,
     "list-shards": ListShardsEvent,
+    "guard-org-check": GuardOrgCheckEvent,
     "aggregate": AggregateEvent,
     "pass": PassEvent,
 }

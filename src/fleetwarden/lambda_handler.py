@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .aws.session import SessionFactory
     from .aws.targets import Scope
     from .workflows.base import RunContext
+    from .workflows.guard import GuardOptions
 
 log = logging.getLogger("fleetwarden.lambda")
 
@@ -99,6 +100,8 @@ def _handle(parsed: ParsedEvent, context: Any) -> dict[str, Any]:
             return _list_shards(config, parsed)
         if parsed.action == "aggregate":
             return _aggregate(config, parsed)
+        if parsed.action == "guard-org-check":
+            return _guard_org_check(config, parsed)
         config = _shard_config(config, parsed, apply)
         with narrowed(_scope(parsed)):
             if parsed.action == "list-targets":
@@ -150,10 +153,9 @@ def _workflow(parsed: ParsedEvent, apply: bool) -> Workflow:
         audit_options = AuditOptions(apply=apply, confirm_terminate=confirm)
         return lambda run: run_audit(run, audit_options)
     if parsed.action == "guard":
-        from .workflows.guard import GuardOptions, run_guard
+        from .workflows.guard import run_guard
 
-        guard_options = GuardOptions(apply=apply)
-        return lambda run: run_guard(run, guard_options)
+        return lambda run: run_guard(run, _guard_options(run, parsed, apply))
     if parsed.action == "guard-release":
         from .workflows.guard import ReleaseOptions, release_guard
 
@@ -189,6 +191,32 @@ def _workflow(parsed: ParsedEvent, apply: bool) -> Workflow:
         report_options = ReportOptions(apply=apply)
         return lambda run: run_compliance_report(run, report_options)
     raise Unavailable(parsed.action)
+
+
+def _guard_options(run: RunContext, parsed: ParsedEvent, apply: bool) -> GuardOptions:
+    """A guard run's options; in an org-run with guard.max_running_instances_org (docs/deploy.md, "The guard's two
+    phases"): the count phase leaves the organization-wide limit to guard-org-check; the halt phase trips its
+    accounts on the total guard-org-check recorded (org-check.json), and refuses to run without one."""
+    from .checks.runaway import Trigger
+    from .workflows.guard import GuardOptions
+
+    phase = str(parsed.params.get("phase") or "count")
+    if "fragments" not in parsed.shard:
+        return GuardOptions(apply=apply)
+    if phase == "count":
+        org_limit = run.config.guard.max_running_instances_org is not None
+        return GuardOptions(apply=apply, phase="count" if org_limit else "all")
+    from .workflows.guard.org import read_org_check
+    from .workflows.shards import RunFiles
+
+    files = RunFiles.parse(str(parsed.shard["fragments"]), str(parsed.shard["run_id"]))
+    org = read_org_check(run, files)
+    if org is None or not org.get("tripped"):
+        raise EventError(
+            f"a guard halt shard of run {files.run_id} needs the org check's trip "
+            f"({files.uri(files.key('org-check.json'))}), and there is none: nothing was done"
+        )
+    return GuardOptions(apply=apply, phase="halt", org_trip=Trigger("org-count", int(org["total"]), int(org["limit"])))
 
 
 def _window_status(config: Config, parsed: ParsedEvent) -> dict[str, Any]:
@@ -375,8 +403,11 @@ def _shard_config(config: Config, parsed: ParsedEvent, apply: bool) -> Config:
     that may act keeps to its share of `audit.max_actions` (never more than the config's limit)."""
     if not parsed.shard:
         return config
-    if parsed.action == "guard" and ("accounts" in parsed.shard or "regions" in parsed.shard):
+    outside_org_run = "fragments" not in parsed.shard and ("accounts" in parsed.shard or "regions" in parsed.shard)
+    if parsed.action == "guard" and outside_org_run:
         _refuse_org_limit_in_shards(config)
+    if parsed.action == "guard" and "fragments" in parsed.shard:
+        return config.model_copy(update={"guard": config.guard.model_copy(update={"notify": []})})
     audit_changes: dict[str, Any] = {}
     if "fragments" in parsed.shard:
         audit_changes["notify"] = []
@@ -398,13 +429,14 @@ def _shard_config(config: Config, parsed: ParsedEvent, apply: bool) -> Config:
 
 
 def _refuse_org_limit_in_shards(config: Config) -> None:
-    """A shard sees only its own accounts: it would compare a part of the organization's running instances with
-    guard.max_running_instances_org and miss a trip. Until the two-phase guard (count every shard, then halt;
-    docs/deploy.md) lands, such a guard runs in one process."""
+    """A shard outside an org-run (no `fragments`) sees only its own accounts, and no org check follows it: it
+    would compare a part of the organization's running instances with guard.max_running_instances_org and miss a
+    trip. Such a guard runs in one process or through the org-run (docs/deploy.md)."""
     if config.guard.max_running_instances_org is not None:
         raise EventError(
-            "guard.max_running_instances_org is an organization-wide limit that a shard cannot evaluate (it counts "
-            'only its own accounts); run the guard in one process (the {"action": "guard"} event); nothing was '
+            "guard.max_running_instances_org is an organization-wide limit that a shard outside an org-run cannot "
+            'evaluate (it counts only its own accounts); run the guard in one process (the {"action": "guard"} '
+            "event) or through the org-run state machine (list-shards gives each shard `fragments`); nothing was "
             "done"
         )
 
@@ -444,15 +476,17 @@ def _shard_out(
 
     files = RunFiles.parse(str(parsed.shard["fragments"]), str(parsed.shard["run_id"]))
     shard = int(parsed.shard["shard"])
+    phase = str(parsed.params.get("phase") or "count")
     fragment = {
         "shard": shard,
+        "phase": phase,
         "accounts": parsed.shard.get("accounts", []),
         **{k: result.get(k) for k in ("status", "exit_code", "error", "run_id", "workflow")},
         "report": report,
     }
     try:
         factory = factory or SessionFactory(config.aws, run_id=files.run_id)
-        uri = put_json(factory, files, files.fragment_key(shard), fragment, config.aws.sts_region)
+        uri = put_json(factory, files, files.fragment_key(shard, phase), fragment, config.aws.sts_region)
     except FragmentStoreError as exc:
         # The shard's work is done but unreported: `aggregate` counts its accounts as error targets.
         log.error("shard %d: %s", shard, exc)
@@ -480,14 +514,23 @@ def _list_shards(config: Config, parsed: ParsedEvent) -> dict[str, Any]:
             EXIT_USAGE,
             parsed,
         )
-    if inner.action == "guard":
-        _refuse_org_limit_in_shards(config)
+    if inner.params.get("phase", "count") != "count":
+        return _error("list-shards: a guard event's phase is set by the org-run, not by its input", EXIT_USAGE, parsed)
+    fragments = params.get("fragments")
+    # The guard's organization-wide limit: the shards count, guard-org-check adds up (from their fragments).
+    org_check = inner.action == "guard" and config.guard.max_running_instances_org is not None
+    if org_check and fragments is None:
+        return _error(
+            "list-shards: guard.max_running_instances_org needs `fragments` (the org check adds up the shards' "
+            "counts from their fragments); nothing was done",
+            EXIT_USAGE,
+            parsed,
+        )
     run_id = str(params.get("run_id") or new_run_id(utcnow()))
     factory = SessionFactory(config.aws, run_id=run_id)
     shards = account_shards(config, factory, int(params["size"]))
     inner_apply = inner.apply if inner.apply is not None else config.apply
     may_act = inner.action == "audit" and inner_apply and config.audit.action != "report"
-    fragments = params.get("fragments")
     items = shard_items(
         template,
         shards,
@@ -505,12 +548,19 @@ def _list_shards(config: Config, parsed: ParsedEvent) -> dict[str, Any]:
         "accounts": sum(len(s) for s in shards),
         "count": len(items),
         "fragments": fragments,
+        "org_check": org_check,
         "bucket": None,
         "key": None,
     }
     if fragments is not None:
         files = RunFiles.parse(str(fragments), run_id)
-        listing = {"run_id": run_id, "workflow": inner.action, "event": template, "shards": items}
+        listing = {
+            "run_id": run_id,
+            "workflow": inner.action,
+            "event": template,
+            "org_check": org_check,
+            "shards": items,
+        }
         put_json(factory, files, files.key(SHARDS_FILE), listing, config.aws.sts_region)
         # The Distributed Map's ItemReader reads a JSON array: the items alone.
         items_key = files.key("items.json")
@@ -521,6 +571,46 @@ def _list_shards(config: Config, parsed: ParsedEvent) -> dict[str, Any]:
     result["shards"] = items if inline else []
     log.info("%s", json.dumps({k: result[k] for k in ("status", "run_id", "workflow", "accounts", "count", "inline")}))
     return result
+
+
+def _guard_org_check(config: Config, parsed: ParsedEvent) -> dict[str, Any]:
+    """Phase 2 of a guard org-run: add up the count shards' `running`; over guard.max_running_instances_org, latch
+    one org trip (with apply) before any halt and write the halt items. `halt` tells the state machine whether to
+    run the halt phase; a shard that did not report makes the total a lower bound (under the limit: partial)."""
+    from .workflows.guard.org import org_check
+    from .workflows.shards import RunFiles
+
+    run_id = str(parsed.params["run_id"])
+    files = RunFiles.parse(str(parsed.params["fragments"]), run_id)
+    parsed = ParsedEvent(parsed.action, parsed.apply, parsed.params, parsed.trigger, parsed.reason, {"run_id": run_id})
+    run = _run_context(config, parsed, invocation=False)
+    with _redacting(run.secrets):
+        try:
+            check = org_check(run, files)
+        finally:
+            run.store.close()
+    partial = check.lower_bound and not check.tripped
+    result: dict[str, Any] = {
+        "status": "partial" if partial else "ok",
+        "exit_code": EXIT_PARTIAL if partial else EXIT_OK,
+        **_event_fields(parsed),
+        "run_id": run_id,
+        "workflow": "guard",
+        "fragments": parsed.params["fragments"],
+        "tripped": check.tripped,
+        "total": check.total,
+        "limit": check.limit,
+        "lower_bound": check.lower_bound,
+        "missing": check.missing,
+        "latched": check.latched,
+        "accounts_to_halt": len(check.accounts),
+        "halt": bool(check.halt),
+        "halt_shards": len(check.halt),
+        "bucket": check.bucket or None,
+        "key": check.key or None,
+    }
+    log.info("%s", json.dumps({k: result[k] for k in ("status", "run_id", "total", "limit", "tripped", "halt")}))
+    return _redact(run.secrets, result)
 
 
 def _aggregate(config: Config, parsed: ParsedEvent) -> dict[str, Any]:
@@ -550,6 +640,7 @@ def _aggregate(config: Config, parsed: ParsedEvent) -> dict[str, Any]:
             "reported": len(merged.shards_reported),
             "missing": merged.missing,
             "errors": merged.shard_errors[:20],
+            **({"halt": merged.halt} if merged.halt is not None else {}),
         },
         "summary": report.summary,
         "deliveries": [d.model_dump(mode="json") for d in report.deliveries],

@@ -57,7 +57,7 @@ def _maps(states: dict[str, Any]) -> dict[str, Any]:
 def test_the_asl_is_a_distributed_map_between_list_shards_and_aggregate() -> None:
     states = asl()["States"]
     maps = _maps(states)
-    assert set(maps) == {"ShardsInline", "ShardsFromS3"}
+    assert set(maps) == {"ShardsInline", "ShardsFromS3", "HaltShards"}
     assert {c["Next"] for c in states["Listed?"]["Choices"]} | {states["Listed?"]["Default"]} == {
         "ListShardsFailed",
         "ShardsInline",
@@ -69,9 +69,11 @@ def test_the_asl_is_a_distributed_map_between_list_shards_and_aggregate() -> Non
         assert state["MaxConcurrency"] >= 1, name
         assert state["ResultWriter"]["Resource"] == "arn:aws:states:::s3:putObject", name
         assert state["ResultWriter"]["Parameters"]["Bucket"] == BUCKET_PLACEHOLDER, name
-        # Past the tolerated failures the Map fails: Aggregate still runs and reports the missing shards.
-        assert state["Next"] == "Aggregate" and [c["Next"] for c in state["Catch"]] == ["Aggregate"], name
-        assert state["Catch"][0]["ResultPath"] not in ("$", "$.listing"), name
+        # Past the tolerated failures the Map fails: the run goes on (the guard's org check counts what reported,
+        # Aggregate reports the missing shards).
+        after = "Aggregate" if name == "HaltShards" else "OrgCheck?"
+        assert state["Next"] == after and [c["Next"] for c in state["Catch"]] == [after], name
+        assert state["Catch"][0]["ResultPath"] not in ("$", "$.listing", "$.org"), name
         shard = state["ItemProcessor"]["States"]["Shard"]
         assert shard["Resource"] == FUNCTION_PLACEHOLDER and "Parameters" not in shard  # the item is the event
     assert maps["ShardsFromS3"]["ItemReader"] == {
@@ -79,7 +81,21 @@ def test_the_asl_is_a_distributed_map_between_list_shards_and_aggregate() -> Non
         "ReaderConfig": {"InputType": "JSON"},
         "Parameters": {"Bucket.$": "$.listing.bucket", "Key.$": "$.listing.key"},
     }
+    assert maps["HaltShards"]["ItemReader"]["Parameters"] == {"Bucket.$": "$.org.bucket", "Key.$": "$.org.key"}
     assert maps["ShardsInline"]["ItemsPath"] == "$.listing.shards"
+    # The guard's org check runs only for an org-run list-shards marks (org limit set); the halt only on a trip.
+    assert states["OrgCheck?"]["Choices"] == [
+        {"Variable": "$.listing.org_check", "BooleanEquals": True, "Next": "GuardOrgCheck"}
+    ]
+    assert states["OrgCheck?"]["Default"] == "Aggregate"
+    assert states["GuardOrgCheck"]["Parameters"] == {
+        "action": "guard-org-check",
+        "run_id.$": "$.listing.run_id",
+        "fragments.$": "$.listing.fragments",
+    }
+    assert states["GuardOrgCheck"]["Next"] == "Halt?" and states["GuardOrgCheck"]["Catch"][0]["Next"] == "Aggregate"
+    assert {c["Next"] for c in states["Halt?"]["Choices"]} == {"HaltShards"}
+    assert states["Halt?"]["Default"] == "Aggregate"
     assert states["ListShards"]["Parameters"]["action"] == "list-shards"
     assert states["ListShards"]["Parameters"]["fragments"] == f"s3://{BUCKET_PLACEHOLDER}/runs"
     assert states["Aggregate"]["Parameters"] == {
@@ -95,7 +111,7 @@ def test_every_lambda_task_retries_throttling_and_every_state_is_reachable() -> 
     tasks = {name: s for name, s in states.items() if s["Type"] == "Task"}
     for m in _maps(states).values():
         tasks.update({f"map:{n}": s for n, s in m["ItemProcessor"]["States"].items()})
-    assert {n for n in tasks if not n.startswith("map:")} == {"ListShards", "Aggregate"}
+    assert {n for n in tasks if not n.startswith("map:")} == {"ListShards", "GuardOrgCheck", "Aggregate"}
     for name, task in tasks.items():
         assert task["Resource"] == FUNCTION_PLACEHOLDER, name
         retried = {e for r in task["Retry"] for e in r["ErrorEquals"]}
@@ -220,7 +236,7 @@ def test_a_sharded_audit_that_may_act_needs_its_share_of_max_actions(
     assert ok["status"] == "ok" and ok["summary"]["actions_by_outcome"] == {"done": 3}, ok
 
 
-def test_a_guard_shard_runs_per_account_limits_and_refuses_the_organization_wide_one(
+def test_a_guard_shard_runs_per_account_limits_and_refuses_the_org_wide_one_outside_an_org_run(
     aws: EmulatorServer, factory: SessionFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     a, b = FLEET[:2]
@@ -236,8 +252,9 @@ def test_a_guard_shard_runs_per_account_limits_and_refuses_the_organization_wide
     assert {i["State"]["Name"] for i in halted} == {"stopped"}  # the per-account trip halted a, and only a
     other = factory.client("ec2", region=REGION, account_id=b).describe_instances()["Reservations"]
     assert {i["State"]["Name"] for r in other for i in r["Instances"]} == {"running"}
-    # An organization-wide limit: a shard would count only its own accounts, so it refuses (exit 2), as does
-    # list-shards for a guard.
+    # An organization-wide limit: a shard outside an org-run (no fragments) would count only its own accounts with
+    # no org check after it, so it refuses (exit 2), as does list-shards without fragments (test_guard_shards.py
+    # runs the org-run's two phases).
     path.write_text(path.read_text().replace("max_running_instances: 2", "max_running_instances_org: 4"))
     refused = handler({"action": "guard", "apply": True, "accounts": [b]}, None)
     assert refused["status"] == "error" and refused["exit_code"] == 2, refused

@@ -8,6 +8,10 @@ once, with one exit status. S3 layout under the `fragments` prefix (s3://BUCKET/
     PREFIX/RUN_ID/shards.json            the shard items (the Distributed Map's ItemReader reads it)
     PREFIX/RUN_ID/fragments/NNNNN.json   one per shard: its status, exit code and RunReport fragment
     PREFIX/RUN_ID/report.json            the merged RunReport
+
+A guard with `guard.max_running_instances_org` adds two phases between the shards and aggregate
+(workflows/guard/org.py): `org-check.json` (the org check's total and the halt it decided), `halt-items.json` (the
+second Distributed Map's items) and `halt/NNNNN.json` (the halt shards' fragments).
 """
 
 from __future__ import annotations
@@ -66,8 +70,10 @@ class RunFiles:
     def key(self, *parts: str) -> str:
         return "/".join(p for p in (self.prefix, self.run_id, *parts) if p)
 
-    def fragment_key(self, shard: int) -> str:
-        return self.key(FRAGMENTS_DIR, f"{shard:05d}.json")
+    def fragment_key(self, shard: int, phase: str = "count") -> str:
+        """Where a shard's fragment goes: `fragments/` (the shards, the guard's count phase), `halt/` (the
+        guard's halt phase)."""
+        return self.key(FRAGMENTS_DIR if phase == "count" else phase, f"{shard:05d}.json")
 
     def uri(self, key: str) -> str:
         return f"s3://{self.bucket}/{key}"
@@ -250,6 +256,7 @@ class Aggregate:
     shards_reported: list[int] = field(default_factory=list)
     missing: list[int] = field(default_factory=list)
     shard_errors: list[dict[str, Any]] = field(default_factory=list)
+    halt: dict[str, Any] | None = None  # a guard org-run's halt phase: expected, reported, missing
 
 
 def first_exit_code(codes: list[int]) -> int:
@@ -309,8 +316,22 @@ def aggregate(ctx: RunContext, files: RunFiles) -> Aggregate:
     report.targets = sorted([*report.targets, *missing_targets], key=lambda t: (t.account_id, t.region))
     if workflow == "audit":
         _audit_summary(report, ctx.config)
+    if workflow == "guard":
+        from .guard.org import aggregate_guard
+
+        phases = aggregate_guard(ctx, files, listing, report)
+        codes += phases.codes
+        result.shard_errors += phases.shard_errors
+        if phases.halt_expected:
+            result.halt = {
+                "expected": phases.halt_expected,
+                "reported": len(phases.halt_reported),
+                "missing": phases.halt_missing,
+            }
     report.deliveries += _deliver(ctx, report)
     report.summary["shards"] = {"expected": len(items), "reported": len(result.shards_reported)}
+    if result.halt is not None:
+        report.summary["shards"]["halt"] = {k: result.halt[k] for k in ("expected", "reported")}
     result.report_uri = put_json(ctx.factory, files, files.key(REPORT_FILE), report.to_dict(), region)
     result.report = report
     result.exit_code = first_exit_code([*codes, exit_code(report)])
@@ -321,7 +342,8 @@ def aggregate(ctx: RunContext, files: RunFiles) -> Aggregate:
 
 
 def _deliver(ctx: RunContext, report: RunReport) -> list[Any]:
-    """The one notification of the org-run (shards deliver nothing: the handler clears their notify lists)."""
+    """The audit's one notification of the org-run (shards deliver nothing: the handler clears their notify
+    lists; the guard's is sent by aggregate_guard)."""
     if report.workflow != "audit" or not ctx.config.audit.notify:
         return []
     from ..output import summary_subject, summary_text

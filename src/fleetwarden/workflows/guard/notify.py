@@ -4,29 +4,29 @@ from __future__ import annotations
 
 from collections import Counter
 
-from ...checks.runaway import Evaluation
 from ...model import ActionOutcome, RunReport, TargetStatus
 from ...sinks import Notification
 
 
 def guard_notification(
     report: RunReport,
-    evaluation: Evaluation,
+    triggers: dict[str, list[str]],
+    running: dict[str, int],
     newly: list[str],
     latched: set[str],
     recorded: dict[str, list[str]] | None = None,
 ) -> Notification:
-    """The guard's message. `recorded`: the triggers on record for trips latched by an earlier run (which this
-    run's figures may no longer show, e.g. once everything is stopped)."""
+    """The guard's message (one per run; one per org-run, from its aggregate). `triggers`: this run's, described,
+    by account; `running`: the instances counted; `recorded`: the triggers on record for trips latched by an
+    earlier run (which this run's figures may no longer show, e.g. once everything is stopped)."""
     tripped = sorted(set(newly) | latched)
     lines = [f"fleetwarden guard run {report.run_id} ({'dry run' if report.dry_run else 'applied'})", ""]
     for account_id in tripped:
         state = "TRIPPED" if account_id in newly else "still tripped (halt enforced again)"
         lines.append(f"Account {account_id}: {state}")
-        triggers = [t.describe() for t in evaluation.triggers.get(account_id, [])]
-        for text in triggers or (recorded or {}).get(account_id, []):
+        for text in triggers.get(account_id) or (recorded or {}).get(account_id, []):
             lines.append(f"  trigger: {text}")
-        lines.append(f"  running+pending instances counted: {evaluation.running.get(account_id, 0)}")
+        lines.append(f"  running+pending instances counted: {running.get(account_id, 0)}")
         done = Counter((a.action, a.outcome.value) for a in report.actions if a.account_id == account_id)
         for (action, outcome), count in sorted(done.items()):
             lines.append(f"  {action}: {count} {outcome}")

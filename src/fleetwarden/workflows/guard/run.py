@@ -11,6 +11,7 @@ import logging
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Literal
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -37,7 +38,7 @@ from ...sinks import Notification, deliver
 from ..base import RunContext
 from ..window.ledger import Ledger
 from .halt import WORKFLOW, Halter
-from .state import TripState, load_states, save_state
+from .state import TripState, finish_org_trip, load_org_trip, load_states, org_pending, save_state
 
 log = logging.getLogger(__name__)
 ACTIVE_STATES = ("pending", "running")
@@ -47,6 +48,11 @@ ACTIVE_STATES = ("pending", "running")
 class GuardOptions:
     apply: bool = False
     break_lease: bool = False  # take over a guard lease another run holds (an operator's decision, journaled)
+    # An org-run's phases (docs/deploy.md, "The guard's two phases"). "count": per-account triggers only, the
+    # organization-wide limit is left to guard-org-check, findings are left to aggregate. "halt": every account of
+    # the run trips on `org_trip` (the org check's figures) and is halted; nothing else is evaluated.
+    phase: Literal["all", "count", "halt"] = "all"
+    org_trip: Trigger | None = None
 
 
 def _inventory(ctx: RunContext, target: Target) -> list[Instance]:
@@ -81,6 +87,16 @@ def run_guard(ctx: RunContext, options: GuardOptions) -> RunReport:
     accounts = [a for a in accounts if a not in releasing]
     plan.targets = [t for t in plan.targets if t.account_id not in releasing]
     latched = {a for a in accounts if a in states and states[a].tripped}
+    # Accounts an organization-wide trip latched (an org-run's org check) and that are not latched on their own
+    # yet: they trip on the recorded figures, as the org-run's halt phase would have tripped them.
+    org_record = load_org_trip(ctx.store)
+    org_due: dict[str, Trigger] = {}
+    if org_record is not None:
+        org_due = {a: org_record.trigger() for a in org_pending(org_record, states, accounts)}
+    if options.phase == "halt" and options.org_trip is not None:
+        for account_id in accounts:
+            if account_id not in latched:
+                org_due.setdefault(account_id, options.org_trip)
     exceptions = ExceptionSet(ctx.store.list_exceptions(), now)
     halter = Halter(ctx, exceptions, apply=options.apply, break_lease=options.break_lease)
     # Instances an open scan window started are not counted (they go back to stopped when it closes).
@@ -130,11 +146,24 @@ def run_guard(ctx: RunContext, options: GuardOptions) -> RunReport:
             if target.account_id in halting:
                 halter.submit(target, outcome.value)
                 continue
-            trigger = count_trigger(config, target.account_id, running[target.account_id])
-            if target.account_id in latched or trigger is not None:
-                start_halt(target.account_id, [trigger] if trigger else [])
+            trigger = (
+                None
+                if options.phase == "halt"
+                else count_trigger(config, target.account_id, running[target.account_id])
+            )
+            due = org_due.get(target.account_id)
+            if target.account_id in latched or trigger is not None or due is not None:
+                start_halt(target.account_id, [t for t in (trigger, due) if t is not None])
 
-        evaluation = _evaluate(ctx, report, accounts, inventory, running)
+        if options.phase == "halt":
+            evaluation = Evaluation(running={a: running.get(a, 0) for a in accounts})
+            for account_id in accounts:
+                evaluation.add(account_id, org_due.get(account_id) or options.org_trip)
+        else:
+            evaluation = _evaluate(ctx, report, accounts, inventory, running, org=options.phase == "all")
+            for account_id, due in sorted(org_due.items()):
+                if not any(t.kind == "org-count" for t in evaluation.triggers.get(account_id, [])):
+                    evaluation.add(account_id, due)
         for account_id in sorted(evaluation.tripped | latched):
             start_halt(account_id, evaluation.triggers.get(account_id, []))
         report.actions += halter.wait()
@@ -145,9 +174,12 @@ def run_guard(ctx: RunContext, options: GuardOptions) -> RunReport:
         # New trips of this run, and trips an earlier run latched but died before announcing: both are told as new.
         unannounced = {a for a in latched & halter.claimed if not states[a].notified}
         newly = sorted({a for a in evaluation.tripped if a not in latched and a in halter.claimed} | unannounced)
-        report.findings = _findings(ctx, evaluation, apply=options.apply)
+        # In an org-run's phases the findings are reconciled once, by aggregate, with the org trigger added.
+        report.findings = _findings(ctx, evaluation, apply=options.apply and options.phase == "all")
         if options.apply:
             _record(ctx, states, evaluation, report, halter.claimed, lockouts)
+            if org_record is not None and not org_record.finished_at:
+                finish_org_trip(ctx.store, ctx.clock())
     finally:
         halter.release_leases()
 
@@ -156,7 +188,10 @@ def run_guard(ctx: RunContext, options: GuardOptions) -> RunReport:
         from .notify import guard_notification
 
         recorded = {a: [str(t.get("text", "")) for t in s.triggers] for a, s in states.items() if s.tripped}
-        notification: Notification = guard_notification(report, evaluation, newly, latched - set(newly), recorded)
+        triggers = {a: [t.describe() for t in ts] for a, ts in evaluation.triggers.items()}
+        notification: Notification = guard_notification(
+            report, triggers, evaluation.running, newly, latched - set(newly), recorded
+        )
         report.deliveries = deliver(config.guard.notify, config.sinks, notification, report, ctx.sink_context)
         if newly and not any(d.outcome == "failed" for d in report.deliveries):
             _mark_notified(ctx, states, newly)
@@ -202,16 +237,20 @@ def _evaluate(
     accounts: list[str],
     inventory: dict[Target, list[Instance]],
     running: dict[str, int],
+    *,
+    org: bool = True,
 ) -> Evaluation:
+    """The triggers of each account; `org=False` (an org-run's count phase): the organization-wide limit is not
+    evaluated here, where only a shard's accounts are counted."""
     config = ctx.config
     evaluation = Evaluation()
     for account_id in accounts:
         evaluation.running[account_id] = running.get(account_id, 0)
         evaluation.add(account_id, count_trigger(config, account_id, running.get(account_id, 0)))
-    org = org_trigger(config, running)
-    if org is not None:
+    org_trip = org_trigger(config, running) if org else None
+    if org_trip is not None:
         for account_id in accounts:
-            evaluation.add(account_id, org)
+            evaluation.add(account_id, org_trip)
     spend = config.guard.spend
     if spend is None:
         return evaluation
@@ -363,6 +402,30 @@ def _worth_telling(report: RunReport, newly: list[str], latched: set[str]) -> bo
 def _summary(
     report: RunReport, evaluation: Evaluation, latched: set[str], newly: list[str], exceptions: ExceptionSet
 ) -> dict[str, object]:
+    return guard_summary(
+        report,
+        broad=_broad_exceptions(exceptions),
+        running=evaluation.running,
+        spend={a: {source: round(usd, 2) for source, usd, _ in readings} for a, readings in evaluation.spend.items()},
+        triggers={a: [t.describe() for t in ts] for a, ts in evaluation.triggers.items() if ts},
+        tripped=evaluation.tripped | latched,
+        newly=newly,
+        latched=latched,
+    )
+
+
+def guard_summary(
+    report: RunReport,
+    *,
+    broad: list[str],
+    running: dict[str, int],
+    spend: dict[str, dict[str, float]],
+    triggers: dict[str, list[str]],
+    tripped: set[str],
+    newly: list[str],
+    latched: set[str],
+) -> dict[str, object]:
+    """The guard's summary (also rebuilt by an org-run's aggregate from its phases' fragments)."""
     outcomes: dict[str, int] = defaultdict(int)
     for action in report.actions:
         outcomes[f"{action.action}:{action.outcome.value}"] += 1
@@ -374,16 +437,13 @@ def _summary(
                 by_exception[kind] += 1
     return {
         "skipped_by_exceptions": dict(sorted(by_exception.items())),
-        "broad_exceptions": _broad_exceptions(exceptions),
-        "running_by_account": dict(sorted(evaluation.running.items())),
-        "spend_by_account": {
-            a: {source: round(usd, 2) for source, usd, _ in readings}
-            for a, readings in sorted(evaluation.spend.items())
-        },
-        "tripped": sorted(evaluation.tripped | latched),
-        "newly_tripped": newly,
+        "broad_exceptions": broad,
+        "running_by_account": dict(sorted(running.items())),
+        "spend_by_account": dict(sorted(spend.items())),
+        "tripped": sorted(tripped),
+        "newly_tripped": sorted(newly),
         "latched": sorted(latched),
-        "triggers": {a: [t.describe() for t in ts] for a, ts in sorted(evaluation.triggers.items()) if ts},
+        "triggers": {a: ts for a, ts in sorted(triggers.items()) if ts},
         "actions": dict(sorted(outcomes.items())),
         "targets_error": sum(1 for t in report.targets if t.status == TargetStatus.ERROR),
     }
