@@ -142,9 +142,17 @@ def _fresh_runs(deployment: Deployment) -> None:
         deployment.record(action, now)
 
 
-def _stub_ssm(deployment: Deployment, association_exists: bool = True) -> Stubber:
-    """What SSM answers about the config's association and document (moto has no associations)."""
+def _stub_ssm(deployment: Deployment, association_exists: bool = True, runs: int = 3) -> Stubber:
+    """What SSM answers about the config's association and document (moto has no associations), for a few
+    doctor runs."""
     stubber = Stubber(deployment.client("ssm"))
+    for _ in range(runs):
+        _stub_one_run(stubber, association_exists)
+    stubber.activate()
+    return stubber
+
+
+def _stub_one_run(stubber: Stubber, association_exists: bool) -> None:
     if association_exists:
         stubber.add_response(
             "describe_association",
@@ -164,8 +172,6 @@ def _stub_ssm(deployment: Deployment, association_exists: bool = True) -> Stubbe
         {"Associations": [{"AssociationId": ASSOCIATION_ID, "Name": DOCUMENT}]},
         {"AssociationFilterList": [{"key": "Name", "value": DOCUMENT}]},
     )
-    stubber.activate()
-    return stubber
 
 
 _shared: dict[str, Deployment] = {}
@@ -237,6 +243,13 @@ def test_problem_details(deployment: Deployment) -> None:
     rule = checks["resource:AuditScheduleRule"]
     assert "DISABLED while the stack's RulesState is ENABLED" in rule.detail
     assert rule.fix.startswith("aws events enable-rule --name fleetwarden-hub-AuditScheduleRule-")
+    restore = _remove_invoke_permission(deployment)
+    try:
+        rule = {c.check: c for c in deployment.doctor().checks}["resource:AuditScheduleRule"]
+    finally:
+        restore()
+    assert "targets fleetwarden, whose policy does not let EventBridge invoke it" in rule.detail
+    assert rule.fix.startswith("aws lambda add-permission --function-name fleetwarden --statement-id ")
     audit = checks["last-run:audit"]
     assert "last attempt" in audit.detail and "ended error (exit 1)" in audit.detail
     assert "aws logs tail /aws/lambda/fleetwarden " in audit.fix
@@ -324,6 +337,24 @@ def _disable_rule(d: Deployment) -> Callable[[], None]:
     return lambda: d.client("events").enable_rule(Name=name)
 
 
+def _remove_invoke_permission(d: Deployment) -> Callable[[], None]:
+    rule_arn = d.client("events").describe_rule(Name=d.physical("AuditScheduleRule"))["Arn"]
+    lam = d.client("lambda")
+    policy = json.loads(lam.get_policy(FunctionName="fleetwarden")["Policy"])
+    (sid,) = [s["Sid"] for s in policy["Statement"] if s["Condition"]["ArnLike"]["AWS:SourceArn"] == rule_arn]
+    lam.remove_permission(FunctionName="fleetwarden", StatementId=sid)
+    return lambda: (
+        lam.add_permission(
+            FunctionName="fleetwarden",
+            StatementId=sid,
+            Action="lambda:InvokeFunction",
+            Principal="events.amazonaws.com",
+            SourceArn=rule_arn,
+        )
+        and None
+    )
+
+
 def _delete_topic(d: Deployment) -> None:
     d.client("sns").delete_topic(TopicArn=d.outputs["AlertsTopicArn"])
     d.spent = True
@@ -368,6 +399,7 @@ def _invalid_config(d: Deployment) -> None:
 # The cases that can put back what they broke come first, so that they share one deployment.
 CASES: list[tuple[str, Callable[[Deployment], Any], set[str], int]] = [
     ("rule", _disable_rule, {"resource:AuditScheduleRule"}, 3),
+    ("invoke-permission", _remove_invoke_permission, {"resource:AuditScheduleRule"}, 3),
     ("association", _delete_association, {f"ssm-association:{ASSOCIATION_ID}"}, 3),
     ("member-role", _delete_member_role, {f"member-role:{MEMBERS[1]}", "member-roles"}, 3),
     ("stale-run", _stale_guard_run, {"last-run:guard"}, 3),
@@ -493,4 +525,4 @@ def test_every_call_doctor_makes_is_in_the_operator_policy(deployment: Deploymen
     operator = {a for s in policy_documents()["operator"]["Statement"] for a in s["Action"]}
     assert made <= operator, sorted(made - operator)
     assert all(is_read_only(a) for a in made - {"sts:AssumeRole"}), made
-    assert {"cloudformation:DescribeStackResources", "lambda:GetFunction", "sts:AssumeRole"} <= made
+    assert {"cloudformation:DescribeStackResources", "lambda:GetFunction", "lambda:GetPolicy"} <= made

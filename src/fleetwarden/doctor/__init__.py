@@ -26,6 +26,8 @@ PERMISSIONS: dict[str, tuple[str, ...]] = {
         "dynamodb:DescribeTable",
         "sns:GetTopicAttributes",
         "events:DescribeRule",
+        "events:ListTargetsByRule",
+        "lambda:GetPolicy",  # may EventBridge invoke the rule's function?
         "states:DescribeStateMachine",
         "iam:GetRole",
         "logs:DescribeLogGroups",

@@ -7,8 +7,10 @@ listed as not checked. A new resource type in the hub template gets its check he
 
 from __future__ import annotations
 
+import fnmatch
+import json
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from botocore.exceptions import ClientError
 
@@ -46,20 +48,79 @@ def _sns_topic(doctor: Doctor, logical: str, physical: str) -> Outcome:
 
 
 def _events_rule(doctor: Doctor, logical: str, physical: str) -> Outcome:
-    rule = doctor.factory.client("events", region=doctor.region).describe_rule(Name=physical)
+    events = doctor.factory.client("events", region=doctor.region)
+    rule = events.describe_rule(Name=physical)
     state = rule.get("State", "?")
     what = rule.get("ScheduleExpression") or "event pattern"
     wanted = doctor.stack.parameters.get("RulesState", "ENABLED") if doctor.stack else "ENABLED"
-    if state == wanted == "ENABLED":
-        return "ok", f"rule {physical} ({what}) ENABLED"
+    if state != wanted == "ENABLED":
+        return (
+            "problem",
+            f"rule {physical} ({what}) is {state} while the stack's RulesState is ENABLED: it does not fire",
+            f"aws events enable-rule --name {physical}",
+        )
+    wiring = _rule_targets(doctor, physical, str(rule.get("Arn", "")))
+    if wiring is not None:
+        return "problem", wiring[0], wiring[1]
     if wanted == "DISABLED":
         note = "as the stack's RulesState says" if state == "DISABLED" else "though the stack's RulesState is DISABLED"
         return "warning", f"rule {physical} ({what}) {state}, {note}", "update the stack with RulesState=ENABLED"
-    return (
-        "problem",
-        f"rule {physical} ({what}) is {state} while the stack's RulesState is ENABLED: it does not fire",
-        f"aws events enable-rule --name {physical}",
-    )
+    return "ok", f"rule {physical} ({what}) ENABLED"
+
+
+def _rule_targets(doctor: Doctor, name: str, arn: str) -> tuple[str, str] | None:
+    """What keeps a rule from reaching its targets: it has none, or a function's resource policy does not let
+    EventBridge invoke it for this rule (the stack's AWS::Lambda::Permission was removed)."""
+    targets = doctor.factory.client("events", region=doctor.region).list_targets_by_rule(Rule=name)["Targets"]
+    if not targets:
+        return f"rule {name} has no target: it fires into nothing", update_fix()
+    for target in targets:
+        function = str(target.get("Arn", ""))
+        if ":function:" not in function:
+            continue
+        short = function.split(":function:", 1)[1].split(":", 1)[0]
+        if doctor.stack is None or short not in doctor.stack.environments:
+            continue  # not a function of the stack, or a missing one (its own check says so)
+        statements = _function_policy(doctor, short)
+        if not any(_allows_rule(statement, arn) for statement in statements):
+            return (
+                f"rule {name} targets {short}, whose policy does not let EventBridge invoke it for this rule (its "
+                "AWS::Lambda::Permission is gone): the rule fires, the function never runs",
+                f"aws lambda add-permission --function-name {short} --statement-id {name} --action "
+                f"lambda:InvokeFunction --principal events.amazonaws.com --source-arn {arn}",
+            )
+    return None
+
+
+def _function_policy(doctor: Doctor, function: str) -> list[dict[str, Any]]:
+    """The statements of a function's resource policy (none when it has no policy)."""
+    try:
+        policy = doctor.factory.client("lambda", region=doctor.region).get_policy(FunctionName=function)["Policy"]
+    except ClientError as exc:
+        if error_code(exc) == "ResourceNotFoundException":  # the function exists (checked): it has no policy
+            return []
+        raise
+    statements = json.loads(policy).get("Statement", [])
+    return [s for s in statements if isinstance(s, dict)]
+
+
+def _allows_rule(statement: dict[str, Any], rule_arn: str) -> bool:
+    principal = statement.get("Principal")
+    service = principal.get("Service") if isinstance(principal, dict) else principal
+    actions = statement.get("Action")
+    actions = actions if isinstance(actions, list) else [actions]
+    if statement.get("Effect") != "Allow" or service != "events.amazonaws.com":
+        return False
+    if not {"lambda:InvokeFunction", "lambda:*", "*"} & set(actions):
+        return False
+    condition = statement.get("Condition") or {}
+    sources = [
+        str(value.get("AWS:SourceArn"))
+        for operator, value in condition.items()
+        if operator in ("ArnLike", "ArnEquals", "StringEquals", "StringLike") and isinstance(value, dict)
+        if value.get("AWS:SourceArn")
+    ]
+    return not sources or any(fnmatch.fnmatchcase(rule_arn, source) for source in sources)
 
 
 def _state_machine(doctor: Doctor, logical: str, physical: str) -> Outcome:

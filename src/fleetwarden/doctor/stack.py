@@ -97,7 +97,9 @@ def check_resources(doctor: Doctor) -> None:
     unchecked: dict[str, list[str]] = {}
     present = set()
     anonymous = 0
-    for resource in doctor.stack.resources:
+    # Functions first: a rule's check reads which functions exist (their environments) to test its invoke permission.
+    ordered = sorted(doctor.stack.resources, key=lambda r: r.get("ResourceType") != "AWS::Lambda::Function")
+    for resource in ordered:
         logical, kind = resource.get("LogicalResourceId"), resource.get("ResourceType")
         if not logical or not kind:
             anonymous += 1  # moto lists a resource type it cannot create this way; AWS never does
