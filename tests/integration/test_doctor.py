@@ -219,7 +219,7 @@ def test_a_whole_deployment_is_ok(deployment: Deployment) -> None:
     if uncreated:
         assert set(warnings["stack:template"].detail.split(": ", 1)[1].split(", ")) == set(uncreated)
     if "resource:AlertsKey" in warnings:
-        assert "could not check: DescribeKey: 500" in warnings["resource:AlertsKey"].detail
+        assert "could not check: DescribeKey: HTTP 500" in warnings["resource:AlertsKey"].detail
     # Every resource of the stack was looked at; a type without a check is listed, never a failure.
     assert checks["resource-type:AWS::Lambda::Permission"].status == "not-checked"
     for logical in ("StateTable", "AlertsTopic", "Function", "GuardFunction", "FunctionLogGroup", "FunctionRole"):
@@ -427,6 +427,10 @@ def test_doctor_names_exactly_the_missing_piece(
     assert report.exit_code == exit_code
     for problem in report.problems:
         assert problem.fix, problem  # every problem says what to do
+    if piece == "table":
+        fixes = {c.check: c.fix for c in report.problems}
+        assert fixes["resource:StateTable"].startswith("recreate it with the same name: `fleetwarden state init`")
+        assert fixes["state-table"] == "see resource:StateTable"
 
 
 def test_rules_disabled_by_the_stack_are_warnings_not_problems(

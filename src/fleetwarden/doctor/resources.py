@@ -213,6 +213,8 @@ def short_error(exc: BaseException) -> str:
     """One short line: a service error's body can be a whole HTML page."""
     from ..aws.targets import error_text
 
+    if isinstance(exc, ClientError) and http_status(exc) >= 500:
+        return f"{exc.operation_name}: HTTP {http_status(exc)} ({error_code(exc) or 'service error'})"
     text = " ".join(error_text(exc).split())
     return text if len(text) <= 200 else text[:197] + "..."
 
@@ -223,6 +225,17 @@ def read_fix(what: str) -> str:
 
 def update_fix() -> str:
     return (
-        "update the stack so CloudFormation creates it again (a resource deleted by hand: aws cloudformation "
-        "update-stack with the same template may not notice; detect-stack-drift shows it)"
+        "recreate it: CloudFormation does not notice a resource deleted by hand (an update with the same template "
+        "leaves it missing; `aws cloudformation detect-stack-drift` lists it): remove it from the template and "
+        "update the stack, then put it back and update again"
     )
+
+
+# How to recreate a missing resource, where there is a shorter way than the generic one (update_fix).
+MISSING_FIX: dict[str, str] = {
+    "AWS::DynamoDB::Table": (
+        "recreate it with the same name: `fleetwarden state init` (same keys and TTL); the findings, exceptions "
+        "and journal it held are gone unless restored from a backup"
+    ),
+    "AWS::Logs::LogGroup": "aws logs create-log-group --log-group-name NAME (then put-retention-policy)",
+}

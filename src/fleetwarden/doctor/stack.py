@@ -9,6 +9,7 @@ from botocore.exceptions import ClientError
 
 from .resources import (
     ACCESS_DENIED,
+    MISSING_FIX,
     RESOURCE_CHECKS,
     error_code,
     http_status,
@@ -136,7 +137,7 @@ def check_resources(doctor: Doctor) -> None:
                 check,
                 "problem",
                 f"{kind} {physical} does not exist (deleted outside CloudFormation)",
-                update_fix(),
+                MISSING_FIX.get(kind, update_fix()).replace("NAME", physical),
             )
         else:
             doctor.emit(check, outcome[0], outcome[1], outcome[2] if len(outcome) > 2 else "")

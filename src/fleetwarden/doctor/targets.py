@@ -38,7 +38,9 @@ def check_state_table(doctor: Doctor) -> None:
                 "state-table",
                 "problem",
                 f"the config's state table {table} does not exist in {region}",
-                "point `state:` at the stack's StateUrl output, or restore the table (the stack keeps it)",
+                "see resource:StateTable"
+                if output and table_of(output) == (table, region)
+                else f"point `state:` at the stack's StateUrl output ({output}), or create it: fleetwarden state init",
             )
         else:
             doctor.emit("state-table", "problem", f"{state}: {short_error(exc)}", read_fix("dynamodb"))
