@@ -7,10 +7,11 @@ event as input (`{"event": EVENT}`), and returns at once. The org-run shards the
 on each shard (docs/deploy.md, "Organization-scale runs"). See docs/deploy-templates.md, "Hand-off".
 
 `hand_off()` returns None when the run stays in process: hand-off not configured, an event the org-run does not
-take (not a workflow it shards, already a shard, an AWS event), a guard with an organization-wide limit (a shard
-cannot evaluate it), or an organization at or under the threshold. Otherwise it returns the handler's result: a
-`handed-off` result (exit 0), or an error result when the execution could not be started; never a silent
-"nothing ran".
+take (not a workflow it shards, already a shard, an AWS event), or an organization at or under the threshold. A
+guard with `guard.max_running_instances_org` is handed off too: the org-run counts in shards, adds up in
+`guard-org-check` and halts in a second Map (docs/deploy.md, "The guard's two phases"). Otherwise it returns the
+handler's result: a `handed-off` result (exit 0), or an error result when the execution could not be started;
+never a silent "nothing ran".
 """
 
 from __future__ import annotations
@@ -70,10 +71,6 @@ def hand_off(
     if match is None:
         message = f"{ORG_RUN_ARN_ENV} is not a Step Functions state machine ARN: {machine!r}"
         return _error(f"{message}; nothing was done", EXIT_USAGE, fields)
-    if parsed.action == "guard" and config.guard.max_running_instances_org is not None:
-        # list-shards refuses such a guard: a shard counts only its own accounts. The guard stays in one process.
-        log.info("hand-off: the guard has guard.max_running_instances_org, it runs in one process")
-        return None
     try:
         accounts = len(resolve_accounts(config, factory))
     except FleetwardenError as exc:

@@ -111,6 +111,14 @@ def test_at_or_under_the_threshold_or_unset_nothing_starts(
         {"action": "audit", "accounts": [FLEET[0], FLEET[1]], "run_id": "org-1", "shard": 0},  # a shard
         {"action": "audit", "accounts": [FLEET[0]]},  # narrowed to some accounts
         {"action": "guard", "run_id": "org-2"},
+        {
+            "action": "guard",
+            "phase": "halt",
+            "accounts": [FLEET[0]],
+            "run_id": "o",
+            "shard": 0,
+            "fragments": "s3://b/r",
+        },
         {"action": "audit", "regions": ["eu-west-1"]},
         {"action": "compliance-report"},  # not a workflow the org-run shards
         {"action": "window-open", "apply": True},  # each shard would open a window of its own
@@ -130,15 +138,18 @@ def test_a_shard_or_an_event_the_org_run_does_not_take_never_hands_off(
     assert executions(sfn, arn) == []
 
 
-def test_a_guard_with_an_organization_wide_limit_stays_in_process(
+def test_a_guard_with_an_organization_wide_limit_is_handed_off_too(
     aws: EmulatorServer, factory: SessionFactory, tmp_path: Path, machine: tuple[Any, str]
 ) -> None:
-    """list-shards refuses such a guard (a shard cannot count the organization): handing it off would run nothing."""
+    """The org-run evaluates guard.max_running_instances_org in its two phases (count shards, guard-org-check, halt
+    shards): the scheduled guard event goes to it as is."""
     sfn, arn = machine
     _, config = load(tmp_path, aws, top={"guard": {"max_running_instances_org": 10}})
-    assert hand_off({"action": "guard", "apply": True}, config, factory, env(arn), now=AT) is None
-    assert hand_off({"action": "audit"}, config, factory, env(arn), now=AT) is not None  # the audit still does
-    assert [e["name"].split("-")[0] for e in executions(sfn, arn)] == ["audit"]
+    result = hand_off({"action": "guard", "apply": True}, config, factory, env(arn), now=AT)
+    assert result is not None and result["status"] == "handed-off", result
+    (started,) = executions(sfn, arn)
+    described = sfn.describe_execution(executionArn=started["executionArn"])
+    assert json.loads(described["input"]) == {"event": {"action": "guard", "apply": True}}
 
 
 def test_a_repeated_hand_off_is_already_handed_off(
