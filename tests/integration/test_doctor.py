@@ -530,3 +530,31 @@ def test_every_call_doctor_makes_is_in_the_operator_policy(deployment: Deploymen
     assert made <= operator, sorted(made - operator)
     assert all(is_read_only(a) for a in made - {"sts:AssumeRole"}), made
     assert {"cloudformation:DescribeStackResources", "lambda:GetFunction", "lambda:GetPolicy"} <= made
+
+
+def test_member_roles_of_the_organization(deployment: Deployment) -> None:
+    """With `organization:`, every ACTIVE account is checked: the members through the role, the management
+    account with the current credentials; a member whose role was never deployed is named."""
+    org = deployment.client("organizations")
+    org.create_organization(FeatureSet="ALL")
+    created = [
+        org.create_account(AccountName=f"member-{i}", Email=f"member-{i}@example.com")["CreateAccountStatus"]
+        for i in range(3)
+    ]
+    ids = [org.describe_create_account_status(CreateAccountRequestId=c["Id"])["CreateAccountStatus"] for c in created]
+    members = [status["AccountId"] for status in ids]
+    deployment.client("cloudformation").create_stack_instances(
+        StackSetName="fleetwarden-member", Accounts=members[:2], Regions=[REGION]
+    )
+    data = yaml.safe_load(_without_compliance(deployment).read_text())
+    del data["accounts"]
+    data["organization"] = {"role_name": "FleetWarden", "external_id": EXTERNAL_ID}
+    config = deployment.config.with_name("organization.yaml")
+    config.write_text(yaml.safe_dump(data))
+    deployment.spent = True  # the organization and its roles stay in the emulator
+    report = deployment.doctor(config)
+    assert _problems(report) == {f"member-role:{members[2]}", "member-roles"}
+    (line,) = [c for c in report.checks if c.check == "member-roles"]
+    assert line.detail == f"1 of 4 account(s) cannot be reached: {members[2]}"  # 3 members and the management
+    (missing,) = [c for c in report.checks if c.check == f"member-role:{members[2]}"]
+    assert f"the role FleetWarden does not exist in account {members[2]}" in missing.detail
