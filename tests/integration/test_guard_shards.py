@@ -14,6 +14,7 @@ import json
 import re
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -349,7 +350,8 @@ def test_a_silent_shard_makes_the_total_a_lower_bound_and_a_halt_needs_the_org_c
     as zero, and nothing is halted; over a limit of 30 the organization trips anyway and the halt covers the silent
     shard's accounts too. One account of shard 0 runs 3 more (5 > 3): the count phase halts it at once, and the
     merged report gives it both triggers, as one process does. A halt event without the org check's trip (forged,
-    replayed, or before the check) is refused and halts nothing."""
+    replayed, or before the check) is refused and halts nothing; an account whose lease another run holds is left
+    to it and reported."""
     hot = FLEET[2]
     fleet = {**fleet, hot: fleet[hot] + launch(factory, hot, REGION, {}, 3)}
     config = guard_config(tmp_path / "org", aws.url, max_running_instances_org=42)
@@ -374,11 +376,22 @@ def test_a_silent_shard_makes_the_total_a_lower_bound_and_a_halt_needs_the_org_c
     config.write_text(config.read_text().replace("max_running_instances_org: 42", "max_running_instances_org: 30"))
     over = handler(org_check, None)
     assert over["tripped"] and over["lower_bound"] and over["accounts_to_halt"] == 23 and over["status"] == "ok"
+    # Another guard run holds one account's lease: the halt shard leaves it alone and says so, as one process does.
+    busy = FLEET[5]
+    store = open_store(f"sqlite:///{tmp_path / 'org' / 'state.db'}")
+    try:
+        assert store.acquire_lease("guard", busy, "another-guard-run", datetime.now(UTC), 120)
+    finally:
+        store.close()
     for item in s3_json(factory, f"s3://{BUCKET}/{over['key']}"):
-        assert handler(item, None)["status"] == "ok"
+        halted = handler(item, None)
+        assert halted["status"] == ("partial" if busy in item["accounts"] else "ok"), halted
+    assert set(states(factory, busy, REGION, fleet.pop(busy)).values()) == {"running"}
     assert set().union(*running_states(factory, fleet).values()) == {"stopped"}
     merged = handler({"action": "aggregate", "run_id": listing["run_id"], "fragments": FRAGMENTS}, None)
     assert merged["exit_code"] == 4 and merged["shards"]["halt"] == {"expected": 4, "reported": 4, "missing": []}
+    held = [t for t in merged["targets_in_error"] if t["account_id"] == busy]
+    assert len(held) == 1 and "another-guard-run" in held[0]["error"], merged["targets_in_error"]
     assert merged["summary"]["tripped"] == sorted(FLEET)  # the silent shard's accounts too
     org_text = "39 running+pending instances in the organization > limit 30"
     assert merged["summary"]["triggers"][hot] == ["5 running+pending instances > limit 3", org_text]
