@@ -22,6 +22,7 @@ from .config_source import load_config_from
 from .errors import EXIT_OK, EXIT_PARTIAL, EXIT_REFUSED, EXIT_USAGE, ConfigError, ConfigProblem, FleetwardenError
 from .events import SHARD_KEYS, WINDOW_ACTIONS, EventError, ParsedEvent, association_matches, parse_event
 from .model import FindingStatus, RunReport, Severity, TargetStatus, utcnow
+from .observability import observe
 from .secrets import RedactingFilter, SecretResolver
 
 if TYPE_CHECKING:
@@ -56,8 +57,11 @@ class Unavailable(FleetwardenError):
         super().__init__(f"action {action} is not available in this version")
 
 
+@observe
 def handler(event: Any, context: Any = None) -> dict[str, Any]:
-    """Lambda entry point: run the action the event asks for and return the result (see docs/lambda.md)."""
+    """Lambda entry point: run the action the event asks for and return the result (see docs/lambda.md).
+
+    `observe` writes the invocation's JSON logs and its metrics (docs/observability.md), whatever happens."""
     _setup_logging()
     try:
         if _disabled():
@@ -67,14 +71,16 @@ def handler(event: Any, context: Any = None) -> dict[str, Any]:
         return _error(str(exc), EXIT_USAGE)
     if parsed.action == "pass":
         return _noop(parsed.reason, parsed)
-    result = _handle(parsed, context)
+    # parse_event accepted it, so a string event is a JSON object: the hand-off passes the object on as is.
+    raw = json.loads(event) if isinstance(event, str | bytes) else dict(event)
+    result = _handle(parsed, context, raw)
     if parsed.action in WINDOW_ACTIONS:
         result = _window_fields(parsed, result)
     return result
 
 
-def _handle(parsed: ParsedEvent, context: Any) -> dict[str, Any]:
-    """Load the config and run the parsed event's action."""
+def _handle(parsed: ParsedEvent, context: Any, raw: dict[str, Any]) -> dict[str, Any]:
+    """Load the config and run the parsed event's action (or hand it to the org-run: fleetwarden.handoff)."""
     request_id = getattr(context, "aws_request_id", None)
     log.info("event: %s (%s)%s", parsed.action, parsed.reason, f" request {request_id}" if request_id else "")
     try:
@@ -91,6 +97,9 @@ def _handle(parsed: ParsedEvent, context: Any) -> dict[str, Any]:
             log.info("%s", reason)
             return _noop(reason, parsed)
         parsed = ParsedEvent(parsed.action, parsed.apply, parsed.params, parsed.trigger, f"{parsed.reason}; {why}")
+    handed = _hand_off(raw, config)
+    if handed is not None:
+        return handed
     apply = parsed.apply if parsed.apply is not None else config.apply
     apply_from = "event" if parsed.apply is not None else "config"
     from .aws.targets import narrowed
@@ -116,6 +125,21 @@ def _handle(parsed: ParsedEvent, context: Any) -> dict[str, Any]:
         if exc.exit_code == EXIT_REFUSED:
             result["status"] = "refused"
         return _shard_out(config, parsed, result, None)
+
+
+def _hand_off(raw: dict[str, Any], config: Config) -> dict[str, Any] | None:
+    """Over FLEETWARDEN_SHARD_ABOVE accounts, a scheduled audit, guard or compliance sync starts the org-run state
+    machine instead of running here (docs/deploy-templates.md, "Hand-off"); None: run it in this invocation."""
+    from .handoff import ORG_RUN_ARN_ENV, SHARD_ABOVE_ENV, hand_off
+
+    if not os.environ.get(SHARD_ABOVE_ENV) or not os.environ.get(ORG_RUN_ARN_ENV):
+        return None  # not deployed with the org-run (a CLI-made function, a test): nothing to decide
+    from .aws.session import SessionFactory
+
+    result = hand_off(raw, config, SessionFactory(config.aws), os.environ)
+    if result is not None:
+        log.info("%s", json.dumps(result, default=str))
+    return result
 
 
 def config_reference() -> str:
@@ -352,10 +376,12 @@ def _run(
         except SafetyRefusal as exc:
             result = {"status": "refused", "exit_code": EXIT_REFUSED, "error": str(exc), **base}
             log.warning("%s", json.dumps(result))
+            _record_run(config, run, parsed, parsed.action, result)
             return _shard_out(config, parsed, _redact(run.secrets, result), None)
         except FleetwardenError as exc:
             result = {"status": "error", "exit_code": exc.exit_code, "error": str(exc), **base}
             log.error("%s", json.dumps(result))
+            _record_run(config, run, parsed, parsed.action, result)
             return _shard_out(config, parsed, _redact(run.secrets, result), None)
         finally:
             run.store.close()
@@ -377,6 +403,7 @@ def _run(
         line["targets_in_error"] = len(result["targets_in_error"])
         log.info("%s", run.secrets.redact(json.dumps(line, default=str)))
         result = _redact(run.secrets, result)
+        _record_run(config, run, parsed, parsed.action, result)
         if "fragments" in parsed.shard:  # an org-run's shard: the whole fragment to S3, the summary returned
             return _shard_out(config, parsed, result, _redact(run.secrets, report.to_dict()), run.factory)
         if not with_report:  # a compact result: the summary only (the state machine's events ask for that)
@@ -407,7 +434,9 @@ def _shard_config(config: Config, parsed: ParsedEvent, apply: bool) -> Config:
     if parsed.action == "guard" and outside_org_run:
         _refuse_org_limit_in_shards(config)
     if parsed.action == "guard" and "fragments" in parsed.shard:
-        return config.model_copy(update={"guard": config.guard.model_copy(update={"notify": []})})
+        # The trip notice and the heartbeat go out once for the whole org-run, from aggregate.
+        quiet = config.guard.heartbeat.model_copy(update={"enabled": False})
+        return config.model_copy(update={"guard": config.guard.model_copy(update={"notify": [], "heartbeat": quiet})})
     audit_changes: dict[str, Any] = {}
     if "fragments" in parsed.shard:
         audit_changes["notify"] = []
@@ -651,7 +680,30 @@ def _aggregate(config: Config, parsed: ParsedEvent) -> dict[str, Any]:
         ][:100],
     }
     log.info("%s", run.secrets.redact(json.dumps({k: result[k] for k in ("status", "run_id", "shards")})))
-    return _redact(run.secrets, result)
+    result = _redact(run.secrets, result)
+    _record_run(config, run, None, str(report.workflow), result)  # an org-run: the whole run, under its job
+    return result
+
+
+def _record_run(
+    config: Config, run: RunContext, parsed: ParsedEvent | None, action: str, result: dict[str, Any]
+) -> None:
+    """The `last-run` record `fleetwarden doctor` reads (docs/doctor.md). A shard is part of a run: the
+    aggregate records the whole. A store of its own, since the run's is closed by now; never raises."""
+    if parsed is not None and parsed.shard:
+        return
+    from .doctor import record_run
+    from .state import open_store
+
+    try:
+        store = open_store(config.state, run.factory, create=True)  # the run's own store: no table check again
+    except FleetwardenError as exc:
+        log.warning("could not record the run of %s: %s", action, exc)
+        return
+    try:
+        record_run(store, action, result, utcnow())
+    finally:
+        store.close()
 
 
 # -- results -------------------------------------------------------------------------------------------

@@ -227,3 +227,34 @@ def test_the_handed_off_execution_runs_the_event_over_the_organization(
     assert bridge.actions()[0] == "list-shards" and bridge.actions()[-1] == "aggregate"
     shards = [e for e in bridge.events if e.get("action") == "audit"]
     assert sorted(a for e in shards for a in e["accounts"]) == sorted(FLEET)
+
+
+def test_the_handler_hands_a_scheduled_run_off_and_runs_a_small_one_itself(
+    aws: EmulatorServer,
+    factory: SessionFactory,
+    tmp_path: Path,
+    machine: tuple[Any, str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """lambda_handler.handler with the hub's environment: over the threshold the event becomes an execution's
+    input and nothing is audited in the function; at or under it, the audit runs in the invocation."""
+    from fleetwarden.lambda_handler import handler
+
+    sfn, arn = machine
+    launch(factory, FLEET[0], REGION, GOOD_TAGS, 1)
+    path, _ = load(tmp_path, aws)
+    monkeypatch.setenv("FLEETWARDEN_CONFIG", str(path))
+    monkeypatch.setenv(ORG_RUN_ARN_ENV, arn)
+    monkeypatch.setenv(SHARD_ABOVE_ENV, "3")
+    result = handler(json.dumps({"action": "audit"}), None)  # a string event, as a console test sends it
+    assert result["status"] == "handed-off" and result["accounts"] == len(FLEET), result
+    [execution] = executions(sfn, arn)
+    assert execution["executionArn"] == result["execution_arn"]
+    started = sfn.describe_execution(executionArn=result["execution_arn"])
+    assert json.loads(started["input"]) == {"event": {"action": "audit"}}
+    assert "summary" not in result  # nothing ran here
+
+    monkeypatch.setenv(SHARD_ABOVE_ENV, str(len(FLEET)))
+    small = handler({"action": "audit"}, None)
+    assert small["status"] == "ok" and small["summary"]["accounts"] == len(FLEET), small
+    assert len(executions(sfn, arn)) == 1

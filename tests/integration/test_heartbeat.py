@@ -69,8 +69,13 @@ def config(aws: EmulatorServer, tmp_path: Any, topic: str, state: str | None = N
 
 
 def guard_run(cfg: Config) -> tuple[RunContext, RunReport]:
-    ctx = RunContext.create(cfg)
-    return ctx, run_guard(ctx, GuardOptions(apply=True))
+    """An applied guard run that leaves the heartbeat to the test: run_guard's own call sees it switched off, then
+    the context gets the config with the heartbeat on."""
+    off = cfg.guard.heartbeat.model_copy(update={"enabled": False})
+    ctx = RunContext.create(cfg.model_copy(update={"guard": cfg.guard.model_copy(update={"heartbeat": off})}))
+    report = run_guard(ctx, GuardOptions(apply=True))
+    ctx.config = cfg
+    return ctx, report
 
 
 def heartbeat(cfg: Config, at: timedelta = timedelta(0)) -> bool:
@@ -102,6 +107,22 @@ def test_a_quiet_run_sends_one_heartbeat_per_period(
     assert received(inbox) == []
     assert heartbeat(cfg, timedelta(hours=24, minutes=1)) is True  # the next period: one again
     assert len(received(inbox)) == 1
+
+
+def test_run_guard_sends_it_itself_once_per_period(
+    aws: EmulatorServer, factory: SessionFactory, inbox: tuple[str, Any, str], tmp_path: Any
+) -> None:
+    launch(factory, A, "us-east-1", TAGS, 1)
+    cfg = config(aws, tmp_path, inbox[0])
+    for _ in range(2):
+        ctx = RunContext.create(cfg)
+        try:
+            report = run_guard(ctx, GuardOptions(apply=True))
+        finally:
+            ctx.store.close()
+        assert report.summary.get("tripped") in (None, [], {})
+    [beat] = received(inbox)  # the first run's; the second is within the period
+    assert "no account over its limits" in beat
 
 
 def test_a_tripped_run_sends_its_trip_notice_and_no_heartbeat(
@@ -241,6 +262,41 @@ def test_each_shard_of_an_org_run_keeps_its_own_period(
     beats = received(inbox)
     assert len(beats) == 2 and all("one shard of an org-run (shard of 1 accounts)" in b for b in beats)
     assert "Checked: 1 account(s)" in beats[0] and f"  {A}: 1 of 4" in beats[0] and f"  {B}: 2 of 4" in beats[1]
+
+
+def test_an_org_run_sends_one_heartbeat_from_aggregate_and_none_from_its_shards(
+    aws: EmulatorServer,
+    factory: SessionFactory,
+    inbox: tuple[str, Any, str],
+    tmp_path: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Through the handler's events, as the org-run state machine sends them: list-shards, one shard per account,
+    aggregate. The shards stay silent (each would otherwise claim a period of its own); aggregate sends the
+    organization's one heartbeat, with every account's figures."""
+    import json
+
+    from fleetwarden.lambda_handler import handler
+
+    launch(factory, A, "us-east-1", TAGS, 1)
+    launch(factory, B, "us-east-1", TAGS, 2)
+    factory.client("s3", region="us-east-1").create_bucket(Bucket="heartbeat-runs")
+    cfg = config(aws, tmp_path, inbox[0])
+    path = tmp_path / "fleetwarden.json"  # JSON is YAML
+    path.write_text(json.dumps(cfg.model_dump(mode="json", exclude_unset=True)))
+    monkeypatch.setenv("FLEETWARDEN_CONFIG", str(path))
+    event = {"action": "guard", "apply": True}
+    fragments = "s3://heartbeat-runs/runs"
+    listing = handler({"action": "list-shards", "event": event, "size": 1, "fragments": fragments}, None)
+    assert listing["status"] == "ok" and listing["count"] == 2, listing
+    for item in listing["shards"]:
+        assert handler(item, None)["status"] == "ok"
+    assert received(inbox) == []  # no shard sent one
+    result = handler({"action": "aggregate", "run_id": listing["run_id"], "fragments": fragments}, None)
+    assert result["status"] == "ok", result
+    [message] = received(inbox)
+    assert "no account over its limits" in message and "one shard" not in message
+    assert f"  {A}: 1 of 4" in message and f"  {B}: 2 of 4" in message
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""The real Lambda handler wrapped in `observe` (as lambda_handler wires it), against the emulator: a guard that
+"""The real Lambda handler (lambda_handler.handler, wrapped in `observe`), against the emulator: a guard that
 trips and tells Slack (the loopback fake) with a token from an SSM SecureString, two warm invocations. Checked
 on stdout, which is Lambda's log: one EMF record per invocation with the contracted metrics, JSON log lines, and
 never the token; and one read each of the config and of the token for both invocations (the warm cache)."""
@@ -18,7 +18,6 @@ from fleetwarden import lambda_handler
 from fleetwarden.aws.session import SessionFactory
 from fleetwarden.config_source import CACHE_ENV, LAMBDA_ENV, warm_cache
 from fleetwarden.emulator.server import EmulatorServer
-from fleetwarden.observability import observe
 
 A = ACCOUNTS[0]
 REGION = "us-east-1"
@@ -67,7 +66,7 @@ def test_a_warm_guard_function_logs_json_emits_metrics_and_reads_config_and_toke
     ssm.put_parameter(Name="/fleetwarden/config", Value=yaml.safe_dump(config), Type="SecureString")
     monkeypatch.setenv("FLEETWARDEN_CONFIG", "ssm:/fleetwarden/config")
     launch(factory, A, REGION, {"created_by": "alice", "department": "eng", "project": "web"}, 3)
-    handler = observe(lambda_handler.handler)
+    handler = lambda_handler.handler  # already wrapped in observe
     aws.client.reset_calls()
     capsys.readouterr()
 

@@ -329,6 +329,11 @@ def aggregate(ctx: RunContext, files: RunFiles) -> Aggregate:
                 "missing": phases.halt_missing,
             }
     report.deliveries += _deliver(ctx, report)
+    if workflow == "guard" and not report.dry_run:
+        from .guard.heartbeat import maybe_heartbeat
+
+        # The org-run's one heartbeat (its shards send none): all quiet only if no account tripped anywhere.
+        maybe_heartbeat(ctx, report, ctx.clock())
     report.summary["shards"] = {"expected": len(items), "reported": len(result.shards_reported)}
     if result.halt is not None:
         report.summary["shards"]["halt"] = {k: result.halt[k] for k in ("expected", "reported")}

@@ -195,6 +195,12 @@ def run_guard(ctx: RunContext, options: GuardOptions) -> RunReport:
         report.deliveries = deliver(config.guard.notify, config.sinks, notification, report, ctx.sink_context)
         if newly and not any(d.outcome == "failed" for d in report.deliveries):
             _mark_notified(ctx, states, newly)
+    if options.apply and options.phase == "all":
+        # After the trip notice (it sets report.deliveries; the heartbeat adds to them). Not in an org-run's
+        # phases: a count shard has not seen the organization-wide check, so "all quiet" could precede a trip.
+        from .heartbeat import maybe_heartbeat
+
+        maybe_heartbeat(ctx, report, ctx.clock())
     report.finished_at = ctx.clock()
     return report
 
