@@ -463,6 +463,16 @@ def test_guard_apply_halts_the_account(
     result = handler(event("guard_apply"), None)
     assert result["status"] == "ok" and result["dry_run"] is False, result
     assert running(factory, ids) == {"stopped"}
+    # The run is on record for `fleetwarden doctor` (docs/doctor.md): its last success is this run.
+    from fleetwarden.doctor.runs import RUN_KIND
+    from fleetwarden.state import open_store
+
+    store = open_store(f"sqlite:///{tmp_path / 'state.db'}")
+    try:
+        stored = store.get_record(RUN_KIND, "guard")
+    finally:
+        store.close()
+    assert stored is not None and stored[0]["last_success"]["run_id"] == result["run_id"], stored
 
 
 @pytest.mark.parametrize("name", ["scheduled_event", "alarm_alarm", "alarm_action_alarm"])
