@@ -131,7 +131,8 @@ class OrgBench:
         print(
             f"    {label:<12} {len(accounts):4d} accts  last stop {row['time_to_last_stop_s']}s  "
             f"wall {m.wall_s:7.2f}s  calls {calls['total']:6d} (stop {len(stops)})  "
-            f"all stopped: {row['all_stopped']}  load {load:.1f}",
+            f"all stopped: {row['all_stopped']}  load {load:.1f}"
+            + (f"  exit {m.returncode}: {row.get('failed')} {row.get('errors')}" if m.returncode not in (0, 3) else ""),
             flush=True,
         )
         return row
@@ -141,11 +142,17 @@ class OrgBench:
         cfg = self.config(state_dir, accounts)
         cmd = [str(FLEETWARDEN), "--config", str(cfg), "--json", "guard", "run", "--apply"]
         m = run_measured(cmd, self.env, state_dir, timeout=1800)
-        if m.returncode not in (0, 3):
+        if m.returncode not in (0, 3, 4):  # 4: some target or action failed; recorded, and `all stopped` says
             raise RuntimeError(f"fleetwarden failed (exit {m.returncode}): {m.stderr[-3000:]}")
         report = json.loads(m.stdout)
         shutil.rmtree(state_dir, ignore_errors=True)
-        return m, {"summary_actions": report.get("summary", {}).get("actions")}
+        failed = [
+            {k: a.get(k) for k in ("action", "account_id", "region", "resource_id", "reason")}
+            for a in report.get("actions", [])
+            if a.get("outcome") == "failed"
+        ]
+        errors = [t for t in report.get("targets", []) if t.get("status") == "error"]
+        return m, {"summary_actions": report.get("summary", {}).get("actions"), "failed": failed, "errors": errors}
 
     def run_minimal(self, accounts: list[str]) -> tuple[Measured, dict[str, Any]]:
         cmd = [str(PYTHON), str(BENCH / "guard_minimal.py"), "--account", ",".join(accounts)]
