@@ -205,9 +205,15 @@ def _workflow(parsed: ParsedEvent, apply: bool) -> Workflow:
         )
         return lambda run: close_window(run, close_options)
     if parsed.action == "compliance-sync":
-        from .workflows.compliance import SyncOptions, run_compliance_sync
+        from .workflows.compliance import SyncOptions, held_alert_id, run_compliance_sync
 
-        sync_options = SyncOptions(apply=apply)
+        # An org-run's shard holds its alert in the outbox: aggregate sends the run's one alert.
+        held = (
+            held_alert_id(str(parsed.shard["run_id"]), int(parsed.shard["shard"]))
+            if "fragments" in parsed.shard
+            else None
+        )
+        sync_options = SyncOptions(apply=apply, held_alert_id=held)
         return lambda run: run_compliance_sync(run, sync_options)
     if parsed.action == "compliance-report":
         from .workflows.compliance import ReportOptions, run_compliance_report

@@ -307,3 +307,80 @@ def test_error_target_never_resolves(
     status = {(f["resource_id"], f["control"]): f["status"] for f in after.report["findings"]}
     assert status[west] == "ongoing"  # still open from the first sync, never resolved in between
     assert after.report["summary"]["resolved"] == 0 and after.report["summary"]["new"] == 0
+
+
+def test_a_sharded_sync_alerts_once_and_reports_what_one_process_does(
+    aws: EmulatorServer,
+    factory: SessionFactory,
+    tmp_path: Path,
+    fleet: dict[str, str],
+    slack: FakeSlack,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The org-run's events through the Lambda handler (list-shards, one shard per account, aggregate): the
+    shards hold their alerts in the outbox and aggregate sends one, with every account's new items; the merged
+    report's findings are those of a one-process dry run of the same sync."""
+    from fleetwarden.lambda_handler import handler
+
+    path = config(tmp_path, aws.url, slack)
+    one = sync(path)  # the one-process dry run, for comparison
+    assert one.exit_code == 0 and slack.requests == []
+    factory.client("s3", region="us-east-1").create_bucket(Bucket="compliance-runs")
+    monkeypatch.setenv("FLEETWARDEN_CONFIG", str(path))
+    fragments = "s3://compliance-runs/runs"
+    event = {"action": "compliance-sync", "apply": True}
+    listing = handler({"action": "list-shards", "event": event, "size": 1, "fragments": fragments}, None)
+    assert listing["status"] == "ok" and listing["count"] == 2, listing
+    for item in listing["shards"]:
+        assert handler(item, None)["status"] == "ok"
+    assert slack.calls("chat.postMessage") == []  # held: no shard sent its own
+    result = handler({"action": "aggregate", "run_id": listing["run_id"], "fragments": fragments}, None)
+    assert result["status"] == "ok", result
+    [message] = messages(slack)
+    assert "New non-compliant items: 4" in message
+    [uploaded] = slack.uploads.values()
+    assert len(list(csv.DictReader(io.StringIO(uploaded.decode())))) == 4
+    s3 = factory.client("s3", region="us-east-1")
+    merged = json.loads(
+        s3.get_object(Bucket="compliance-runs", Key=result["report_uri"].split("/", 3)[3])["Body"].read()
+    )
+
+    def keyed(findings: list[dict[str, Any]]) -> set[tuple[str, ...]]:
+        return {(f["account_id"], f["region"], f["resource_id"], f["control"], f["status"]) for f in findings}
+
+    assert keyed(merged["findings"]) == keyed(one.report["findings"])
+    for key in ("instances_scanned", "new", "resolved", "still_open"):
+        assert merged["summary"][key] == one.report["summary"][key], key
+    assert stored_status(path, A, "us-east-1") == {
+        (fleet["a_east"], "Custom:InSpec:c-1"): "new",
+        (fleet["a_east"], "Custom:InSpec:c-2"): "new",
+    }
+    # Nothing is left in the outbox: the next one-process sync sends nothing.
+    assert sync(path, "--apply").exit_code == 0 and len(slack.calls("chat.postMessage")) == 1
+
+
+def test_held_shard_alerts_go_out_with_the_next_sync_when_the_org_run_died(
+    aws: EmulatorServer,
+    factory: SessionFactory,
+    tmp_path: Path,
+    fleet: dict[str, str],
+    slack: FakeSlack,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The shards recorded their findings (as ongoing from now on) and held their alerts; aggregate never ran.
+    The next sync sends the held alerts: a new item is announced late, never lost."""
+    from fleetwarden.lambda_handler import handler
+
+    path = config(tmp_path, aws.url, slack)
+    factory.client("s3", region="us-east-1").create_bucket(Bucket="compliance-runs")
+    monkeypatch.setenv("FLEETWARDEN_CONFIG", str(path))
+    event = {"action": "compliance-sync", "apply": True}
+    listing = handler({"action": "list-shards", "event": event, "size": 1, "fragments": "s3://compliance-runs/r"}, None)
+    for item in listing["shards"]:
+        assert handler(item, None)["status"] == "ok"
+    assert slack.calls("chat.postMessage") == []
+    after = sync(path, "--apply")
+    assert after.exit_code == 0 and after.report["summary"]["new"] == 0, after.stderr
+    sent = messages(slack)
+    assert len(sent) == 2 and "New non-compliant items: 3" in sent[0] + sent[1]  # account A's 3, B's 1
+    assert "New non-compliant items: 1" in sent[0] + sent[1]

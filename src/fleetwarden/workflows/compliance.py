@@ -17,6 +17,7 @@ from ..aws.fanout import fan_out
 from ..aws.targets import resolve_targets
 from ..collect.compliance import ComplianceScan, item_finding, scan
 from ..model import ExceptionSet, Finding, FindingStatus, RunReport, TargetResult, TargetStatus
+from ..outbox import KIND as KIND_OUTBOX
 from ..outbox import Outbox
 from ..output import csv_bytes
 from ..reconcile import reconcile
@@ -44,6 +45,9 @@ CSV_COLUMNS = (
 @dataclass
 class SyncOptions:
     apply: bool = False
+    # An org-run's shard (`{shard: N, fragments: ...}`): its alert is stored in the outbox under this id and not
+    # sent; the org-run's aggregate sends one alert for the whole run (`org_run_alert`). None: a run of its own.
+    held_alert_id: str | None = None
 
 
 @dataclass
@@ -102,7 +106,8 @@ def run_compliance_sync(ctx: RunContext, options: SyncOptions) -> RunReport:
     now = ctx.clock()
     report = RunReport(run_id=ctx.run_id, workflow="compliance-sync", dry_run=not options.apply, started_at=now)
     outbox = Outbox(ctx.store, "compliance")
-    if options.apply:
+    held = options.held_alert_id is not None
+    if options.apply and not held:  # a held shard sends nothing, not even earlier alerts (aggregate does)
         report.deliveries += outbox.flush(config.sinks, report, ctx.sink_context)  # earlier alerts first
     plan = resolve_targets(config, ctx.factory)
     report.targets += plan.errors
@@ -144,11 +149,41 @@ def run_compliance_sync(ctx: RunContext, options: SyncOptions) -> RunReport:
         if (new or resolved) and config.compliance.notify:
             notification = _sync_notification(report, new, resolved, still_open, scanned_instances)
             # Stored before it is sent, and before the findings that it announces are recorded.
-            outbox.enqueue(ctx.run_id, list(config.compliance.notify), notification, now.isoformat())
+            outbox.enqueue(
+                options.held_alert_id or ctx.run_id, list(config.compliance.notify), notification, now.isoformat()
+            )
         ctx.store.save_findings(report.findings)
-        report.deliveries += outbox.flush(config.sinks, report, ctx.sink_context)
+        if not held:
+            report.deliveries += outbox.flush(config.sinks, report, ctx.sink_context)
     report.finished_at = ctx.clock()
     return report
+
+
+def held_alert_id(run_id: str, shard: int) -> str:
+    """The outbox id of an org-run shard's held alert."""
+    return f"{run_id}/shard-{shard:05d}"
+
+
+def org_run_alert(ctx: RunContext, report: RunReport) -> None:
+    """An org-run's one compliance alert, from the merged report (aggregate, with apply).
+
+    Each shard stored its alert in the outbox, unsent, before recording its findings (so a new item is announced
+    even if the org-run dies before this step: the next sync sends the shards' alerts one by one). Here the
+    merged alert is stored first, then the shards' alerts of this run are dropped, then the outbox is flushed:
+    a crash in between sends an item twice, never zero times (outbox.py)."""
+    config = ctx.config
+    new = [f for f in report.findings if f.status == FindingStatus.NEW]
+    resolved = [f for f in report.findings if f.status == FindingStatus.RESOLVED]
+    still_open = [f for f in report.findings if f.status in (FindingStatus.NEW, FindingStatus.ONGOING)]
+    outbox = Outbox(ctx.store, "compliance")
+    if (new or resolved) and config.compliance.notify:
+        scanned = int(report.summary.get("instances_scanned", 0) or 0)
+        notification = _sync_notification(report, new, resolved, still_open, scanned)
+        outbox.enqueue(report.run_id, list(config.compliance.notify), notification, ctx.clock().isoformat())
+    for alert_id, _data, _version in outbox.pending():
+        if alert_id.startswith(f"{report.run_id}/shard-"):
+            ctx.store.delete_record(KIND_OUTBOX, alert_id)
+    report.deliveries += outbox.flush(config.sinks, report, ctx.sink_context)
 
 
 def _sync_notification(

@@ -329,6 +329,10 @@ def aggregate(ctx: RunContext, files: RunFiles) -> Aggregate:
                 "missing": phases.halt_missing,
             }
     report.deliveries += _deliver(ctx, report)
+    if workflow == "compliance-sync" and not report.dry_run:
+        from .compliance import org_run_alert
+
+        org_run_alert(ctx, report)  # the shards held theirs in the outbox
     if workflow == "guard" and not report.dry_run:
         from .guard.heartbeat import maybe_heartbeat
 
