@@ -480,3 +480,28 @@ def test_dynamodb_permissions_cover_every_call(factory: SessionFactory) -> None:
     run_calls = set(factory.counter.calls) - init_calls | {"dynamodb:DescribeTable"}
     assert run_calls == set(PERMISSIONS)
     assert init_calls <= set(PERMISSIONS) | set(INIT_PERMISSIONS)
+
+
+def test_sqlite_journal_write_waits_out_a_writer_that_holds_the_lock_past_one_busy_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `planned` entry must not be lost to "database is locked" because another writer held the lock for one busy
+    timeout (SQLite's busy handler is not fair under many writers): the write waits again, up to BUSY_ATTEMPTS."""
+    import sqlite3
+
+    from fleetwarden.state import sqlite as sqlite_store
+
+    monkeypatch.setattr(sqlite_store, "BUSY_TIMEOUT_SECONDS", 0.2)
+    store = sqlite_store.SqliteStore(tmp_path / "busy.db")
+    store.init()
+    holder = sqlite3.connect(tmp_path / "busy.db", isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    release = threading.Timer(0.3, lambda: holder.execute("COMMIT"))  # longer than one timeout, shorter than 3
+    release.start()
+    try:
+        store.journal(entry("held-1", datetime(2026, 11, 1, tzinfo=UTC)))
+    finally:
+        release.join()
+        holder.close()
+    assert [e.id for e in store.list_journal()] == ["held-1"]
+    store.close()
