@@ -102,7 +102,7 @@ def _handle(parsed: ParsedEvent, context: Any, raw: dict[str, Any]) -> dict[str,
         return handed
     apply = parsed.apply if parsed.apply is not None else config.apply
     apply_from = "event" if parsed.apply is not None else "config"
-    from .aws.targets import narrowed
+    from .aws.targets import narrowed, org_listing
 
     try:
         if parsed.action == "list-shards":
@@ -112,7 +112,7 @@ def _handle(parsed: ParsedEvent, context: Any, raw: dict[str, Any]) -> dict[str,
         if parsed.action == "guard-org-check":
             return _guard_org_check(config, parsed)
         config = _shard_config(config, parsed, apply)
-        with narrowed(_scope(parsed)):
+        with narrowed(_scope(parsed)), org_listing(_org_listing(config, parsed)):
             if parsed.action == "list-targets":
                 return _list_targets(config, parsed)
             if parsed.action == "window-status":
@@ -431,6 +431,20 @@ def _scope(parsed: ParsedEvent) -> Scope | None:
     )
 
 
+def _org_listing(config: Config, parsed: ParsedEvent) -> list[dict[str, Any]] | None:
+    """An org-run shard's organization accounts, as list-shards listed them (its run's `organization.json`), so
+    that the organization is listed once per org-run rather than once per shard; None (list it here): not an
+    org-run shard, no `organization:` in the config, or that file cannot be used (read_organization says why)."""
+    if config.organization is None or "fragments" not in parsed.shard or "run_id" not in parsed.shard:
+        return None
+    from .aws.session import SessionFactory
+    from .workflows.shards import RunFiles, read_organization
+
+    files = RunFiles.parse(str(parsed.shard["fragments"]), str(parsed.shard["run_id"]))
+    factory = SessionFactory(config.aws, run_id=files.run_id)
+    return read_organization(config, factory, files, parsed.shard.get("accounts"))
+
+
 def _shard_config(config: Config, parsed: ParsedEvent, apply: bool) -> Config:
     """The config as a shard of an org-run uses it: its notifications go out once, from `aggregate`, and an audit
     that may act keeps to its share of `audit.max_actions` (never more than the config's limit)."""
@@ -533,8 +547,17 @@ def _list_shards(config: Config, parsed: ParsedEvent) -> dict[str, Any]:
     """The config's accounts in shards, each shard a workflow event for one Map iteration (changes nothing but
     the shard list it writes to S3)."""
     from .aws.session import SessionFactory
+    from .aws.targets import org_listing
     from .workflows.base import new_run_id
-    from .workflows.shards import SHARDS_FILE, RunFiles, account_shards, put_json, shard_items
+    from .workflows.shards import (
+        SHARDS_FILE,
+        RunFiles,
+        account_shards,
+        list_organization,
+        put_json,
+        shard_items,
+        write_organization,
+    )
 
     params = parsed.params
     template = dict(params["event"])
@@ -563,7 +586,11 @@ def _list_shards(config: Config, parsed: ParsedEvent) -> dict[str, Any]:
         )
     run_id = str(params.get("run_id") or new_run_id(utcnow()))
     factory = SessionFactory(config.aws, run_id=run_id)
-    shards = account_shards(config, factory, int(params["size"]))
+    # The organization is listed once for the whole org-run: the shards resolve their accounts from this listing
+    # (organization.json) instead of each listing it again.
+    organization = list_organization(config, factory)
+    with org_listing(organization):
+        shards = account_shards(config, factory, int(params["size"]))
     inner_apply = inner.apply if inner.apply is not None else config.apply
     may_act = inner.action == "audit" and inner_apply and config.audit.action != "report"
     items = shard_items(
@@ -589,6 +616,8 @@ def _list_shards(config: Config, parsed: ParsedEvent) -> dict[str, Any]:
     }
     if fragments is not None:
         files = RunFiles.parse(str(fragments), run_id)
+        if organization is not None:  # before the shard items: every item written has its listing
+            write_organization(factory, files, organization, config.aws.sts_region)
         listing = {
             "run_id": run_id,
             "workflow": inner.action,

@@ -61,6 +61,30 @@ def current_scope() -> Scope | None:
     return _scope.get()
 
 
+# The organization's accounts as list-shards listed them for the org-run in progress on this thread (a shard that
+# read them from its run's prefix). A context variable for the same reason as _scope: every workflow resolves its
+# accounts through resolve_accounts(), and none of them should learn where the listing came from.
+_listing: ContextVar[tuple[dict[str, Any], ...] | None] = ContextVar("fleetwarden_org_listing", default=None)
+
+
+@contextmanager
+def org_listing(accounts: Iterable[dict[str, Any]] | None) -> Iterator[None]:
+    """Within the block, resolve_accounts() takes the organization's accounts from `accounts` (as
+    _organization_accounts() returns them: Organizations' account entries, each marked `_management`) instead of
+    calling Organizations; None lists the organization as usual. The listing only replaces the Organizations
+    calls: only ACTIVE accounts are used, explicit entries still win, and a scope still narrows."""
+    token = _listing.set(tuple(dict(a) for a in accounts) if accounts is not None else None)
+    try:
+        yield
+    finally:
+        _listing.reset(token)
+
+
+def organization_accounts(config: Config, factory: SessionFactory) -> list[dict[str, Any]]:
+    """The organization's accounts, each marked `_management` (what list-shards records for its shards)."""
+    return _organization_accounts(config, factory)
+
+
 def error_text(exc: BaseException) -> str:
     """A one-line description of an AWS (or other) error for the RunReport."""
     if isinstance(exc, ClientError):
@@ -84,6 +108,9 @@ def base_identity(factory: SessionFactory) -> dict[str, str]:
 
 def _organization_accounts(config: Config, factory: SessionFactory) -> list[dict[str, Any]]:
     """The organization's accounts, each marked `_management` or not; a refusal is a one-line error."""
+    supplied = _listing.get()
+    if supplied is not None:
+        return [dict(a) for a in supplied]
     client = factory.client("organizations", region=config.aws.sts_region)
     try:
         management = client.describe_organization()["Organization"]["MasterAccountId"]

@@ -6,6 +6,8 @@ writing its fragment to S3 -> `aggregate` (this module's `aggregate`): one RunRe
 once, with one exit status. S3 layout under the `fragments` prefix (s3://BUCKET/PREFIX):
 
     PREFIX/RUN_ID/shards.json            the shard items (the Distributed Map's ItemReader reads it)
+    PREFIX/RUN_ID/organization.json      the organization's accounts as list-shards listed them (`organization:`
+                                         in the config): the shards resolve their accounts from it
     PREFIX/RUN_ID/fragments/NNNNN.json   one per shard: its status, exit code and RunReport fragment
     PREFIX/RUN_ID/report.json            the merged RunReport
 
@@ -18,7 +20,9 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -26,7 +30,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ..aws.session import SessionFactory
-from ..aws.targets import error_text, resolve_accounts
+from ..aws.targets import error_text, organization_accounts, resolve_accounts
 from ..config import Config
 from ..errors import EXIT_FINDINGS, EXIT_OK, EXIT_PARTIAL, EXIT_REFUSED, EXIT_USAGE, FleetwardenError
 from ..model import ActionOutcome, FindingStatus, RunReport, TargetResult, TargetStatus
@@ -35,6 +39,8 @@ from .base import RunContext, exit_code
 log = logging.getLogger(__name__)
 
 SHARDS_FILE = "shards.json"
+ORGANIZATION_FILE = "organization.json"
+_ACCOUNT_ID = re.compile(r"^[0-9]{12}$", re.ASCII)
 REPORT_FILE = "report.json"
 FRAGMENTS_DIR = "fragments"
 # DESIGN.md's exit codes, the first that applies: 2 usage/config, 5 refused, 1 unexpected, 4 partial, 3 findings.
@@ -124,6 +130,71 @@ def account_shards(config: Config, factory: SessionFactory, size: int) -> list[l
     """The config's accounts (explicit and the organization's ACTIVE ones), sorted, in shards of `size`."""
     ids = sorted(a.account_id for a in resolve_accounts(config, factory))
     return [ids[i : i + size] for i in range(0, len(ids), size)]
+
+
+def list_organization(config: Config, factory: SessionFactory) -> list[dict[str, Any]] | None:
+    """The organization's accounts (Organizations' entries, each marked `_management`) when the config has
+    `organization:`, else None. list-shards resolves its shards from this listing and records it for them."""
+    return organization_accounts(config, factory) if config.organization is not None else None
+
+
+def write_organization(factory: SessionFactory, files: RunFiles, accounts: list[dict[str, Any]], region: str) -> str:
+    """Record the listing list-shards used, for the run's shards (read_organization); returns its s3:// URI."""
+    document = {"run_id": files.run_id, "accounts": accounts}
+    return put_json(factory, files, files.key(ORGANIZATION_FILE), document, region)
+
+
+def read_organization(
+    config: Config, factory: SessionFactory, files: RunFiles, shard_accounts: Iterable[str] | None
+) -> list[dict[str, Any]] | None:
+    """The organization's accounts list-shards recorded for run `files.run_id` (one GetObject), or None, with a
+    warning, when that file cannot be used: the shard then lists the organization itself, as without it.
+
+    It is read only from a bucket of the account whose credentials run the shard (ExpectedBucketOwner): a shard
+    event naming someone else's bucket cannot supply the accounts a shard resolves. It must be this run's listing,
+    in Organizations' shape, and name every one of the shard's accounts that the config does not list explicitly
+    (list-shards made the shard from it).
+    """
+    uri = files.uri(files.key(ORGANIZATION_FILE))
+    explicit = {a.id for a in config.accounts}
+    try:
+        owner = factory.caller_identity()["account_id"]
+        s3 = factory.client("s3", region=config.aws.sts_region)
+        body = s3.get_object(Bucket=files.bucket, Key=files.key(ORGANIZATION_FILE), ExpectedBucketOwner=owner)[
+            "Body"
+        ].read()
+        document = json.loads(body)
+    except (ClientError, BotoCoreError) as exc:
+        log.warning("cannot read %s, listing the organization instead: %s", uri, error_text(exc))
+        return None
+    except ValueError:
+        log.warning("%s is not JSON, listing the organization instead", uri)
+        return None
+    problem = _listing_problem(document, files.run_id, [a for a in shard_accounts or () if a not in explicit])
+    if problem:
+        log.warning("%s %s, listing the organization instead", uri, problem)
+        return None
+    accounts: list[dict[str, Any]] = document["accounts"]
+    return accounts
+
+
+def _listing_problem(document: Any, run_id: str, shard_accounts: list[str]) -> str | None:
+    """Why a recorded organization listing cannot stand in for Organizations' answer (None: it can)."""
+    if not isinstance(document, dict) or document.get("run_id") != run_id:
+        return f"is not the organization listing of run {run_id}"
+    accounts = document.get("accounts")
+    if not isinstance(accounts, list) or not all(
+        isinstance(a, dict)
+        and isinstance(a.get("Id"), str)
+        and _ACCOUNT_ID.fullmatch(a["Id"])
+        and isinstance(a.get("_management"), bool)
+        for a in accounts
+    ):
+        return "is not a list of accounts (Id, Status, _management)"
+    missing = set(shard_accounts) - {a["Id"] for a in accounts}
+    if missing:
+        return f"does not list the shard's accounts {', '.join(sorted(missing))}"
+    return None
 
 
 def max_actions_share(limit: int, shard_accounts: int, total_accounts: int) -> int:
@@ -374,9 +445,12 @@ __all__ = [
     "aggregate",
     "first_exit_code",
     "get_json",
+    "list_organization",
     "max_actions_share",
     "merge_reports",
     "merge_summaries",
     "put_json",
+    "read_organization",
     "shard_items",
+    "write_organization",
 ]
