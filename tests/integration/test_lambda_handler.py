@@ -279,15 +279,20 @@ def test_state_store_that_cannot_be_opened_is_an_error_result(
 
 
 # -- SSM association events ----------------------------------------------------------------------------
+def json_log(capsys: pytest.CaptureFixture[str]) -> list[dict[str, Any]]:
+    """The invocation's JSON log lines, as Lambda sees them: stdout (fleetwarden.observability), EMF records aside."""
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    return [line for line in lines if "_aws" not in line]
+
+
 def test_ssm_association_of_another_document_is_ignored(
-    aws: EmulatorServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    aws: EmulatorServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     use_config(monkeypatch, tmp_path, aws)
-    with caplog.at_level(logging.INFO, logger="fleetwarden"):
-        result = handler(event("ssm_association_other"), None)
+    result = handler(event("ssm_association_other"), None)
     assert result["status"] == "noop" and result["trigger"] == "ssm-association"
     assert "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d" in result["reason"] and "ignored" in result["reason"]
-    assert any("ignored" in r.getMessage() for r in caplog.records)
+    assert any("ignored" in str(line["message"]) and line["level"] == "INFO" for line in json_log(capsys))
 
 
 def test_ssm_association_matching_routes_to_compliance_sync(
@@ -393,14 +398,16 @@ def test_summary_is_logged_as_one_json_line(
     factory: SessionFactory,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     launch(factory, A, REGION, BAD_TAGS)
     use_config(monkeypatch, tmp_path, aws)
-    with caplog.at_level(logging.INFO, logger="fleetwarden"):
-        result = handler(event("audit"), None)
-    lines = [json.loads(r.getMessage()) for r in caplog.records if r.getMessage().startswith('{"status"')]
-    assert len(lines) == 1
+    capsys.readouterr()
+    result = handler(event("audit"), None)
+    logged = json_log(capsys)
+    lines = [line["message"] for line in logged if isinstance(line["message"], dict) and "status" in line["message"]]
+    assert len(lines) == 1, logged
+    assert logged[-1]["message"] == "invocation finished" and logged[-1]["run_id"] == result["run_id"]
     assert lines[0]["run_id"] == result["run_id"] and lines[0]["summary"]["violators"] == 1
 
 

@@ -40,7 +40,8 @@ def elf(machine: str) -> bytes:
 
 def fake_wheel(directory: Path, name: str, version: str, files: dict[str, str | bytes], requires: list[str]) -> Path:
     """A pure-Python wheel pip accepts: the files, METADATA with `requires`, WHEEL, entry points and RECORD."""
-    dist_info = f"{name}-{version}.dist-info"
+    stem = re.sub(r"[-_.]+", "_", name)  # the wheel's file and .dist-info names (aws-lambda-powertools: aws_lambda_...)
+    dist_info = f"{stem}-{version}.dist-info"
     metadata = [f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}"]
     metadata += [f"Requires-Dist: {requirement}" for requirement in requires]
     metadata += ["Provides-Extra: demo"] if any("extra ==" in r for r in requires) else []
@@ -58,7 +59,7 @@ def fake_wheel(directory: Path, name: str, version: str, files: dict[str, str | 
         record.append(f"{path},sha256={digest},{len(data)}")
     record.append(f"{dist_info}/RECORD,,")
     contents[f"{dist_info}/RECORD"] = "\n".join(record) + "\n"
-    wheel = directory / f"{name}-{version}-py3-none-any.whl"
+    wheel = directory / f"{stem}-{version}-py3-none-any.whl"
     with zipfile.ZipFile(wheel, "w") as archive:
         for path, text in contents.items():
             archive.writestr(path, text)
