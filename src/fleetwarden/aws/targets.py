@@ -141,7 +141,7 @@ def resolve_accounts(config: Config, factory: SessionFactory) -> list[AccountAcc
                 continue
             if acct["_management"]:
                 if org.include_management_account:
-                    accounts[acct["Id"]] = AccountAccess(acct["Id"], None, None, acct.get("Name"))
+                    accounts[acct["Id"]] = _management_access(acct, org.role_name, org.external_id, factory)
                 continue
             role_arn = f"arn:aws:iam::{acct['Id']}:role/{org.role_name}"
             accounts[acct["Id"]] = AccountAccess(acct["Id"], role_arn, org.external_id, acct.get("Name"))
@@ -152,6 +152,21 @@ def resolve_accounts(config: Config, factory: SessionFactory) -> list[AccountAcc
     for access in accounts.values():
         factory.register_account(access)
     return list(accounts.values())
+
+
+def _management_access(
+    acct: dict[str, Any], role_name: str, external_id: str | None, factory: SessionFactory
+) -> AccountAccess:
+    """The management account: through the current credentials when they are its own (fleetwarden runs there),
+    else through the organization's role like any member (a hub in a dedicated account; the StackSet does not
+    reach the management account, so the role is deployed there as a plain stack: docs/deploy.md)."""
+    try:
+        acting = base_identity(factory)["account_id"]
+    except CredentialsError:
+        acting = ""  # verify_accounts reports it; the role is the better guess meanwhile
+    if acting == acct["Id"]:
+        return AccountAccess(acct["Id"], None, None, acct.get("Name"))
+    return AccountAccess(acct["Id"], f"arn:aws:iam::{acct['Id']}:role/{role_name}", external_id, acct.get("Name"))
 
 
 def verify_accounts(accounts: list[AccountAccess], factory: SessionFactory) -> list[TargetResult]:
