@@ -73,6 +73,12 @@ TEMPLATE_FILES: dict[str, Path] = {
     "billing": Path("deploy/templates/billing-role.yaml"),
 }
 REGENERATE = "fleetwarden deploy render --kind {kind} > {path}"
+# Actions of the hub policy on "*" that the hub template grants on narrower resources instead (see
+# _function_stack_statements): the org-run's bucket, the config object, the hub account's parameters, KMS via
+# the services that decrypt for fleetwarden.
+NARROWED_IN_STACK = ("s3:GetObject", "s3:ListBucket", "ssm:GetParameter", "kms:Decrypt")
+KMS_VIA_SERVICES = ("ssm", "secretsmanager", "s3")
+CONFIG_IN_S3 = "ConfigInS3"
 
 # (rule resource, schedule parameter, default expression, the event the rule delivers, target function).
 # The guard runs on its own function (reserved concurrency 1); everything else on the worker function.
@@ -375,7 +381,7 @@ def hub_template(
                 "Description": "fleetwarden hub: the functions' role (assumes the member-account roles)",
                 "AssumeRolePolicyDocument": _trust({"Service": "lambda.amazonaws.com"}),
                 "Policies": [
-                    {"PolicyName": "fleetwarden-hub", "PolicyDocument": policy_documents(config)["hub"]},
+                    {"PolicyName": "fleetwarden-hub", "PolicyDocument": _hub_policy(config)},
                     _policy(
                         "fleetwarden-logs",
                         [
@@ -437,6 +443,10 @@ def hub_template(
             "declarations: do not edit."
         ),
         "Parameters": _hub_parameters(),
+        "Conditions": {
+            # ConfigReference is s3://BUCKET/KEY (else ssm:/NAME): its first ':'-separated part is "s3".
+            CONFIG_IN_S3: {"Fn::Equals": [{"Fn::Select": [0, {"Fn::Split": [":", _ref("ConfigReference")]}]}, "s3"]}
+        },
         "Resources": resources,
         "Outputs": _hub_outputs(),
     }
@@ -485,11 +495,49 @@ def _scan_window_resources(definition: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _hub_policy(config: Config | None) -> dict[str, Any]:
+    """`policy_documents(config)["hub"]` without the actions the stack narrows (NARROWED_IN_STACK, granted by
+    `fleetwarden-hub-stack` on what the stack knows) in its statements on "*"."""
+    document = policy_documents(config)["hub"]
+    statements = []
+    for statement in document["Statement"]:
+        if statement.get("Resource") == "*" and "Condition" not in statement:
+            actions = [a for a in statement["Action"] if a not in NARROWED_IN_STACK]
+            if not actions:
+                continue
+            statement = {**statement, "Action": actions}
+        statements.append(statement)
+    return {**document, "Statement": statements}
+
+
+def _config_object_arn() -> dict[str, Any]:
+    """arn:PARTITION:s3:::BUCKET/KEY from ConfigReference (s3://BUCKET/KEY). The split is of the reference plus
+    "//", so that index 1 exists for an ssm:/ reference too (the statement is then left out: CONFIG_IN_S3)."""
+    with_tail = {"Fn::Join": ["", [_ref("ConfigReference"), "//"]]}
+    object_path = {"Fn::Select": [1, {"Fn::Split": ["//", with_tail]}]}
+    return {"Fn::Join": ["", ["arn:", _ref("AWS::Partition"), ":s3:::", object_path]]}
+
+
 def _function_stack_statements() -> list[dict[str, Any]]:
     """The functions' grants on the stack's own resources, narrowed to them: the org-run's files in the run bucket
     (`workflows.shards`), starting the org-run (`handoff`), and the alerts topic's key (publishing to an encrypted
-    topic needs the key)."""
+    topic needs the key). And what the hub policy would otherwise grant on "*" (NARROWED_IN_STACK): the config
+    object named by ConfigReference (`config_source`), the hub account's SSM parameters (the config and the
+    sinks' `ssm:/` secrets), and KMS decryption only through SSM, Secrets Manager and S3 (SecureString
+    parameters, secrets and objects under a customer managed key)."""
     return [
+        {
+            "Fn::If": [
+                CONFIG_IN_S3,
+                _allow(["s3:GetObject"], _config_object_arn()),
+                _ref("AWS::NoValue"),
+            ]
+        },
+        _allow(["ssm:GetParameter"], _sub("arn:${AWS::Partition}:ssm:*:${AWS::AccountId}:parameter/*")),
+        {
+            **_allow(["kms:Decrypt"], "*"),
+            "Condition": {"StringLike": {"kms:ViaService": [f"{s}.*.amazonaws.com" for s in KMS_VIA_SERVICES]}},
+        },
         _allow(["s3:GetObject", "s3:PutObject"], _sub(f"${{RunBucket.Arn}}/{RUNS_PREFIX}/*")),
         # No s3:prefix condition: S3 answers a GetObject of a missing key with 404 (which the org-run reads as "not
         # written yet") only to a caller with s3:ListBucket, and that check carries no prefix to match.

@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from fleetwarden import deploy
 from fleetwarden.aws.session import AccountAccess, SessionFactory
 from fleetwarden.config_source import load_config_from
 from fleetwarden.deploy import load_state_machine, render
@@ -174,7 +175,17 @@ def test_hub_stack_creates_table_topic_and_functions(hub_stack: dict[str, str], 
     iam = factory.client("iam", region=REGION)
     role_name = hub_stack["FunctionRoleArn"].rsplit("/", 1)[1]
     hub_policy = _inline_policy(iam, role_name, "fleetwarden-hub")
-    assert set(hub_policy["Statement"][0]["Action"]) == set(policy_documents()["hub"]["Statement"][0]["Action"])
+    wide = set(policy_documents()["hub"]["Statement"][0]["Action"]) - set(deploy.NARROWED_IN_STACK)
+    assert set(hub_policy["Statement"][0]["Action"]) == wide
+    # The config object (ConfigReference is s3:// here) and the hub account's parameters, as CloudFormation made them.
+    stack_policy = _inline_policy(iam, role_name, "fleetwarden-hub-stack")
+    granted: dict[str, list[Any]] = {}
+    for statement in stack_policy["Statement"]:
+        for action in [statement["Action"]] if isinstance(statement["Action"], str) else statement["Action"]:
+            granted.setdefault(action, []).append(statement["Resource"])
+    assert "arn:aws:s3:::fleetwarden-artifacts/fleetwarden.yaml" in granted["s3:GetObject"], granted
+    account = hub_stack["FunctionRoleArn"].split(":")[4]
+    assert granted["ssm:GetParameter"] == [f"arn:aws:ssm:*:{account}:parameter/*"]
 
 
 def test_hub_stack_rules_and_state_machine(hub_stack: dict[str, str], factory: SessionFactory) -> None:

@@ -37,6 +37,8 @@ def hub() -> dict[str, Any]:
 def _actions(document: dict[str, Any]) -> set[str]:
     actions: set[str] = set()
     for statement in document["Statement"]:
+        if "Fn::If" in statement:  # a statement kept only under a condition: its "true" branch
+            statement = statement["Fn::If"][1]
         value = statement["Action"]
         actions.update([value] if isinstance(value, str) else value)
     return actions
@@ -95,7 +97,14 @@ def test_member_role_trusts_the_hub_account_with_the_external_id(member: dict[st
 # -- hub -------------------------------------------------------------------------------------------------------
 def test_hub_role_has_the_hub_actions_and_logs(hub: dict[str, Any]) -> None:
     role = hub["Resources"]["FunctionRole"]
-    assert _actions(_policy(role, "fleetwarden-hub")) == _actions(policy_documents()["hub"])
+    # What the hub policy grants on "*" for the stack's own resources is granted on them instead.
+    wide = {a for st in policy_documents()["hub"]["Statement"] if st["Resource"] == "*" for a in st["Action"]}
+    narrowed = wide & set(deploy.NARROWED_IN_STACK)
+    assert narrowed == set(deploy.NARROWED_IN_STACK)
+    assert _actions(_policy(role, "fleetwarden-hub")) == _actions(policy_documents()["hub"]) - narrowed
+    assert narrowed <= _actions(_policy(role, "fleetwarden-hub-stack"))
+    for statement in _policy(role, "fleetwarden-hub")["Statement"]:
+        assert not (set(statement["Action"]) & narrowed and statement["Resource"] == "*"), statement
     assert {"sts:AssumeRole", "dynamodb:PutItem", "sns:Publish"} <= _actions(_policy(role, "fleetwarden-hub"))
     assert {"logs:CreateLogStream", "logs:PutLogEvents"} <= _actions(_policy(role, "fleetwarden-logs"))
     assert role["Properties"]["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {
@@ -280,7 +289,8 @@ def test_templates_from_a_report_only_config_grant_no_write() -> None:
         assert _references(template["Resources"]) <= known
     hub = deploy.hub_template(deploy.load_state_machine(), config=config)
     hub_policy = _policy(hub["Resources"]["FunctionRole"], "fleetwarden-hub")
-    assert hub_policy == policy_documents(config)["hub"]
+    assert hub_policy == deploy._hub_policy(config)
+    assert _actions(hub_policy) == _actions(policy_documents(config)["hub"]) - set(deploy.NARROWED_IN_STACK)
     assert not any(a.startswith(("ec2:", "iam:", "autoscaling:")) for a in _actions(hub_policy))
 
 
@@ -332,6 +342,8 @@ def _granted(statements: list[dict[str, Any]], action: str, resource: str) -> bo
     from fnmatch import fnmatchcase
 
     for statement in statements:
+        if "Fn::If" in statement:  # a statement kept only under a condition: its "true" branch
+            statement = statement["Fn::If"][1]
         actions = statement["Action"] if isinstance(statement["Action"], list) else [statement["Action"]]
         if any(fnmatchcase(action, a) for a in actions) and any(
             fnmatchcase(resource, r) for r in _resources(statement)
@@ -383,7 +395,7 @@ def test_run_bucket_is_private_encrypted_tls_only_and_expires_runs(hub: dict[str
     for action in set(SHARD_ACTIONS) - {"s3:ListBucket"}:
         assert _granted(stack, action, "${RunBucket.Arn}/runs/r1/fragments/00001.json"), action
         assert not _granted(stack, action, "${RunBucket.Arn}/other/key"), action
-    (listing,) = [s for s in stack if s["Action"] == ["s3:ListBucket"]]
+    (listing,) = [s for s in stack if s.get("Action") == ["s3:ListBucket"]]
     assert _resources(listing) == ["${RunBucket.Arn}"]
     # Unconditioned: a GetObject of a missing key is a 404 (not written yet), not a 403, only with s3:ListBucket,
     # and S3 checks that without a prefix to match a condition on.
@@ -580,3 +592,22 @@ def test_templates_pass_cfn_lint(kind: str) -> None:
 
     problems = [m for m in cfnlint_api.lint_all(deploy.render(kind)) if m.rule.id[0] in "EW"]
     assert not problems, "\n".join(f"{m.rule.id} {m.message} (line {m.linenumber})" for m in problems)
+
+
+def test_the_config_object_and_kms_are_narrowed_in_the_hub_stack(hub: dict[str, Any]) -> None:
+    """The functions read the config object ConfigReference names (when it is in S3), the hub account's
+    parameters, and decrypt with KMS only through SSM, Secrets Manager and S3: never any object or key."""
+    statements = _policy(hub["Resources"]["FunctionRole"], "fleetwarden-hub-stack")["Statement"]
+    [conditional] = [s for s in statements if "Fn::If" in s]
+    condition, config_read, otherwise = conditional["Fn::If"]
+    assert condition == deploy.CONFIG_IN_S3 and otherwise == {"Ref": "AWS::NoValue"}
+    assert config_read["Action"] == ["s3:GetObject"]
+    assert hub["Conditions"][deploy.CONFIG_IN_S3]["Fn::Equals"][1] == "s3"
+    [ssm] = [s for s in statements if s.get("Action") == ["ssm:GetParameter"]]
+    assert ssm["Resource"] == {"Fn::Sub": "arn:${AWS::Partition}:ssm:*:${AWS::AccountId}:parameter/*"}
+    [kms] = [s for s in statements if s.get("Action") == ["kms:Decrypt"] and s["Resource"] == "*"]
+    assert kms["Condition"]["StringLike"]["kms:ViaService"] == [
+        "ssm.*.amazonaws.com",
+        "secretsmanager.*.amazonaws.com",
+        "s3.*.amazonaws.com",
+    ]
