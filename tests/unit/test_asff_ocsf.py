@@ -10,7 +10,11 @@ from typing import Any
 import botocore.session
 import pytest
 from botocore.validate import validate_parameters
+from py_ocsf_models.events.findings.detection_finding import DetectionFinding
+from py_ocsf_models.objects.account import Account
+from pydantic import ValidationError
 
+from fleetwarden import __version__
 from fleetwarden.model import Finding, FindingStatus, Severity
 from fleetwarden.report.asff import (
     DESCRIPTION_MAX,
@@ -22,6 +26,7 @@ from fleetwarden.report.asff import (
     truncate,
 )
 from fleetwarden.report.ocsf import OCSF_VERSION, ocsf_lines, to_ocsf, write_ocsf
+from sample_reports import make_report
 
 NOW = datetime(2026, 3, 4, 10, 30, tzinfo=UTC)
 FIRST = NOW - timedelta(days=3, microseconds=250)
@@ -186,9 +191,19 @@ def test_truncate() -> None:
 
 
 # -- OCSF -----------------------------------------------------------------------------------------------------
+def _parse_back(event: dict[str, Any] | bytes) -> DetectionFinding:
+    """What an OCSF consumer does: parse the record with py-ocsf-models' DetectionFinding. The model ignores fields
+    it does not know, so the record must also come back whole (nothing misnamed, nothing dropped)."""
+    raw = event if isinstance(event, bytes) else json.dumps(event).encode("utf-8")
+    parsed = DetectionFinding.model_validate_json(raw)
+    assert json.loads(parsed.model_dump_json(exclude_none=True)) == json.loads(raw)
+    return parsed
+
+
 def test_ocsf_detection_finding_required_fields() -> None:
     finding = _finding()
     event = to_ocsf(finding, NOW)
+    _parse_back(event)
 
     assert event["class_uid"] == 2004 and event["class_name"] == "Detection Finding"
     assert event["category_uid"] == 2 and event["category_name"] == "Findings"
@@ -202,18 +217,30 @@ def test_ocsf_detection_finding_required_fields() -> None:
     assert info["first_seen_time"] == int(FIRST.timestamp() * 1000)
     assert info["last_seen_time"] == int((NOW - timedelta(hours=1)).timestamp() * 1000)
     assert info["types"] == ["Software and Configuration Checks/AWS Security Best Practices"]
-    assert event["resources"][0] | {"owner": None} == {
+    account = {"uid": ACCOUNT, "name": ACCOUNT, "type_id": 10, "type": "AWS Account"}
+    assert event["resources"][0] == {
         "uid": f"arn:aws:ec2:eu-west-1:{ACCOUNT}:instance/i-0abc0000000000001",
         "name": "i-0abc0000000000001",
         "type": "AwsEc2Instance",
         "region": "eu-west-1",
         "cloud_partition": "aws",
-        "owner": None,
+        "owner": {
+            "account": account,
+            "name": ACCOUNT,
+            "uid": f"arn:aws:iam::{ACCOUNT}:root",
+            "type_id": 99,
+            "type": "AWS Account",
+        },
     }
-    assert event["cloud"]["provider"] == "AWS" and event["cloud"]["region"] == "eu-west-1"
-    assert event["cloud"]["account"]["uid"] == ACCOUNT
-    assert event["metadata"]["version"] == OCSF_VERSION == "1.1.0"
-    assert event["metadata"]["product"]["name"] == "fleetwarden" and event["metadata"]["product"]["vendor_name"]
+    assert event["cloud"] == {"provider": "AWS", "region": "eu-west-1", "account": account}
+    assert event["metadata"] == {
+        "version": OCSF_VERSION,
+        "product": {"name": "fleetwarden", "vendor_name": "fleetwarden", "version": __version__},
+        "profiles": ["cloud"],
+        "event_code": "tags",
+    }
+    assert OCSF_VERSION == "1.5.0"  # the version py-ocsf-models 0.10 models: a library upgrade shows up here
+    assert info["analytic"] == {"uid": "tags/required-tags", "name": "tags", "type_id": 1, "type": "Rule"}
     assert event["unmapped"]["details"] == {"missing": ["project"]}
 
 
@@ -243,6 +270,94 @@ def test_ocsf_activity_and_status(status: FindingStatus, activity: int, status_i
 )
 def test_ocsf_severity(severity: Severity, severity_id: int) -> None:
     assert to_ocsf(_finding(severity=severity), NOW)["severity_id"] == severity_id
+
+
+@pytest.mark.parametrize(
+    ("check", "region", "resource_id", "resource_type"),
+    [
+        ("tags", "eu-west-1", "i-0abc0000000000001", "AwsEc2Instance"),
+        ("compliance", "eu-west-1", "mi-0123456789abcdef0", "AwsSsmManagedInstance"),
+        ("inspector", "us-east-1", "i-0abc0000000000002", "AwsEc2Instance"),
+        ("exposure", "cn-north-1", "i-0abc0000000000003", "AwsEc2Instance"),
+        ("runaway", "global", ACCOUNT, "AwsAccount"),
+        ("something-new", "us-gov-west-1", "vol-0abc", "AwsEc2Volume"),
+    ],
+)
+@pytest.mark.parametrize("status", list(FindingStatus))
+@pytest.mark.parametrize("severity", list(Severity))
+def test_every_ocsf_record_parses_back_as_a_detection_finding(
+    check: str, region: str, resource_id: str, resource_type: str, status: FindingStatus, severity: Severity
+) -> None:
+    finding = _finding(
+        check, region=region, resource_id=resource_id, resource_type=resource_type, status=status, severity=severity
+    )
+    (line,) = ocsf_lines([finding], NOW).splitlines()
+    parsed = _parse_back(line)
+
+    expected_severity = {"INFORMATIONAL": 1, "LOW": 2, "MEDIUM": 3, "HIGH": 4, "CRITICAL": 5}[severity.value]
+    expected_status = {"new": 1, "ongoing": 2, "suppressed": 3, "resolved": 4}[status.value]
+    assert (parsed.severity_id, parsed.severity) == (expected_severity, severity.value.capitalize())
+    assert parsed.status_id == expected_status
+    assert parsed.time == 1772620200000 == int(NOW.timestamp() * 1000)
+    assert parsed.class_uid == 2004 and parsed.type_uid == 200400 + parsed.activity_id
+    product = parsed.metadata.product
+    assert (product.name, product.vendor_name, product.version) == ("fleetwarden", "fleetwarden", __version__)
+    assert parsed.metadata.version == "1.5.0"
+    assert parsed.finding_info.uid == finding.id and parsed.finding_info.analytic is not None
+    assert parsed.cloud is not None and parsed.cloud.account is not None
+    assert (parsed.cloud.account.uid, parsed.cloud.account.name, parsed.cloud.account.type_id) == (ACCOUNT, ACCOUNT, 10)
+    assert parsed.cloud.region == region
+    assert parsed.resources is not None
+    (resource,) = parsed.resources
+    assert resource.owner is not None and resource.owner.account.uid == ACCOUNT
+    partition = {"cn-north-1": "aws-cn", "us-gov-west-1": "aws-us-gov"}.get(region, "aws")
+    assert resource.owner.uid == f"arn:{partition}:iam::{ACCOUNT}:root" and resource.cloud_partition == partition
+    assert resource.region == (None if region == "global" else region)
+
+
+def test_every_record_of_a_sample_report_parses_back() -> None:
+    report = make_report()
+    lines = ocsf_lines(report.findings, NOW).splitlines()
+    assert len(lines) == len(report.findings) > 3
+    parsed = [_parse_back(line) for line in lines]
+    assert [p.finding_info.uid for p in parsed] == [f.id for f in report.findings]
+    assert {p.status_id for p in parsed} == {1, 2, 3, 4}
+
+
+def test_an_account_without_a_name_is_what_consumers_refused() -> None:
+    # The hand-built records before py-ocsf-models: accounts with uid and type only.
+    with pytest.raises(ValidationError, match="name"):
+        Account.model_validate({"uid": ACCOUNT, "type_id": 10, "type": "AWS Account"})
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        '=HYPERLINK("http://x","y")',
+        "\t=1\r\n@x",
+        "<script>alert('x')</script>",
+        "\x1b[31mred\x1b[0m",
+        "line\u2028separator\u2029paragraph\x85next",
+        '"quoted" \\ back\\slash',
+        "\uff1dSUM(A1) é 漢字 \U0001f600",
+        "\x00nul\x0bvt\x0cff\x1cfs",
+    ],
+)
+def test_hostile_strings_stay_one_line_and_come_back_exactly(value: str, tmp_path: Path) -> None:
+    finding = _finding(title=f"{value} title", resource_id=value, details={"tags": {value: value}, "missing": [value]})
+    path = write_ocsf([finding, _finding()], tmp_path / "f.ocsf.jsonl", now=NOW)
+
+    data = path.read_bytes()
+    assert len(data.splitlines()) == len(data.decode("utf-8").splitlines()) == 2  # str.splitlines breaks at U+2028 too
+    parsed = _parse_back(data.splitlines()[0])
+    assert parsed.unmapped == {
+        "check": "tags",
+        "control": "required-tags",
+        "resource_type": "AwsEc2Instance",
+        "details": {"tags": {value: value}, "missing": [value]},
+    }
+    assert parsed.resources is not None and parsed.resources[0].name == value
+    assert parsed.finding_info.title == " ".join(f"{value} title".split())
 
 
 def test_ocsf_global_account_finding() -> None:
