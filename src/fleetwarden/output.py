@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from .model import Finding, RunReport
+from .report.compliance_map import related_requirements
 from .report.html import render_html
 from .report.stats import (
     ACTIVE_STATUSES,
@@ -48,6 +49,7 @@ CSV_COLUMNS = (
     "first_seen",
     "last_seen",
     "details",
+    "compliance",  # related FSBP / CIS controls (report/compliance_map.py), "; "-separated
 )
 CONSOLE_MAX_FINDINGS = 50
 TEXT_MAX_VIOLATORS = 20
@@ -132,6 +134,7 @@ def findings_csv(findings: Iterable[Finding]) -> bytes:
                 f.first_seen.isoformat(),
                 f.last_seen.isoformat(),
                 compact_json(f.details),
+                "; ".join(related_requirements(f)),
             )
             for f in findings
         ),

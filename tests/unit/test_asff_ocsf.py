@@ -355,6 +355,7 @@ def test_hostile_strings_stay_one_line_and_come_back_exactly(value: str, tmp_pat
         "control": "required-tags",
         "resource_type": "AwsEc2Instance",
         "details": {"tags": {value: value}, "missing": [value]},
+        "compliance": {},
     }
     assert parsed.resources is not None and parsed.resources[0].name == value
     assert parsed.finding_info.title == " ".join(f"{value} title".split())

@@ -8,6 +8,7 @@ from typing import Any
 
 from .. import __version__
 from ..model import Finding, FindingStatus
+from .compliance_map import related_requirements
 from .stats import compact_json, finding_problems
 
 SCHEMA_VERSION = "2018-10-08"
@@ -174,7 +175,10 @@ def to_asff(
             "fleetwarden/Details": truncate(compact_json(finding.details), PRODUCT_FIELD_MAX, collapse=False),
         },
     }
-    if finding.check == "compliance":
+    requirements = related_requirements(finding)
+    if finding.check == "compliance" or requirements:
         # A control-style result: PASSED once fixed lets Security Hub close it in its own views too.
         doc["Compliance"] = {"Status": "PASSED" if finding.status is FindingStatus.RESOLVED else "FAILED"}
+        if requirements:
+            doc["Compliance"]["RelatedRequirements"] = requirements
     return doc

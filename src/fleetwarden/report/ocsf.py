@@ -36,6 +36,7 @@ from .asff import (
     resource_uid,
     truncate,
 )
+from .compliance_map import related_controls
 from .stats import compact_json, finding_problems
 
 # The records are the library's models, so they claim the OCSF version the library models.
@@ -163,6 +164,8 @@ def ocsf_event(finding: Finding, now: datetime) -> DetectionFinding:
             "control": finding.control,
             "resource_type": finding.resource_type,
             "details": json.loads(compact_json(finding.details)),
+            # Related FSBP / CIS controls by framework, as Prowler's `compliance` ({} when none)
+            "compliance": related_controls(finding),
         },
     )
 
