@@ -523,19 +523,36 @@ def compliance_report(ctx: click.Context, apply: bool) -> None:
     "--sink", "sinks", multiple=True, help="Deliver to this sink of the config (e.g. securityhub); repeatable."
 )
 @click.option("--include-resolved", is_flag=True, help="Also list resolved findings.")
+@click.option(
+    "--severity",
+    "severities",
+    multiple=True,
+    type=click.Choice(SEVERITIES, case_sensitive=False),
+    help="Only findings of this severity (console, files and sinks alike); repeatable.",
+)
 @click.option("--fail-on", type=click.Choice(SEVERITIES, case_sensitive=False), help="Exit 3 at or above this.")
 @global_options
 @click.pass_context
 @handle_errors
 def report(
-    ctx: click.Context, checks: tuple[str, ...], sinks: tuple[str, ...], include_resolved: bool, fail_on: str | None
+    ctx: click.Context,
+    checks: tuple[str, ...],
+    sinks: tuple[str, ...],
+    include_resolved: bool,
+    severities: tuple[str, ...],
+    fail_on: str | None,
 ) -> None:
     """Every open finding in the state store, across all checks, as one report (console, --json, --output-dir
     HTML/CSV/OCSF), and optionally delivered to sinks such as Security Hub, OpenSearch or S3. Calls no AWS API
     except the sinks'."""
     from .workflows.report import ReportOptions, run_report
 
-    options = ReportOptions(checks=list(checks), sinks=list(sinks), include_resolved=include_resolved)
+    options = ReportOptions(
+        checks=list(checks),
+        sinks=list(sinks),
+        include_resolved=include_resolved,
+        severities=[Severity(s.upper()) for s in severities],
+    )
     _run_workflow(ctx, lambda run: run_report(run, options), fail_on)
 
 

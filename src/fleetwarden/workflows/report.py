@@ -7,7 +7,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from ..errors import UsageError
-from ..model import FindingStatus, RunReport
+from ..model import FindingStatus, RunReport, Severity
 from ..output import findings_csv, summary_subject, summary_text
 from ..sinks import Attachment, Notification, deliver
 from .base import RunContext
@@ -20,6 +20,7 @@ class ReportOptions:
     checks: list[str] = field(default_factory=list)  # empty: every check
     sinks: list[str] = field(default_factory=list)
     include_resolved: bool = False
+    severities: list[Severity] = field(default_factory=list)  # empty: every severity
 
 
 def run_report(ctx: RunContext, options: ReportOptions) -> RunReport:
@@ -34,6 +35,9 @@ def run_report(ctx: RunContext, options: ReportOptions) -> RunReport:
     findings = []
     for check in checks:
         findings += ctx.store.list_findings(check, statuses=statuses)
+    if options.severities:
+        # Filtered here, before the summary and the sinks, so the console, the files and the sinks all agree.
+        findings = [f for f in findings if f.severity in options.severities]
     report.findings = sorted(findings, key=lambda f: (-f.severity.rank, f.check, f.account_id, f.region, f.resource_id))
     report.summary = {
         "findings": len(report.findings),
