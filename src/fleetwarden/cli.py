@@ -910,6 +910,27 @@ def findings_inspector(ctx: click.Context, fail_on: str | None) -> None:
     _run_workflow(ctx, run_inspector_findings, fail_on)
 
 
+@findings.command("exposure")
+@click.option(
+    "--fail-on",
+    type=click.Choice(SEVERITIES, case_sensitive=False),
+    help="Exit 3 if an open finding is at or above this severity.",
+)
+@global_options
+@click.pass_context
+@handle_errors
+def findings_exposure(ctx: click.Context, fail_on: str | None) -> None:
+    """List which instances the internet can reach, on which ports, and along which path (check `exposure`).
+
+    Reads DescribeInstances, route tables, network ACLs, security groups and prefix-list entries in every account
+    and region of the config (a few calls per target, none per instance), records the findings in the state
+    store (new / ongoing / resolved; snoozes apply) with `audit.exposure`'s severities, and changes nothing.
+    """
+    from .workflows.exposure import run_exposure_findings
+
+    _run_workflow(ctx, run_exposure_findings, fail_on)
+
+
 @main.command()
 @click.option("--stack-name", default="fleetwarden-hub", show_default=True, help="The hub stack's name.")
 @click.option("--region", help="The hub stack's region (default: the config's DynamoDB state region, else AWS_REGION).")

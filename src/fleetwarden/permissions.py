@@ -31,6 +31,7 @@ DECLARATIONS: dict[str, tuple[str, str]] = {
     "collect.spend": ("fleetwarden.collect.spend", "PERMISSIONS"),
     "collect.compliance": ("fleetwarden.collect.compliance", "PERMISSIONS"),
     "collect.inspector": ("fleetwarden.collect.inspector", "PERMISSIONS"),
+    "collect.network": ("fleetwarden.collect.network", "PERMISSIONS"),
     "collect.config_aggregator": ("fleetwarden.collect.config_aggregator", "PERMISSIONS"),
     "config_source": ("fleetwarden.config_source", "PERMISSIONS"),
     "state.dynamodb": ("fleetwarden.state.dynamodb", "PERMISSIONS"),
@@ -55,6 +56,7 @@ FEATURES: tuple[str, ...] = (
     "audit.stop-protection",
     "audit.terminate",
     "audit.snapshot",
+    "audit.exposure",
     "guard.halt",
     "guard.terminate",
     "lockout.deactivate",
@@ -171,6 +173,8 @@ def features(config: Config | None) -> set[str]:
         out.add("audit.terminate")
         if audit.snapshot_before_terminate:
             out.add("audit.snapshot")
+    if audit.exposure.enabled:
+        out.add("audit.exposure")
     if guard_limited(config):
         out.add("guard.halt")
         if config.guard.on_unstoppable == "terminate":
@@ -209,6 +213,8 @@ def _member_actions(enabled: set[str]) -> set[str]:
         out |= _group(ec2, "terminate") - snapshot
     if "audit.snapshot" in enabled:
         out |= snapshot
+    if "audit.exposure" in enabled:
+        out |= _group("collect.network")
     if "guard.halt" in enabled:
         # The halt overrides stop protection (and restores it on release); release can start the instances again.
         out |= _group(ec2, "stop") | _group(ec2, "start") | _group("actions.asg")

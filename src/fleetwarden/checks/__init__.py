@@ -25,6 +25,6 @@ check_registry: Registry[type[Check]] = Registry("check")
 
 def load_checks() -> Registry[type[Check]]:
     """Import the built-in checks (registration happens at their definition site)."""
-    from . import compliance, inspector, runaway, tags  # noqa: F401
+    from . import compliance, exposure, inspector, runaway, tags  # noqa: F401
 
     return check_registry

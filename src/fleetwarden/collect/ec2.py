@@ -43,10 +43,8 @@ def instance_from_api(raw: dict[str, Any], account_id: str, region: str) -> Inst
     )
 
 
-def iter_instances(
-    client: Any, account_id: str, region: str, states: Sequence[str] = LIVE_STATES
-) -> Iterator[Instance]:
-    """Every instance of one target in the given states, page by page (never trusting one page)."""
+def iter_raw_instances(client: Any, states: Sequence[str] = LIVE_STATES) -> Iterator[dict[str, Any]]:
+    """Every DescribeInstances item of one target in the given states, page by page (never trusting one page)."""
     paginator = client.get_paginator("describe_instances")
     pages = paginator.paginate(
         Filters=[{"Name": "instance-state-name", "Values": list(states)}],
@@ -54,8 +52,15 @@ def iter_instances(
     )
     for page in pages:
         for reservation in page.get("Reservations", []):
-            for raw in reservation.get("Instances", []):
-                yield instance_from_api(raw, account_id, region)
+            yield from reservation.get("Instances", [])
+
+
+def iter_instances(
+    client: Any, account_id: str, region: str, states: Sequence[str] = LIVE_STATES
+) -> Iterator[Instance]:
+    """Every instance of one target in the given states, normalized."""
+    for raw in iter_raw_instances(client, states):
+        yield instance_from_api(raw, account_id, region)
 
 
 def one_time_spot_ids(client: Any, instances: Sequence[Instance]) -> set[str]:

@@ -190,6 +190,24 @@ def _check_tag_rule(key: str, rule: list[str] | str) -> list[str] | str:
     return rule
 
 
+Port = Annotated[int, Field(strict=True, ge=0, le=65535)]
+# SQL Server, Oracle, MySQL, PostgreSQL, CouchDB, Cassandra, InfluxDB, Elasticsearch/OpenSearch, Memcached, MongoDB.
+DATABASE_PORTS = [1433, 1521, 3306, 5432, 5984, 6379, 7000, 7001, 8086, 9042, 9200, 9300, 11211, 27017, 27018]
+
+
+class ExposureConfig(StrictModel):
+    """The network exposure check (`check: exposure`): which instances the internet can reach, on which ports."""
+
+    enabled: bool = False
+    # Every port of a protocol open (protocol -1, or 0-65535).
+    all_ports: Severity = Severity.CRITICAL
+    high_ports: list[Port] = Field(default_factory=lambda: [22, 3389, *DATABASE_PORTS])
+    high: Severity = Severity.HIGH
+    informational_ports: list[Port] = Field(default_factory=lambda: [80, 443])
+    informational: Severity = Severity.INFORMATIONAL
+    other: Severity = Severity.MEDIUM
+
+
 class AuditConfig(StrictModel):
     """The tag audit (`check: tags`) and what to do with violators."""
 
@@ -205,6 +223,7 @@ class AuditConfig(StrictModel):
     severity: Severity = Severity.MEDIUM
     canary: CanaryConfig | None = None
     notify: list[str] = Field(default_factory=list)
+    exposure: ExposureConfig = Field(default_factory=ExposureConfig)
 
     @field_validator("required_tags")
     @classmethod

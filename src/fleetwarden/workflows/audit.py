@@ -1,4 +1,5 @@
-"""`fleetwarden audit`: the tag audit across every account and region, and what to do with violators.
+"""`fleetwarden audit`: the tag audit across every account and region, and what to do with violators; with
+`audit.exposure.enabled`, also the (report-only) network exposure check on the same DescribeInstances answer.
 
 collect (per target, streamed) -> evaluate (TagCheck, canary identity) -> reconcile (state store) -> plan
 (exceptions, the canary, blast radius) -> execute (only with --apply) -> deliver (audit.notify) -> RunReport.
@@ -14,9 +15,11 @@ from dataclasses import dataclass, field
 from ..actions.ec2 import Ec2Actions
 from ..aws.fanout import fan_out
 from ..aws.targets import resolve_targets
+from ..checks.exposure import ExposureCheck
 from ..checks.tags import CONTROL, TagCheck, canary_tags, has_canary_tags, judge_canaries
-from ..collect.ec2 import iter_instances
+from ..collect.ec2 import instance_from_api, iter_raw_instances
 from ..collect.iam import PerAccount, list_users
+from ..collect.network import Interface, collect_network, interfaces_from_api
 from ..errors import FleetwardenError, SafetyRefusal
 from ..model import (
     ActionOutcome,
@@ -62,6 +65,7 @@ class TargetAudit:
     violators: dict[str, Instance] = field(default_factory=dict)
     canaries: set[str] = field(default_factory=set)  # the region's one canary (empty without one)
     instances_seen: int = 0
+    exposure: list[Finding] = field(default_factory=list)  # report-only: never planned for an action
 
 
 def _audit_target(ctx: RunContext, check: TagCheck, users: PerAccount, target: Target) -> TargetAudit:
@@ -73,14 +77,26 @@ def _audit_target(ctx: RunContext, check: TagCheck, users: PerAccount, target: T
     result = TargetAudit(target)
     candidates: list[Instance] = []
     ec2 = ctx.factory.client("ec2", region=target.region, account_id=target.account_id)
-    for instance in iter_instances(ec2, target.account_id, target.region):
+    exposure = ExposureCheck(ctx.config.audit.exposure) if ctx.config.audit.exposure.enabled else None
+    addressed: list[tuple[Instance, tuple[Interface, ...]]] = []
+    for raw in iter_raw_instances(ec2):
+        instance = instance_from_api(raw, target.account_id, target.region)
         result.instances_seen += 1
+        if exposure is not None:
+            interfaces = interfaces_from_api(raw)
+            if any(i.public_ipv4 or i.ipv6 for i in interfaces):
+                addressed.append((instance, interfaces))
         if has_canary_tags(instance, wanted_canary):
             candidates.append(instance)
         finding = check.evaluate(instance, names, now)
         if finding is not None:
             result.findings.append(finding)
             result.violators[instance.id] = instance
+    if exposure is not None and addressed:
+        # Only instances with an internet-routable address can be reached; without any, no network call is made.
+        network = collect_network(ec2)
+        for instance, interfaces in addressed:
+            result.exposure += exposure.evaluate(instance, interfaces, network, now)
     if wanted_canary is None:
         return result
     verdict = judge_canaries(candidates, now, check.grace)
@@ -248,6 +264,9 @@ def run_audit(ctx: RunContext, options: AuditOptions) -> RunReport:
         for audit in audits:
             previous = ctx.store.load_findings(check.name, audit.target.account_id, audit.target.region)
             findings += reconcile(previous, audit.findings, now, exceptions)
+            if config.audit.exposure.enabled:
+                previous = ctx.store.load_findings(ExposureCheck.name, audit.target.account_id, audit.target.region)
+                findings += reconcile(previous, audit.exposure, now, exceptions)
 
         plan, skipped, by_exception = _plan(ctx, audits, findings, exceptions)
         broad = _broad_exceptions(exceptions, config.audit.action)
@@ -285,6 +304,12 @@ def run_audit(ctx: RunContext, options: AuditOptions) -> RunReport:
     report.summary = _summary(report, audits, over_limit, limit)
     report.summary.update(_exception_summary(report, by_exception, broad))
     report.summary["required_tags"] = list(config.audit.required_tags)
+    if config.audit.exposure.enabled:
+        report.summary["exposed_ports"] = sum(
+            1
+            for f in report.findings
+            if f.check == ExposureCheck.name and f.status in (FindingStatus.NEW, FindingStatus.ONGOING)
+        )
     if config.audit.notify:
         from ..output import summary_subject, summary_text
 
@@ -339,7 +364,11 @@ def _summary(report: RunReport, audits: list[TargetAudit], over_limit: bool, lim
         "accounts": len({t.account_id for t in report.targets}),
         "targets_ok": sum(1 for t in report.targets if t.status == TargetStatus.OK),
         "targets_error": sum(1 for t in report.targets if t.status == TargetStatus.ERROR),
-        "violators": sum(1 for f in report.findings if f.status in (FindingStatus.NEW, FindingStatus.ONGOING)),
+        "violators": sum(
+            1
+            for f in report.findings
+            if f.check != ExposureCheck.name and f.status in (FindingStatus.NEW, FindingStatus.ONGOING)
+        ),
         "findings_by_status": by_status,
         "actions_by_outcome": by_outcome,
     }
