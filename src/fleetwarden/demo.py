@@ -72,6 +72,8 @@ def demo_config(output_dir: Path, topic_arn: str, role_name: str = "FleetWarden"
             "max_actions": 200,
             "canary": {"tags": {"Name": "api-canary-{region}"}},
             "notify": ["ops"],
+            # Which instances the internet reaches (docs/checks/exposure.md): report-only.
+            "exposure": {"enabled": True},
         },
         # One account ("data") is given a low limit, so the guard's dry run shows a trip and its planned halt.
         "guard": {"max_running_instances": 500, "lockout": {"exempt_users": ["alice"]}, "notify": ["ops"]},
@@ -146,6 +148,7 @@ def run_demo(
     try:
         with _environment({**_DEMO_ENV, "AWS_ENDPOINT_URL": server.url}, _UNSET_ENV):
             seeded = seed_fleet(server.url, spec)
+            exposed = _seed_exposure(server, seeded)
             counts = seeded.summary()
             print(
                 f"seeded {counts['instances']} instances in {counts['accounts']} accounts x {counts['regions']} "
@@ -171,6 +174,7 @@ def run_demo(
         server.stop()
     found = _found(output_dir / "run.json")
     _summary(out, output_dir, config_path, seeded.violators, found, notifications, code, apply)
+    print(_exposure_line(output_dir / "run.json", exposed), file=out, flush=True)
     for line in jobs:
         print(line, file=out, flush=True)
     return code
@@ -242,6 +246,61 @@ def _other_jobs(server: Any, seeded: Any, config_path: Path, output_dir: Path, o
         "(alerted once through the SNS sink)"
     )
     return lines
+
+
+DEMO_WEB_PORTS = (22, 443)
+
+
+def _seed_exposure(server: Any, seeded: Any) -> set[str]:
+    """Two web servers the internet reaches in the first account's first region: a public subnet (a default route
+    to an internet gateway), a security group open to 0.0.0.0/0 on 22 and 443, public IPs. Their ids."""
+    from .aws.session import AccountAccess, SessionFactory
+    from .config import AwsSettings
+    from .emulator.seed import IMAGE_ID, good_tags
+
+    account_id, region = seeded.accounts[0].id, seeded.regions[0]
+    factory = SessionFactory(AwsSettings(endpoint_url=server.url), run_id="demo-seed")
+    factory.register_account(AccountAccess(account_id, seeded.role_arn(account_id)))
+    ec2 = factory.client("ec2", region=region, account_id=account_id)
+    vpc = ec2.create_vpc(CidrBlock="10.90.0.0/16")["Vpc"]["VpcId"]
+    igw = ec2.create_internet_gateway()["InternetGateway"]["InternetGatewayId"]
+    ec2.attach_internet_gateway(InternetGatewayId=igw, VpcId=vpc)
+    subnet = ec2.create_subnet(VpcId=vpc, CidrBlock="10.90.1.0/24")["Subnet"]["SubnetId"]
+    table = ec2.create_route_table(VpcId=vpc)["RouteTable"]["RouteTableId"]
+    ec2.create_route(RouteTableId=table, DestinationCidrBlock="0.0.0.0/0", GatewayId=igw)
+    ec2.associate_route_table(RouteTableId=table, SubnetId=subnet)
+    group = ec2.create_security_group(GroupName="demo-web", Description="web servers", VpcId=vpc)["GroupId"]
+    ec2.authorize_security_group_ingress(
+        GroupId=group,
+        IpPermissions=[
+            {"IpProtocol": "tcp", "FromPort": port, "ToPort": port, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}
+            for port in DEMO_WEB_PORTS
+        ],
+    )
+    tags = good_tags("alice", "eng", "web", name="demo-web")
+    launched = ec2.run_instances(
+        ImageId=IMAGE_ID,
+        InstanceType="t3.micro",
+        MinCount=2,
+        MaxCount=2,
+        NetworkInterfaces=[{"DeviceIndex": 0, "SubnetId": subnet, "Groups": [group], "AssociatePublicIpAddress": True}],
+        TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": k, "Value": v} for k, v in tags.items()]}],
+    )
+    return {i["InstanceId"] for i in launched["Instances"]}
+
+
+def _exposure_line(run_json: Path, seeded: set[str]) -> str:
+    """The demo's exposure summary: what the audit found reachable, against the two web servers seeded."""
+    try:
+        report = json.loads(run_json.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return "  exposure: no run.json to read"
+    found = [
+        f for f in report.get("findings", []) if f.get("check") == "exposure" and f.get("status") in ("new", "ongoing")
+    ]
+    instances = {str(f.get("resource_id")) for f in found}
+    match = "exactly the seeded web servers" if instances == seeded else "differs from the seed's web servers"
+    return f"  exposure: {len(found)} open findings on {len(instances)} instances reachable from the internet: {match}"
 
 
 def _seed_inspector(server: Any, seeded: Any) -> None:

@@ -19,6 +19,7 @@ def test_demo_audits_the_seeded_fleet_and_writes_the_report(aws: EmulatorServer,
     text = out.getvalue()
     assert code == 0, text
     assert "exactly the seeded violators" in text
+    assert "reachable from the internet: exactly the seeded web servers" in text
     output_dir = tmp_path / "demo-output"
     for name in ("fleetwarden.yaml", "run.json", "findings.csv", "report.html", "state.db"):
         assert (output_dir / name).is_file(), name
@@ -27,6 +28,15 @@ def test_demo_audits_the_seeded_fleet_and_writes_the_report(aws: EmulatorServer,
     assert config.regions == list(DEMO_REGIONS) and config.audit.notify == ["ops"]
     report = json.loads((output_dir / "run.json").read_text())
     assert {t["status"] for t in report["targets"]} == {"ok"} and len(report["targets"]) == 9
+    # Exposure: the two seeded web servers, each on 22 (high) and 443 (informational), nothing else.
+    exposure = [f for f in report["findings"] if f["check"] == "exposure"]
+    assert sorted((f["control"], f["severity"]) for f in exposure) == [
+        ("internet-tcp/22", "HIGH"),
+        ("internet-tcp/22", "HIGH"),
+        ("internet-tcp/443", "INFORMATIONAL"),
+        ("internet-tcp/443", "INFORMATIONAL"),
+    ]
+    assert len({f["resource_id"] for f in exposure}) == 2
     assert all(d["outcome"] == "sent" for d in report["deliveries"])
     assert "alerts published to the SNS topic: 2" in text  # the audit's summary and the compliance alert
     # the other jobs ran on the same fleet and wrote their own outputs
