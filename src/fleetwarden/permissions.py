@@ -175,6 +175,8 @@ def features(config: Config | None) -> set[str]:
             out.add("audit.snapshot")
     if audit.exposure.enabled:
         out.add("audit.exposure")
+        if audit.exposure.compare_inspector:
+            out.add("inspector")
     if guard_limited(config):
         out.add("guard.halt")
         if config.guard.on_unstoppable == "terminate":

@@ -206,6 +206,8 @@ class ExposureConfig(StrictModel):
     informational_ports: list[Port] = Field(default_factory=lambda: [80, 443])
     informational: Severity = Severity.INFORMATIONAL
     other: Severity = Severity.MEDIUM
+    # Also read Amazon Inspector's NETWORK_REACHABILITY findings and say where they and the check disagree.
+    compare_inspector: bool = False
 
 
 class AuditConfig(StrictModel):
