@@ -219,3 +219,27 @@ def test_config_is_strict() -> None:
             continue
         raise AssertionError(f"accepted {bad}")
     assert ExposureConfig.model_validate({"enabled": True, "informational_ports": [8443]}).enabled
+
+
+def test_the_check_controls_are_what_the_compliance_map_reads() -> None:
+    # The compliance map parses the check's control (internet-<protocol>/<ports>) and reads its paths' families:
+    # a finding made by the check itself, not a hand-written one, must map (a format change would break this).
+    from fleetwarden.report.compliance_map import CIS, FSBP, related_controls
+
+    acl = [INBOUND_ALL, OPEN_EGRESS, entry(101, "allow", protocol="-1", cidr="::/0")]
+    acl.append(entry(101, "allow", egress=True, protocol="-1", cidr="::/0"))
+    rdp_range = {"IpProtocol": "tcp", "FromPort": 3000, "ToPort": 3400, "Ipv6Ranges": [{"CidrIpv6": "::/0"}]}
+    v6_route = [{"DestinationIpv6CidrBlock": "::/0", "GatewayId": "igw-1", "State": "active"}]
+    interface = Interface("eni-1", "subnet-1", "vpc-1", (), ("2001:db8::1",), ("sg-1",))
+    network = _network(acl, [_group(rdp_range)], v6_route)
+    (finding,) = ExposureCheck(ExposureConfig(enabled=True)).evaluate(_instance(), [interface], network, NOW)
+    assert finding.control == "internet-tcp/3000-3400"
+    assert related_controls(finding) == {FSBP: ["EC2.14", "EC2.18", "EC2.19", "EC2.54"], CIS: ["5.3"]}
+    udp = {"IpProtocol": "udp", "FromPort": 22, "ToPort": 22, "IpRanges": [{"CidrIp": "0.0.0.0/0"}]}
+    (finding,) = ExposureCheck(ExposureConfig(enabled=True)).evaluate(
+        _instance(),
+        [Interface("eni-1", "subnet-1", "vpc-1", ("198.51.100.7",), (), ("sg-1",))],
+        _network(acl, [_group(udp)]),
+        NOW,
+    )
+    assert (finding.control, related_controls(finding)) == ("internet-udp/22", {FSBP: ["EC2.18"]})
