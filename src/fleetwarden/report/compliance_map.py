@@ -159,7 +159,7 @@ def _families(finding: Finding) -> frozenset[str]:
     paths = finding.details.get("paths")
     if not isinstance(paths, list):
         return ALL_FAMILIES
-    named = frozenset(p.get("family") for p in paths if isinstance(p, dict)) & ALL_FAMILIES
+    named = frozenset(str(p.get("family")) for p in paths if isinstance(p, dict)) & ALL_FAMILIES
     return named or ALL_FAMILIES
 
 
