@@ -32,6 +32,31 @@ def register(factory: SessionFactory, *accounts: str) -> None:
         factory.register_account(AccountAccess(account_id, role(account_id)))
 
 
+Inbox = tuple[str, Any, str]
+
+
+def sns_inbox(factory: SessionFactory, name: str, region: str = "us-east-1") -> Inbox:
+    """An SNS topic `fleetwarden-<name>` with an SQS queue subscribed (raw delivery), where a test reads what the
+    tool published: (topic arn, sqs client, queue url)."""
+    sns, sqs = factory.client("sns", region=region), factory.client("sqs", region=region)
+    topic = sns.create_topic(Name=f"fleetwarden-{name}")["TopicArn"]
+    queue = sqs.create_queue(QueueName=name)["QueueUrl"]
+    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn, Attributes={"RawMessageDelivery": "true"})
+    return topic, sqs, queue
+
+
+def drain(inbox: Inbox) -> list[str]:
+    """Every message body waiting in the inbox's queue, oldest first; the queue is left empty."""
+    _, sqs, queue = inbox
+    out: list[str] = []
+    while got := sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", []):
+        for message in got:
+            out.append(message["Body"])
+            sqs.delete_message(QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"])
+    return out
+
+
 def ec2(factory: SessionFactory, account_id: str, region: str) -> Any:
     register(factory, account_id)
     return factory.client("ec2", region=region, account_id=account_id)

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 import yaml
-from fleet import ACCOUNTS, cli, ec2, launch, role, states
+from fleet import ACCOUNTS, Inbox, cli, drain, ec2, launch, role, sns_inbox, states
 
 from fleetwarden.actions.iam_lockout import LOCKOUT_POLICY
 from fleetwarden.aws.session import SessionFactory
@@ -35,27 +35,11 @@ def guard_config(tmp_path: Path, endpoint: str, topic: str | None = None, **guar
 
 
 @pytest.fixture
-def inbox(factory: SessionFactory) -> tuple[str, Any, str]:
-    """An SNS topic with an SQS queue subscribed (raw delivery): (topic arn, sqs client, queue url)."""
-    sns = factory.client("sns", region="us-east-1")
-    sqs = factory.client("sqs", region="us-east-1")
-    topic = sns.create_topic(Name="fleetwarden-alerts")["TopicArn"]
-    queue = sqs.create_queue(QueueName="alerts")["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn, Attributes={"RawMessageDelivery": "true"})
-    return topic, sqs, queue
+def inbox(factory: SessionFactory) -> Inbox:
+    return sns_inbox(factory, "alerts")
 
 
-def messages(inbox: tuple[str, Any, str]) -> list[str]:
-    _, sqs, queue = inbox
-    out = []
-    while True:
-        got = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", [])
-        if not got:
-            return out
-        for m in got:
-            out.append(m["Body"])
-            sqs.delete_message(QueueUrl=queue, ReceiptHandle=m["ReceiptHandle"])
+messages = drain
 
 
 def iam_user(factory: SessionFactory, account: str, name: str, keys: int = 1) -> list[str]:

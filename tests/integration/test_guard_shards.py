@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fleet import cli, launch, role, states
+from fleet import Inbox, cli, drain, launch, role, sns_inbox, states
 from sfn import LambdaBridge, create_function, create_state_machine, execution_mode, install_bridge
 from sfn import execute as run_execution
 
@@ -99,24 +99,11 @@ def comparable(report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def inbox(factory: SessionFactory) -> tuple[str, Any, str]:
-    """An SNS topic with an SQS queue subscribed (raw delivery): (topic arn, sqs client, queue url)."""
-    sns, sqs = factory.client("sns", region=REGION), factory.client("sqs", region=REGION)
-    topic = sns.create_topic(Name="fleetwarden-guard")["TopicArn"]
-    queue = sqs.create_queue(QueueName="guard")["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn, Attributes={"RawMessageDelivery": "true"})
-    return topic, sqs, queue
+def inbox(factory: SessionFactory) -> Inbox:
+    return sns_inbox(factory, "guard")
 
 
-def messages(box: tuple[str, Any, str]) -> list[str]:
-    _, sqs, queue = box
-    out: list[str] = []
-    while got := sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", []):
-        for message in got:
-            out.append(message["Body"])
-            sqs.delete_message(QueueUrl=queue, ReceiptHandle=message["ReceiptHandle"])
-    return out
+messages = drain
 
 
 def iam_user(factory: SessionFactory, account: str) -> str:

@@ -9,7 +9,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from fleet import ACCOUNTS, launch, role
+from fleet import ACCOUNTS, Inbox, drain, launch, role, sns_inbox
 
 from fleetwarden.aws.session import SessionFactory
 from fleetwarden.aws.targets import Scope, narrowed
@@ -27,27 +27,11 @@ TAGS = {"created_by": "alice", "department": "eng", "project": "web"}
 
 
 @pytest.fixture
-def inbox(factory: SessionFactory) -> tuple[str, Any, str]:
-    """An SNS topic with an SQS queue subscribed (raw delivery): (topic arn, sqs client, queue url)."""
-    sns = factory.client("sns", region="us-east-1")
-    sqs = factory.client("sqs", region="us-east-1")
-    topic = sns.create_topic(Name="fleetwarden-guard")["TopicArn"]
-    queue = sqs.create_queue(QueueName="guard")["QueueUrl"]
-    arn = sqs.get_queue_attributes(QueueUrl=queue, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn, Attributes={"RawMessageDelivery": "true"})
-    return topic, sqs, queue
+def inbox(factory: SessionFactory) -> Inbox:
+    return sns_inbox(factory, "guard")
 
 
-def received(inbox: tuple[str, Any, str]) -> list[str]:
-    _, sqs, queue = inbox
-    out = []
-    while True:
-        got = sqs.receive_message(QueueUrl=queue, MaxNumberOfMessages=10).get("Messages", [])
-        if not got:
-            return out
-        for m in got:
-            out.append(m["Body"])
-            sqs.delete_message(QueueUrl=queue, ReceiptHandle=m["ReceiptHandle"])
+received = drain
 
 
 def config(aws: EmulatorServer, tmp_path: Any, topic: str, state: str | None = None, **heartbeat: Any) -> Config:
