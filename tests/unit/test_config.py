@@ -111,6 +111,29 @@ def test_bad_account_id_and_region() -> None:
     assert "regions[0]" in message
 
 
+@pytest.mark.parametrize(
+    ("region", "suggestion"),
+    [("us-eats-1", "us-east-1"), ("eu-wset-1", "eu-west-1"), ("ap-southeast-9", "ap-southeast-"), ("xx-moon-1", None)],
+)
+def test_a_region_that_looks_right_but_does_not_exist_is_refused(region: str, suggestion: str | None) -> None:
+    # botocore's partition data decides, not the name's shape: us-east-9 has the shape of a region.
+    message = problems(f"regions: [us-east-1, {region}]\nexclude_regions: [{region}]\naws: {{sts_region: {region}}}\n")
+    for field in ("regions[1]", "exclude_regions[0]", "aws.sts_region"):
+        assert field in message
+    assert f"unknown AWS region '{region}'" in message and "botocore" in message
+    assert ("did you mean " + suggestion in message) if suggestion else "did you mean" not in message
+
+
+def test_every_region_botocore_knows_is_accepted() -> None:
+    from fleetwarden.config.models import known_regions
+
+    regions = sorted(known_regions())
+    assert {"us-east-1", "us-gov-west-1", "cn-north-1", "eusc-de-east-1"} <= set(regions)
+    assert not any(r.endswith("-global") for r in regions)
+    config = parse_config("regions: [" + ", ".join(regions) + "]\n", "test.yaml")
+    assert config.regions == regions
+
+
 def test_not_yaml_names_the_line() -> None:
     assert "line 3, column 1" in problems("audit:\n  required_tags: [a\n")
 

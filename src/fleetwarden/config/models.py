@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+import functools
 import re
 import reprlib
 from typing import Annotated, Any, Literal
@@ -48,10 +50,31 @@ def _account_id(value: str) -> str:
     return value
 
 
+@functools.cache
+def known_regions() -> frozenset[str]:
+    """Every region of every partition botocore knows (partitions.json), without the `*-global` pseudo-regions."""
+    import botocore
+    import botocore.loaders
+
+    data = botocore.loaders.create_loader().load_data("partitions")
+    return frozenset(
+        name for partition in data["partitions"] for name in partition["regions"] if not name.endswith("-global")
+    )
+
+
 def _region(value: str) -> str:
+    if value in known_regions():
+        return value
     if not REGION.fullmatch(value):
         raise ValueError(f"not an AWS region name: {shown(value)} (expected e.g. us-east-1)")
-    return value
+    import botocore
+
+    close = difflib.get_close_matches(value, sorted(known_regions()), n=1, cutoff=0.6)
+    hint = f" - did you mean {close[0]}?" if close else ""
+    raise ValueError(
+        f"unknown AWS region {value!r}{hint} (botocore {botocore.__version__} knows no region of that name; if the "
+        "region is newer than that botocore, upgrade it)"
+    )
 
 
 def _secret_ref(value: str) -> str:
