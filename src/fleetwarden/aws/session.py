@@ -96,6 +96,23 @@ class ApiCallCounter:
             return sum(self.calls.values())
 
 
+def _base_session() -> boto3.Session:
+    """The default credential chain's session; an unknown AWS_PROFILE is one line (exit 2), not a traceback."""
+    from botocore.exceptions import ProfileNotFound
+
+    from ..errors import CredentialsError
+
+    try:
+        return boto3.Session()
+    except ProfileNotFound as exc:
+        known = ", ".join(sorted(botocore.session.Session(profile=None).available_profiles)) or "none"
+        name = exc.kwargs.get("profile", "?")
+        raise CredentialsError(
+            f"AWS profile {name!r} is not in the AWS config or credentials files (profiles there: {known}); "
+            "nothing was done"
+        ) from None
+
+
 class SessionFactory:
     """Makes and caches boto3 clients per (account, region, service); assumes roles as needed."""
 
@@ -116,7 +133,7 @@ class SessionFactory:
             if problem:  # botocore would fail at the first client with a bare ValueError
                 raise ConfigError("the environment", [ConfigProblem("AWS_ENDPOINT_URL", problem)])
         self.counter = ApiCallCounter()
-        self._base = base_session or boto3.Session()
+        self._base = base_session or _base_session()
         # One botocore data loader shared by every session, so service models load once per process. Its
         # caches are not locked: without this, every account's first client parses the same model at once.
         self._loader = self._base._session.get_component("data_loader")

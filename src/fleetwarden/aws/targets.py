@@ -221,6 +221,9 @@ def resolve_targets(config: Config, factory: SessionFactory, only_accounts: Iter
 
     `only_accounts` and the scope in effect (narrowed()) keep a subset of the config's accounts and regions.
     """
+    # Pre-flight: the base credentials answer (once) before anything fans out; none, expired, an unreachable
+    # STS: one line, exit 2, no other call. Every target needs them (roles are assumed with them).
+    base_identity(factory)
     accounts = resolve_accounts(config, factory)
     if only_accounts is not None:
         wanted = set(only_accounts)
