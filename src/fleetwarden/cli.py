@@ -35,6 +35,13 @@ class Options:
         self.json = False
         self.output_dir: Path | None = None
         self.verbosity = 0
+        # The AWS CLI's habits and c7n-org's run-time scoping (docs/cli.md "Profiles, regions and scope").
+        self.profile: str | None = None
+        self.region: str | None = None
+        self.accounts: list[str] = []
+        self.exclude_accounts: list[str] = []
+        self.ous: list[str] = []
+        self.regions: list[str] = []
 
     def console(self) -> Console:
         return Console(stderr=True, quiet=self.verbosity < 0)
@@ -52,6 +59,12 @@ def _set(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
         opts.output_dir = Path(value)
     elif param.name in ("verbose", "quiet") and value:
         opts.verbosity = value if param.name == "verbose" else -1
+    elif param.name in ("profile", "region"):
+        setattr(opts, param.name, value)
+    elif param.name in ("accounts", "exclude_accounts", "ous", "regions") and value:
+        # Repeatable and comma-separated alike (`-a 1,2 -a 3`), as c7n-org takes them.
+        items = [item.strip() for chunk in value for item in chunk.split(",") if item.strip()]
+        setattr(opts, param.name, [*getattr(opts, param.name), *items])
     return value
 
 
@@ -84,6 +97,68 @@ def global_options(func: F) -> F:
     return func
 
 
+def aws_options(func: F) -> F:
+    """--profile and --region, as the AWS CLI's: for every command that calls AWS (the state store included)."""
+    decorators = [
+        click.option(
+            "--profile",
+            callback=_set,
+            expose_value=False,
+            help="AWS named profile (as the AWS CLI's); default: AWS_PROFILE, else the default credential chain.",
+        ),
+        click.option(
+            "--region",
+            callback=_set,
+            expose_value=False,
+            help="Home region for STS, IAM, Organizations and the hub's resources (aws.sts_region); default: the "
+            "config's, else AWS_REGION / AWS_DEFAULT_REGION, else us-east-1.",
+        ),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
+def scope_options(func: F) -> F:
+    """c7n-org's run-time scoping, for the commands that fan out over accounts and regions: they narrow the
+    config's targets, never widen them."""
+    decorators = [
+        click.option(
+            "--accounts",
+            "-a",
+            multiple=True,
+            callback=_set,
+            expose_value=False,
+            help="Only these accounts of the config (ids, comma-separated or repeated); narrows, never widens.",
+        ),
+        click.option(
+            "--exclude-accounts",
+            multiple=True,
+            callback=_set,
+            expose_value=False,
+            help="Leave these accounts of the config out (ids, comma-separated or repeated).",
+        ),
+        click.option(
+            "--ou",
+            "ous",
+            multiple=True,
+            callback=_set,
+            expose_value=False,
+            help="Only accounts under this organizational unit or root, nested OUs included (ou-... / r-...).",
+        ),
+        click.option(
+            "--regions",
+            multiple=True,
+            callback=_set,
+            expose_value=False,
+            help="Only these of the config's regions (comma-separated or repeated); narrows, never widens.",
+        ),
+    ]
+    for decorator in reversed(decorators):
+        func = decorator(func)
+    return func
+
+
 def _setup_logging(opts: Options) -> None:
     level = {-1: logging.ERROR, 0: logging.WARNING, 1: logging.INFO}.get(opts.verbosity, logging.DEBUG)
     handler = logging.StreamHandler(sys.stderr)
@@ -102,7 +177,79 @@ def _setup_logging(opts: Options) -> None:
 
 
 def _load(opts: Options) -> Config:
-    return load_config(opts.config_path)
+    """The config, with the command line's --profile and --region applied (they win over the file; the region
+    environment variables only fill a home region the file does not name)."""
+    import os
+
+    from .config.models import AwsSettings
+    from .errors import ConfigError, ConfigProblem
+
+    config = load_config(opts.config_path)
+    aws = config.aws.model_dump(exclude_unset=True)
+    if opts.profile is not None:
+        aws["profile"] = opts.profile
+    region = opts.region
+    env_region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION")
+    source = "--region"
+    if region is None and "sts_region" not in aws and env_region:
+        region, source = env_region, "AWS_REGION" if os.environ.get("AWS_REGION") else "AWS_DEFAULT_REGION"
+    if region is not None:
+        aws["sts_region"] = region
+    if aws != config.aws.model_dump(exclude_unset=True):
+        try:
+            settings = AwsSettings.model_validate(aws)
+        except ValueError as exc:
+            problems = [ConfigProblem(source if "sts_region" in str(exc) else "--profile", _first_error(exc))]
+            raise ConfigError("the command line", problems) from None
+        config = config.model_copy(update={"aws": settings})
+    _check_regions_filter(config, opts)
+    return config
+
+
+def _first_error(exc: ValueError) -> str:
+    from pydantic import ValidationError
+
+    if isinstance(exc, ValidationError) and exc.errors():
+        return str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+    return str(exc)
+
+
+def _check_regions_filter(config: Config, opts: Options) -> None:
+    """--regions names real regions, and (for a config with a region list) only regions of that list."""
+    from .config.models import _region
+    from .errors import ConfigError, ConfigProblem
+
+    problems = []
+    for name in opts.regions:
+        try:
+            _region(name)
+        except ValueError as exc:
+            problems.append(ConfigProblem("--regions", str(exc)))
+            continue
+        if isinstance(config.regions, list) and name not in config.regions:
+            listed = ", ".join(config.regions)
+            problems.append(
+                ConfigProblem(
+                    "--regions", f"{name} is not among the config's regions ({listed}): it narrows, never widens"
+                )
+            )
+    if problems:
+        raise ConfigError("the command line", problems)
+
+
+def _scope(opts: Options) -> Any:
+    """The run-time narrowing of the config's targets, or None when no filter is given."""
+    from .aws.targets import Scope
+
+    if not (opts.accounts or opts.exclude_accounts or opts.ous or opts.regions):
+        return None
+    return Scope(
+        accounts=frozenset(opts.accounts) if opts.accounts else None,
+        regions=frozenset(opts.regions) if opts.regions else None,
+        exclude_accounts=frozenset(opts.exclude_accounts),
+        ous=frozenset(opts.ous) if opts.ous else None,
+        strict=True,
+    )
 
 
 def handle_errors(func: F) -> F:
@@ -135,6 +282,7 @@ def handle_errors(func: F) -> F:
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="fleetwarden")
 @global_options
+@aws_options
 @click.pass_context
 def main(ctx: click.Context) -> None:
     """fleetwarden keeps an AWS organization's EC2 fleet safe and accountable.
@@ -155,8 +303,14 @@ def _opts(ctx: click.Context) -> Options:
 
 
 def _context(config: Config) -> Any:
+    from .aws.targets import narrowed
     from .workflows.base import RunContext
 
+    ctx = click.get_current_context()
+    scope = _scope(_opts(ctx))
+    if scope is not None:
+        # Undone when the command's context closes (tests run many commands in one process).
+        ctx.with_resource(narrowed(scope))
     run = RunContext.create(config)
     logging.getLogger("fleetwarden").addFilter(RedactingFilter(run.secrets))
     for handler in [*logging.getLogger("fleetwarden").handlers, *logging.getLogger().handlers]:
@@ -244,6 +398,8 @@ def validate(ctx: click.Context) -> None:
     help="Exit 3 if an open finding is at or above this severity.",
 )
 @global_options
+@aws_options
+@scope_options
 @click.pass_context
 @handle_errors
 def audit(ctx: click.Context, apply: bool, confirm_terminate: bool, fail_on: str | None) -> None:
@@ -285,6 +441,8 @@ _BREAK_LEASE_HELP = (
 @click.option("--apply", is_flag=True, help="Halt tripped accounts, lock users out, record the trip, notify.")
 @click.option("--break-lease", is_flag=True, help=_BREAK_LEASE_HELP)
 @global_options
+@aws_options
+@scope_options
 @click.pass_context
 @handle_errors
 def guard_run(ctx: click.Context, apply: bool, break_lease: bool) -> None:
@@ -302,6 +460,7 @@ def guard_run(ctx: click.Context, apply: bool, break_lease: bool) -> None:
 
 @guard.command("status")
 @global_options
+@aws_options
 @click.pass_context
 @handle_errors
 def guard_status_cmd(ctx: click.Context) -> None:
@@ -341,6 +500,7 @@ def guard_status_cmd(ctx: click.Context) -> None:
 @click.option("--start-instances", is_flag=True, help="Also start the instances the guard stopped (off by default).")
 @click.option("--break-lease", is_flag=True, help=_BREAK_LEASE_HELP)
 @global_options
+@aws_options
 @click.pass_context
 @handle_errors
 def guard_release(ctx: click.Context, account_id: str, apply: bool, start_instances: bool, break_lease: bool) -> None:
@@ -381,6 +541,8 @@ def window() -> None:
 @window.command("open")
 @click.option("--apply", is_flag=True, help="Write the ledger and start the instances. Default: list the plan.")
 @global_options
+@aws_options
+@scope_options
 @click.pass_context
 @handle_errors
 def window_open(ctx: click.Context, apply: bool) -> None:
@@ -394,6 +556,8 @@ def window_open(ctx: click.Context, apply: bool) -> None:
 @click.option("--apply", is_flag=True, help="Stop the window's instances and mark it closed. Default: list the plan.")
 @click.option("--window-id", help="One window (default: every open window).")
 @global_options
+@aws_options
+@scope_options
 @click.pass_context
 @handle_errors
 def window_close(ctx: click.Context, apply: bool, window_id: str | None) -> None:
@@ -406,6 +570,8 @@ def window_close(ctx: click.Context, apply: bool, window_id: str | None) -> None
 @window.command("run")
 @click.option("--apply", is_flag=True, help="Open, wait for Inspector, collect findings, close. Default: the plan.")
 @global_options
+@aws_options
+@scope_options
 @click.pass_context
 @handle_errors
 def window_run(ctx: click.Context, apply: bool) -> None:
@@ -419,6 +585,7 @@ def window_run(ctx: click.Context, apply: bool) -> None:
 @click.option("--window-id", help="One window (default: every open window).")
 @click.option("--coverage", is_flag=True, help="Also ask Inspector which started instances are scanned.")
 @global_options
+@aws_options
 @click.pass_context
 @handle_errors
 def window_status_cmd(ctx: click.Context, window_id: str | None, coverage: bool) -> None:
@@ -477,6 +644,8 @@ def compliance() -> None:
 @compliance.command("sync")
 @click.option("--apply", is_flag=True, help="Record the findings and deliver the alert. Default: show the diff.")
 @global_options
+@aws_options
+@scope_options
 @click.pass_context
 @handle_errors
 def compliance_sync(ctx: click.Context, apply: bool) -> None:
@@ -493,6 +662,8 @@ def compliance_sync(ctx: click.Context, apply: bool) -> None:
 @compliance.command("report")
 @click.option("--apply", is_flag=True, help="Put the CSV in the report sink and send the summary.")
 @global_options
+@aws_options
+@scope_options
 @click.pass_context
 @handle_errors
 def compliance_report(ctx: click.Context, apply: bool) -> None:
@@ -532,6 +703,7 @@ def compliance_report(ctx: click.Context, apply: bool) -> None:
 )
 @click.option("--fail-on", type=click.Choice(SEVERITIES, case_sensitive=False), help="Exit 3 at or above this.")
 @global_options
+@aws_options
 @click.pass_context
 @handle_errors
 def report(
@@ -661,6 +833,7 @@ def _caller(run: Any) -> str:
 @exceptions.command("list")
 @click.option("--all", "show_all", is_flag=True, help="Include expired exceptions.")
 @global_options
+@aws_options
 @click.pass_context
 @handle_errors
 def exceptions_list(ctx: click.Context, show_all: bool) -> None:
@@ -721,6 +894,7 @@ def exceptions_list(ctx: click.Context, show_all: bool) -> None:
 @exceptions.command("remove")
 @click.argument("exception_id")
 @global_options
+@aws_options
 @click.pass_context
 @handle_errors
 def exceptions_remove(ctx: click.Context, exception_id: str) -> None:
@@ -743,6 +917,7 @@ def state() -> None:
 
 @state.command("init")
 @global_options
+@aws_options
 @click.pass_context
 @handle_errors
 def state_init(ctx: click.Context) -> None:
@@ -917,6 +1092,8 @@ def findings_inspector(ctx: click.Context, fail_on: str | None) -> None:
     help="Exit 3 if an open finding is at or above this severity.",
 )
 @global_options
+@aws_options
+@scope_options
 @click.pass_context
 @handle_errors
 def findings_exposure(ctx: click.Context, fail_on: str | None) -> None:

@@ -40,7 +40,10 @@ DECLARATIONS: dict[str, tuple[str, str]] = {
 }
 # Parts an operator runs with their own credentials in the hub account, never as the functions' role: the
 # `operator` document (docs/doctor.md).
-OPERATOR_DECLARATIONS: dict[str, tuple[str, str]] = {"doctor": ("fleetwarden.doctor", "PERMISSIONS")}
+OPERATOR_DECLARATIONS: dict[str, tuple[str, str]] = {
+    "doctor": ("fleetwarden.doctor", "PERMISSIONS"),
+    "targets.ou": ("fleetwarden.aws.targets", "OPERATOR_PERMISSIONS"),
+}
 # Parts that run with the hub's own credentials rather than the member-account role.
 HUB_PARTS = {"targets", "state.dynamodb", "config_source", "collect.config_aggregator", "workflows.shards", "handoff"}
 # Sinks that act inside each member account through the assumed role (Security Hub imports per account).
@@ -131,7 +134,7 @@ def declared() -> dict[str, list[str]]:
 
 
 def operator_actions() -> set[str]:
-    """The operator's read actions (`fleetwarden doctor`), from OPERATOR_DECLARATIONS."""
+    """The operator's read actions (`fleetwarden doctor`, the command line's `--ou`), from OPERATOR_DECLARATIONS."""
     actions: set[str] = set()
     for module_name, attr in OPERATOR_DECLARATIONS.values():
         value: Any = getattr(importlib.import_module(module_name), attr)

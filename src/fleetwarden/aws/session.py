@@ -96,14 +96,15 @@ class ApiCallCounter:
             return sum(self.calls.values())
 
 
-def _base_session() -> boto3.Session:
-    """The default credential chain's session; an unknown AWS_PROFILE is one line (exit 2), not a traceback."""
+def _base_session(profile: str | None = None) -> boto3.Session:
+    """The session of a named profile, else of the default credential chain; an unknown profile (named or
+    AWS_PROFILE) is one line (exit 2), not a traceback."""
     from botocore.exceptions import ProfileNotFound
 
     from ..errors import CredentialsError
 
     try:
-        return boto3.Session()
+        return boto3.Session(profile_name=profile)
     except ProfileNotFound as exc:
         known = ", ".join(sorted(botocore.session.Session(profile=None).available_profiles)) or "none"
         name = exc.kwargs.get("profile", "?")
@@ -133,7 +134,7 @@ class SessionFactory:
             if problem:  # botocore would fail at the first client with a bare ValueError
                 raise ConfigError("the environment", [ConfigProblem("AWS_ENDPOINT_URL", problem)])
         self.counter = ApiCallCounter()
-        self._base = base_session or _base_session()
+        self._base = base_session or _base_session(self.settings.profile)
         # One botocore data loader shared by every session, so service models load once per process. Its
         # caches are not locked: without this, every account's first client parses the same model at once.
         self._loader = self._base._session.get_component("data_loader")

@@ -13,12 +13,17 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
 from ..config import Config
-from ..errors import CredentialsError
+from ..errors import CredentialsError, UsageError
 from ..model import Target, TargetResult, TargetStatus
 from .session import AccountAccess, SessionFactory
 
 log = logging.getLogger(__name__)
 _ROLE_ACCOUNT = re.compile(r"^arn:aws[a-z-]*:iam::([0-9]{12}):role/", re.ASCII)
+
+
+class ScopeError(UsageError):
+    """A run-time filter (--accounts, --exclude-accounts, --ou, --regions) names what the config does not cover, or
+    leaves nothing: exit 2 before any target is touched."""
 
 
 @dataclass
@@ -38,6 +43,11 @@ class Scope:
 
     accounts: frozenset[str] | None
     regions: frozenset[str] | None = None
+    # The command line's narrowing (--exclude-accounts, --ou) and how it treats names the config does not resolve
+    # to: a shard ignores them with a warning; the command line (strict) refuses them before any other call.
+    exclude_accounts: frozenset[str] = frozenset()
+    ous: frozenset[str] | None = None
+    strict: bool = False
 
 
 # The scope of the run in progress on this thread (a Lambda invocation that carries a shard). A context variable
@@ -229,11 +239,8 @@ def resolve_targets(config: Config, factory: SessionFactory, only_accounts: Iter
         wanted = set(only_accounts)
         accounts = [a for a in accounts if a.account_id in wanted]
     scope = _scope.get()
-    if scope is not None and scope.accounts is not None:
-        unknown = scope.accounts - {a.account_id for a in accounts}
-        if unknown:
-            log.warning("shard accounts not in the config's accounts, ignored: %s", ", ".join(sorted(unknown)))
-        accounts = [a for a in accounts if a.account_id in scope.accounts]
+    if scope is not None:
+        accounts = _narrow_accounts(config, factory, accounts, scope)
     refused = verify_accounts(accounts, factory)
     bad = {r.account_id for r in refused}
     accounts = [a for a in accounts if a.account_id not in bad]
@@ -278,6 +285,56 @@ def resolve_targets(config: Config, factory: SessionFactory, only_accounts: Iter
     return plan
 
 
+def _narrow_accounts(
+    config: Config, factory: SessionFactory, accounts: list[AccountAccess], scope: Scope
+) -> list[AccountAccess]:
+    """The accounts the scope keeps. It never widens: a named account the config does not resolve to is refused
+    (strict, the command line) or ignored with a warning (a shard)."""
+    known = {a.account_id for a in accounts}
+    named = (scope.accounts or frozenset()) | scope.exclude_accounts
+    unknown = named - known
+    if unknown and scope.strict:
+        raise ScopeError(
+            f"account(s) {', '.join(sorted(unknown))} are not among the config's {len(known)} account(s): "
+            "--accounts and --exclude-accounts narrow the config, never widen it; nothing was done"
+        )
+    if unknown:
+        log.warning("shard accounts not in the config's accounts, ignored: %s", ", ".join(sorted(unknown)))
+    kept = [a for a in accounts if a.account_id not in scope.exclude_accounts]
+    if scope.accounts is not None:
+        kept = [a for a in kept if a.account_id in scope.accounts]
+    if scope.ous is not None:
+        under = ou_accounts(config, factory, scope.ous)
+        kept = [a for a in kept if a.account_id in under]
+    if scope.strict and not kept:
+        raise ScopeError("the account filters leave no account of the config to work on; nothing was done")
+    return kept
+
+
+def ou_accounts(config: Config, factory: SessionFactory, ous: Iterable[str]) -> set[str]:
+    """Every account under these organizational units (or roots), nested OUs included, from the base credentials'
+    organization (ListAccountsForParent, ListOrganizationalUnitsForParent); an unknown OU is a one-line error."""
+    client = factory.client("organizations", region=config.aws.sts_region)
+    accounts: set[str] = set()
+    pending, seen = sorted(set(ous)), set()
+    while pending:
+        parent = pending.pop()
+        if parent in seen:
+            continue
+        seen.add(parent)
+        try:
+            for page in client.get_paginator("list_accounts_for_parent").paginate(ParentId=parent):
+                accounts.update(a["Id"] for a in page["Accounts"])
+            for page in client.get_paginator("list_organizational_units_for_parent").paginate(ParentId=parent):
+                pending.extend(ou["Id"] for ou in page["OrganizationalUnits"])
+        except (ClientError, BotoCoreError) as exc:
+            raise ScopeError(
+                f"cannot list the accounts under {parent}: {error_text(exc)}; nothing was done "
+                "(--ou needs organizations:ListAccountsForParent and ListOrganizationalUnitsForParent)"
+            ) from None
+    return accounts
+
+
 # With the hub's own credentials: the organization's accounts, assume-role into them.
 PERMISSIONS = (
     "organizations:DescribeOrganization",
@@ -285,5 +342,9 @@ PERMISSIONS = (
     "sts:AssumeRole",
     "sts:GetCallerIdentity",
 )
+# An operator's `--ou` filter, with the operator's own credentials (the `operator` document).
+OPERATOR_PERMISSIONS = {
+    "ou": ("organizations:ListAccountsForParent", "organizations:ListOrganizationalUnitsForParent"),
+}
 # In each member account (through its role): `regions: all` lists the regions enabled there.
 REGION_PERMISSIONS = ("ec2:DescribeRegions",)

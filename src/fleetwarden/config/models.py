@@ -154,6 +154,8 @@ class StrictModel(BaseModel):
 
 
 class AwsSettings(StrictModel):
+    # A named profile of the AWS config files (as `aws --profile`); None: the default chain (AWS_PROFILE, ...).
+    profile: str | None = Field(default=None, min_length=1, max_length=128, pattern=r"^[\w+=,.@:/-]+$")
     endpoint_url: EndpointUrl | None = None
     max_attempts: int = Field(default=8, strict=True, ge=1, le=30)
     retry_mode: Literal["standard", "adaptive", "legacy"] = "standard"
