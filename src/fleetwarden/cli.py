@@ -303,14 +303,18 @@ def _opts(ctx: click.Context) -> Options:
 
 
 def _context(config: Config) -> Any:
+    from .aws.fanout import progress_reporting
     from .aws.targets import narrowed
     from .workflows.base import RunContext
 
     ctx = click.get_current_context()
-    scope = _scope(_opts(ctx))
+    opts = _opts(ctx)
+    scope = _scope(opts)
+    # Both are undone when the command's context closes (tests run many commands in one process).
     if scope is not None:
-        # Undone when the command's context closes (tests run many commands in one process).
         ctx.with_resource(narrowed(scope))
+    # Progress on stderr (a bar on a terminal, a line every few seconds in a log); -q silences it.
+    ctx.with_resource(progress_reporting("auto" if opts.verbosity >= 0 else "off"))
     run = RunContext.create(config)
     logging.getLogger("fleetwarden").addFilter(RedactingFilter(run.secrets))
     for handler in [*logging.getLogger("fleetwarden").handlers, *logging.getLogger().handlers]:

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -138,3 +139,21 @@ def test_commands_that_do_not_fan_out_do_not_offer_the_filters() -> None:
     assert cli("guard", "status", "-a", A).exit_code == 2
     assert "--regions" not in cli("state", "init", "--help").stdout
     assert "--profile" in cli("state", "init", "--help").stdout
+
+
+def test_progress_goes_to_stderr_and_quiet_silences_it(
+    aws: EmulatorServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from fleetwarden.aws import fanout
+
+    monkeypatch.setattr(fanout, "LINE_EVERY_SECONDS", 0.01)
+    aws.client.set_latency(30)
+    try:
+        path = _config(tmp_path, aws)
+        result = _audit(path)
+        assert _targets(result) == {(a, r) for a in ACCOUNTS for r in REGIONS}  # stdout is the JSON alone
+        assert re.search(r"^auditing: \d/6 done, 0 error\(s\)", result.stderr, re.M), result.stderr
+        quiet = _audit(path, "-q")
+        assert quiet.exit_code == 0 and "done," not in quiet.stderr
+    finally:
+        aws.client.set_latency(None)
