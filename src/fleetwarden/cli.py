@@ -852,24 +852,24 @@ def exceptions_list(ctx: click.Context, show_all: bool) -> None:
     legacy = [r.id for r in rules if r.legacy_unscoped]
     if opts.json:
         listed = [
-            {**r.model_dump(mode="json"), "covers": r.breadth, "legacy_unscoped": r.legacy_unscoped} for r in rules
+            {
+                **r.model_dump(mode="json"),
+                "source": r.source,
+                "active": r.active(now),
+                "covers": r.breadth,
+                "legacy_unscoped": r.legacy_unscoped,
+            }
+            for r in rules
         ]
         click.echo(json.dumps(listed, indent=2))
     else:
         table = Table(title=f"{len(rules)} exception(s)")
-        for column in (
-            "id",
-            "kind",
-            "account",
-            "region",
-            "resource",
-            "check/item",
-            "owner",
-            "expires",
-            "reason",
-            "covers",
-        ):
-            table.add_column(column)
+        # An id is never cut short (it is what `exceptions remove` takes): it folds onto more lines instead.
+        table.add_column("id", overflow="fold", min_width=16)
+        for column in ("kind", "account", "region", "resource", "check/item", "owner", "expires", "source"):
+            table.add_column(column, overflow="fold")
+        table.add_column("reason", overflow="fold")
+        table.add_column("covers", overflow="fold")
         for r in rules:
             covers = Text(r.breadth or "", style="bold red" if r.legacy_unscoped else "yellow")
             table.add_row(
@@ -881,6 +881,7 @@ def exceptions_list(ctx: click.Context, show_all: bool) -> None:
                 Text("/".join(x for x in (r.check, r.item) if x) or "*"),
                 Text(r.owner),
                 r.expires_at.isoformat() if r.expires_at else "never",
+                Text(r.source),
                 Text(r.reason),
                 covers,
             )

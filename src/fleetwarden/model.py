@@ -249,6 +249,8 @@ class ExceptionRule(BaseModel):
     owner: str
     created_at: datetime
     expires_at: datetime | None = None
+    # Where the rule lives: "store" (exceptions add), or the config entry it comes from. Never stored.
+    source: str = Field(default="store", exclude=True)
 
     @model_validator(mode="after")
     def _scope_is_deliberate(self, info: ValidationInfo) -> ExceptionRule:

@@ -124,7 +124,10 @@ def test_lines_name_the_check_and_the_fix() -> None:
 
 
 def test_the_operator_document_is_doctors_declaration_and_only_reads() -> None:
-    declared = {a for group in PERMISSIONS.values() for a in group}
+    from fleetwarden.aws.targets import OPERATOR_PERMISSIONS
+
+    # doctor's reads, and the command line's --ou (ListAccountsForParent, ListOrganizationalUnitsForParent)
+    declared = {a for group in (*PERMISSIONS.values(), *OPERATOR_PERMISSIONS.values()) for a in group}
     document = policy_documents()["operator"]
     assert {a for s in document["Statement"] for a in s["Action"]} == declared == operator_actions()
     for action in declared:

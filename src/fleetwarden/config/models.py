@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import difflib
 import functools
+import hashlib
+import json
 import re
 import reprlib
+from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -15,12 +18,13 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
 )
 
-from ..model import Severity
+from ..model import ExceptionKind, ExceptionRule, Severity
 
 # ASCII only and whole-string (fullmatch): `\d` would also accept other scripts' digits (e.g. Arabic-Indic), and
 # `$` accepts a trailing newline.
@@ -360,6 +364,74 @@ class ComplianceConfig(StrictModel):
     report_sink: str | None = None
 
 
+class ExceptionEntry(StrictModel):
+    """An exception kept in the config (exceptions as code: reviewed and versioned with it), merged with the state
+    store's. The same rules as `exceptions add`: a reason, an owner, a scope or `organization_wide: true`; and an
+    expiry, unless `permanent: true` says it is meant to last."""
+
+    id: str | None = Field(default=None, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}$")
+    kind: Literal["snooze", "do-not-start", "do-not-stop", "do-not-terminate", "lockout-exempt"]
+    account: AccountId | None = None
+    region: Region | None = None
+    resource_id: str | None = Field(default=None, min_length=1, max_length=256)
+    check: str | None = Field(default=None, min_length=1, max_length=64)
+    item: str | None = Field(default=None, min_length=1, max_length=512)
+    organization_wide: bool = False
+    reason: str = Field(min_length=1, max_length=2000)
+    owner: str = Field(min_length=1, max_length=256)
+    expires: datetime | date | None = None
+    permanent: bool = False
+
+    @model_validator(mode="after")
+    def _expiry_or_permanent(self) -> ExceptionEntry:
+        if self.expires is None and not self.permanent:
+            raise ValueError("needs `expires` (a date or timestamp), or `permanent: true` if it is meant to last")
+        if self.expires is not None and self.permanent:
+            raise ValueError("has both `expires` and `permanent: true`: keep one")
+        try:
+            self.rule(datetime(2000, 1, 1, tzinfo=UTC))
+        except ValidationError as exc:
+            problems = [str(e["msg"]).removeprefix("Value error, ").replace("--", "") for e in exc.errors()]
+            raise ValueError("; ".join(problems)) from None
+        return self
+
+    def stable_id(self) -> str:
+        """The id given, else one derived from what the entry says (kind, scope, reason), stable across runs."""
+        if self.id:
+            return self.id
+        basis = json.dumps(
+            self.model_dump(mode="json", exclude={"id", "owner", "expires", "permanent"}), sort_keys=True
+        )
+        return "cfg-" + hashlib.sha256(basis.encode()).hexdigest()[:12]
+
+    def rule(self, loaded_at: datetime, source: str = "config") -> ExceptionRule:
+        """The entry as the rule the workflows apply (created_at: when the config was read)."""
+        return ExceptionRule(
+            id=self.stable_id(),
+            kind=ExceptionKind(self.kind),
+            account_id=self.account,
+            region=self.region,
+            resource_id=self.resource_id,
+            check=self.check,
+            item=self.item,
+            organization_wide=self.organization_wide,
+            reason=self.reason.strip(),
+            owner=self.owner,
+            created_at=loaded_at,
+            expires_at=self.expires_at(),
+            source=source,
+        )
+
+    def expires_at(self) -> datetime | None:
+        """The expiry as an aware UTC time (a date ends at its midnight UTC)."""
+        value = self.expires
+        if value is None:
+            return None
+        if not isinstance(value, datetime):
+            value = datetime(value.year, value.month, value.day, tzinfo=UTC)
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
 class Config(StrictModel):
     """The whole fleetwarden.yaml."""
 
@@ -375,6 +447,7 @@ class Config(StrictModel):
     guard: GuardConfig = Field(default_factory=GuardConfig)
     window: WindowConfig = Field(default_factory=WindowConfig)
     compliance: ComplianceConfig = Field(default_factory=ComplianceConfig)
+    exceptions: list[ExceptionEntry] = Field(default_factory=list)
 
     @field_validator("state")
     @classmethod
@@ -398,6 +471,21 @@ class Config(StrictModel):
         if isinstance(regions, list) and regions and set(regions) <= set(value):
             raise ValueError("removes every region listed under `regions`: nothing would be audited or guarded")
         return value
+
+    @field_validator("exceptions")
+    @classmethod
+    def _unique_exception_ids(cls, entries: list[ExceptionEntry]) -> list[ExceptionEntry]:
+        seen: dict[str, int] = {}
+        for index, entry in enumerate(entries):
+            ident = entry.stable_id()
+            if ident in seen:
+                raise ValueError(f"exceptions[{index}] has the same id as exceptions[{seen[ident]}] ({ident})")
+            seen[ident] = index
+        return entries
+
+    def exception_rules(self, loaded_at: datetime) -> list[ExceptionRule]:
+        """The config's exceptions as rules, each marked with where it is written."""
+        return [entry.rule(loaded_at, f"config exceptions[{i}]") for i, entry in enumerate(self.exceptions)]
 
     @field_validator("accounts")
     @classmethod

@@ -49,6 +49,9 @@ class VersionConflict(Exception):
 class StateStore(ABC):
     """Where fleetwarden remembers things between runs."""
 
+    # The config's exceptions (exceptions as code), merged into list_exceptions(); never written to the store.
+    config_exceptions: tuple[ExceptionRule, ...] = ()
+
     # -- lifecycle ------------------------------------------------------------------------------------
     @abstractmethod
     def init(self) -> None:
@@ -79,13 +82,31 @@ class StateStore(ABC):
     @abstractmethod
     def add_exception(self, rule: ExceptionRule) -> None: ...
 
-    @abstractmethod
     def list_exceptions(self) -> list[ExceptionRule]:
-        """All exceptions, expired ones included (callers filter with ExceptionRule.active)."""
+        """All exceptions, expired ones included (callers filter with ExceptionRule.active): the store's, then
+        the config's (each with its `source`)."""
+        return [*self._stored_exceptions(), *self.config_exceptions]
+
+    def remove_exception(self, exception_id: str) -> bool:
+        """Delete one stored exception; False if there was none with that id. One from the config is removed by
+        editing the config: refused, naming where it is written."""
+        from ..errors import UsageError
+
+        written = next((r for r in self.config_exceptions if r.id == exception_id), None)
+        if written is not None:
+            raise UsageError(
+                f"exception {exception_id} is defined in the config ({written.source}): remove it there; "
+                "nothing was removed"
+            )
+        return self._remove_stored_exception(exception_id)
 
     @abstractmethod
-    def remove_exception(self, exception_id: str) -> bool:
-        """Delete one exception; False if there was none with that id."""
+    def _stored_exceptions(self) -> list[ExceptionRule]:
+        """The exceptions in the store itself."""
+
+    @abstractmethod
+    def _remove_stored_exception(self, exception_id: str) -> bool:
+        """Delete one stored exception; False if there was none with that id."""
 
     # -- journal --------------------------------------------------------------------------------------
     @abstractmethod

@@ -265,11 +265,11 @@ class DynamoDbStore(StateStore):
         }
         self._call("put_item", Item=item)
 
-    def list_exceptions(self) -> list[ExceptionRule]:
+    def _stored_exceptions(self) -> list[ExceptionRule]:
         rules = valid_exceptions(item["data"]["S"] for item in self._partition(_EXCEPTION_PK))
         return sorted(rules, key=lambda r: (_time_key(r.created_at), r.id))
 
-    def remove_exception(self, exception_id: str) -> bool:
+    def _remove_stored_exception(self, exception_id: str) -> bool:
         return self._conditional(
             "delete_item",
             Key={"pk": _s(_EXCEPTION_PK), "sk": _s(exception_id)},

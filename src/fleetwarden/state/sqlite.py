@@ -231,11 +231,11 @@ class SqliteStore(StateStore):
                 "INSERT OR REPLACE INTO exceptions (id, data) VALUES (?, ?)", (rule.id, rule.model_dump_json())
             )
 
-    def list_exceptions(self) -> list[ExceptionRule]:
+    def _stored_exceptions(self) -> list[ExceptionRule]:
         rows = self._select("SELECT data FROM exceptions ORDER BY id")
         return sorted(valid_exceptions(row["data"] for row in rows), key=_exception_order)
 
-    def remove_exception(self, exception_id: str) -> bool:
+    def _remove_stored_exception(self, exception_id: str) -> bool:
         with self._write() as conn:
             return conn.execute("DELETE FROM exceptions WHERE id = ?", (exception_id,)).rowcount > 0
 

@@ -147,6 +147,7 @@ class RunContext:
         run_id = new_run_id(clock())
         factory = factory or SessionFactory(config.aws, run_id=run_id)
         store = store or open_store(config.state, factory)
+        store.config_exceptions = tuple(config.exception_rules(clock()))
         return cls(config, factory, store, SecretResolver(factory, config.aws.sts_region), run_id, clock, sleep)
 
     @property
