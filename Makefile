@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_STAMP := $(VENV)/.installed-demo
 
-.PHONY: install install-demo demo test lint typecheck pytest bench clean
+.PHONY: install install-demo demo test lint typecheck pytest bench clean schemas
 
 # The full toolchain (linters, type checker, test tools): what `make test` needs.
 install: $(STAMP)
@@ -26,6 +26,10 @@ $(DEMO_STAMP): pyproject.toml
 
 demo: install-demo
 	$(BIN)/fleetwarden demo --output-dir demo-output
+
+# The published JSON schemas of the commands' --json outputs (docs/schemas), from fleetwarden.outputs.
+schemas: install
+	$(BIN)/python -m fleetwarden.outputs docs/schemas
 
 lint: install
 	$(BIN)/ruff check src tests bench

@@ -295,10 +295,57 @@ def main(ctx: click.Context) -> None:
     ctx.ensure_object(Options)
 
 
+# The commands that write files into --output-dir, and those with a --json output (docs/cli.md "JSON output"):
+# elsewhere the option is refused rather than silently ignored.
+OUTPUT_DIR_COMMANDS = frozenset(
+    {
+        "audit",
+        "guard run",
+        "guard release",
+        "window open",
+        "window close",
+        "window run",
+        "compliance sync",
+        "compliance report",
+        "report",
+        "findings inspector",
+        "findings exposure",
+        "spend report",
+        "demo",
+    }
+)
+JSON_COMMANDS = (OUTPUT_DIR_COMMANDS - {"demo"}) | {
+    "validate",
+    "guard status",
+    "window status",
+    "exceptions list",
+    "exceptions add",
+    "doctor",
+    "permissions",
+    "prices refresh",
+}
+
+
+def _command_name(ctx: click.Context) -> str:
+    """`guard status` for the context of `fleetwarden guard status` (the program's own name left out)."""
+    names = []
+    while ctx.parent is not None:
+        names.append(ctx.info_name or "")
+        ctx = ctx.parent
+    return " ".join(reversed(names))
+
+
 def _opts(ctx: click.Context) -> Options:
+    from .errors import UsageError
+
     opts = ctx.find_object(Options)
     assert opts is not None
     _setup_logging(opts)
+    name = _command_name(ctx)
+    if opts.output_dir is not None and name not in OUTPUT_DIR_COMMANDS:
+        raise UsageError(f"--output-dir: `{name}` writes no files; nothing was done")
+    if opts.json and name not in JSON_COMMANDS:
+        raise UsageError(f"--json: `{name}` has no JSON output; nothing was done")
     return opts
 
 
@@ -386,7 +433,9 @@ def validate(ctx: click.Context) -> None:
         "audit_action": config.audit.action,
     }
     if opts.json:
-        click.echo(json.dumps(summary, indent=2))
+        from .outputs import ValidateOutput
+
+        click.echo(ValidateOutput.model_validate(summary).dump())
     opts.console().print(
         f"[green]ok[/green] {opts.config_path}: {accounts} account(s){org}, regions: {regions}, "
         f"sinks: {', '.join(sorted(config.sinks)) or 'none'}, audit action: {config.audit.action}"
@@ -476,7 +525,10 @@ def guard_status_cmd(ctx: click.Context) -> None:
     states = guard_status(run)
     run.store.close()
     if opts.json:
-        click.echo(json.dumps([{"account_id": s.account_id, **s.to_data()} for s in states], indent=2))
+        from .outputs import GuardStatusOutput
+
+        accounts = [{"account_id": s.account_id, **s.to_data()} for s in states]
+        click.echo(GuardStatusOutput.model_validate({"accounts": accounts}).dump())
         return
     table = Table(title="guard status")
     for column in ("account", "state", "since", "scope", "triggers", "released"):
@@ -603,7 +655,9 @@ def window_status_cmd(ctx: click.Context, window_id: str | None, coverage: bool)
     finally:
         run.store.close()
     if opts.json:
-        click.echo(json.dumps(status, indent=2, default=str))
+        from .outputs import WindowStatusOutput
+
+        click.echo(WindowStatusOutput.model_validate(status).dump())
         return
     if not status["windows"]:
         opts.console().print("no open scan window")
@@ -819,7 +873,9 @@ def exceptions_add(
     run.store.add_exception(rule)
     run.store.close()
     if opts.json:
-        click.echo(rule.model_dump_json(indent=2))
+        from .outputs import ExceptionAddedOutput, exception_output
+
+        click.echo(ExceptionAddedOutput(exception=exception_output(rule, now)).dump())
     opts.console().print(f"added {rule.id} ({rule.kind.value}) owned by {rule.owner}", markup=False)
     if rule.breadth:
         opts.console().print(f"warning: {rule.id} covers {rule.breadth}", style="bold yellow", markup=False)
@@ -851,17 +907,9 @@ def exceptions_list(ctx: click.Context, show_all: bool) -> None:
     run.store.close()
     legacy = [r.id for r in rules if r.legacy_unscoped]
     if opts.json:
-        listed = [
-            {
-                **r.model_dump(mode="json"),
-                "source": r.source,
-                "active": r.active(now),
-                "covers": r.breadth,
-                "legacy_unscoped": r.legacy_unscoped,
-            }
-            for r in rules
-        ]
-        click.echo(json.dumps(listed, indent=2))
+        from .outputs import ExceptionsListOutput, exception_output
+
+        click.echo(ExceptionsListOutput(exceptions=[exception_output(r, now) for r in rules]).dump())
     else:
         table = Table(title=f"{len(rules)} exception(s)")
         # An id is never cut short (it is what `exceptions remove` takes): it folds onto more lines instead.
@@ -1145,7 +1193,9 @@ def doctor(ctx: click.Context, stack_name: str, region: str | None, max_age: tup
 
     report = run_doctor(DoctorOptions(opts.config_path, stack_name, region, ages), progress=progress)
     if opts.json:
-        click.echo(json.dumps(report.to_dict(), indent=2))
+        from .outputs import DoctorOutput
+
+        click.echo(DoctorOutput.model_validate(report.to_dict()).dump())
     sys.exit(report.exit_code)
 
 

@@ -444,7 +444,7 @@ def _exceptions(config: Path, *args: str, input: str | None = None) -> Any:
 def _stored(config: Path) -> list[dict[str, Any]]:
     listed = cli("--config", str(config), "--json", "exceptions", "list")
     assert listed.exit_code == 0, listed.stderr
-    return list(json.loads(listed.stdout))
+    return list(json.loads(listed.stdout)["exceptions"])
 
 
 def test_an_exception_without_reason_or_scope_is_refused_and_exempts_nothing(

@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 import yaml
 from botocore.stub import Stubber
@@ -289,6 +290,8 @@ def test_cli_whole_then_missing(deployment: Deployment) -> None:
     assert result.exit_code == 0, result.stderr
     printed = json.loads(result.stdout)
     assert printed["schema"] == "fleetwarden.doctor/v1" and printed["exit_code"] == 0
+    published = json.loads((Path(__file__).resolve().parents[2] / "docs/schemas/doctor.v1.schema.json").read_text())
+    jsonschema.validate(printed, published, cls=jsonschema.Draft202012Validator)
     assert set(printed["checks"][0]) == {"check", "status", "detail", "fix"}
     assert "ok      stack: fleetwarden-hub in us-east-1: CREATE_COMPLETE" in result.stderr
     assert "-       ssm-associations: no `compliance:` section in the config" in result.stderr

@@ -59,7 +59,7 @@ def test_config_exceptions_apply_and_merge_with_the_store(
 
     listed = cli("--config", str(config), "--json", "exceptions", "list")
     assert listed.exit_code == 0, listed.stderr
-    rows = {row["reason"]: row for row in yaml.safe_load(listed.stdout)}
+    rows = {row["reason"]: row for row in yaml.safe_load(listed.stdout)["exceptions"]}
     assert rows["database primary, CHG-1234"]["id"] == "db-primary"
     assert rows["database primary, CHG-1234"]["source"] == "config exceptions[0]"
     assert rows["database primary, CHG-1234"]["expires_at"] is None
@@ -75,7 +75,7 @@ def test_config_exceptions_apply_and_merge_with_the_store(
     assert states(factory, A, REGION, [keep, stop, snoozed]) == {keep: "running", stop: "stopped", snoozed: "running"}
 
     # The id of a config exception is stable from run to run (a snooze keeps pointing at it).
-    again = yaml.safe_load(cli("--config", str(config), "--json", "exceptions", "list").stdout)
+    again = yaml.safe_load(cli("--config", str(config), "--json", "exceptions", "list").stdout)["exceptions"]
     assert {r["id"] for r in again} == {r["id"] for r in rows.values()}
 
     removed = cli("--config", str(config), "exceptions", "remove", "db-primary")

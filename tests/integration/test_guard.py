@@ -89,7 +89,7 @@ def test_dry_run_evaluates_and_plans_only(
     assert key_status(factory, A, "dev")[tripping["a_keys"][0]] == "Active"
     assert messages(inbox) == []  # nothing sent
     status = cli("--config", str(config), "--json", "guard", "status")
-    assert json.loads(status.stdout) == []  # nothing recorded
+    assert json.loads(status.stdout) == {"schema": "fleetwarden.guard-status/v1", "accounts": []}  # none recorded
 
 
 def test_trip_halts_locks_out_notifies_once_and_release_restores(
@@ -121,7 +121,7 @@ def test_trip_halts_locks_out_notifies_once_and_release_restores(
     assert states(factory, A, "eu-west-1", tripping["a_west"][:1])[tripping["a_west"][0]] == "stopped"
     assert len(messages(inbox)) == 1 and enforce.exit_code == 0
 
-    status = json.loads(cli("--config", str(config), "--json", "guard", "status").stdout)
+    status = json.loads(cli("--config", str(config), "--json", "guard", "status").stdout)["accounts"]
     assert [(s["account_id"], s["tripped"]) for s in status] == [(A, True)]
 
     dry = cli("--config", str(config), "--json", "guard", "release", "--account", A)
@@ -134,7 +134,7 @@ def test_trip_halts_locks_out_notifies_once_and_release_restores(
     assert keys == {tripping["a_keys"][0]: "Active", tripping["a_keys"][1]: "Inactive"}
     assert user_policies(factory, A, "dev") == []
     assert set(states(factory, A, "us-east-1", tripping["a_east"]).values()) == {"running"}
-    status = json.loads(cli("--config", str(config), "--json", "guard", "status").stdout)
+    status = json.loads(cli("--config", str(config), "--json", "guard", "status").stdout)["accounts"]
     assert [(s["account_id"], s["tripped"]) for s in status] == [(A, False)]
     assert any(f"guard release of account {A}" in m for m in messages(inbox))
 
@@ -421,7 +421,7 @@ def test_a_failing_region_still_trips_on_the_partial_count(
     # B (1 counted of a real 6) does not trip on what was seen; nothing of B changes.
     assert set(states(factory, B, "us-east-1", b_east).values()) == {"running"}
     assert set(states(factory, B, "eu-west-1", b_west).values()) == {"running"}
-    status = json.loads(cli("--config", str(config), "--json", "guard", "status").stdout)
+    status = json.loads(cli("--config", str(config), "--json", "guard", "status").stdout)["accounts"]
     assert [(s["account_id"], s["tripped"]) for s in status] == [(A, True)]
 
 
@@ -442,7 +442,7 @@ def test_a_failed_lockout_is_reported_and_the_halt_still_happens(
     # Nothing of the lockout happened: the active key is still active, no deny policy.
     assert key_status(factory, A, "dev") == {tripping["a_keys"][0]: "Active", tripping["a_keys"][1]: "Inactive"}
     assert user_policies(factory, A, "dev") == []
-    status = json.loads(cli("--config", str(config), "--json", "guard", "status").stdout)
+    status = json.loads(cli("--config", str(config), "--json", "guard", "status").stdout)["accounts"]
     assert [(s["account_id"], s["tripped"]) for s in status] == [(A, True)]
 
 

@@ -108,12 +108,48 @@ def base_identity(factory: SessionFactory) -> dict[str, str]:
     """The base credentials' identity (`sts:GetCallerIdentity`, once), or a one-line CredentialsError (exit 2)."""
     try:
         return factory.caller_identity()
-    except NoCredentialsError:
-        raise CredentialsError(
+    except (NoCredentialsError, ClientError, BotoCoreError) as exc:
+        raise _credentials_error(exc) from None
+
+
+def _credentials_error(exc: BaseException) -> CredentialsError:
+    if isinstance(exc, NoCredentialsError):
+        return CredentialsError(
             "no AWS credentials found (environment, profile, SSO or instance role); nothing was done"
-        ) from None
-    except (ClientError, BotoCoreError) as exc:
-        raise CredentialsError(f"cannot use the AWS credentials: {error_text(exc)}; nothing was done") from None
+        )
+    return CredentialsError(f"cannot use the AWS credentials: {error_text(exc)}; nothing was done")
+
+
+# STS answered but could not serve the call: not a credentials problem. The run goes on (a guard must still halt
+# what it can reach); what needs the identity decides for itself (verify_accounts, the lockout's self-check).
+_STS_BUSY = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "ServiceUnavailable",
+        "InternalFailure",
+        "InternalError",
+    }
+)
+
+
+def preflight(factory: SessionFactory) -> None:
+    """Before anything fans out: the base credentials answer sts:GetCallerIdentity (once, cached). None, expired
+    or invalid ones, or an STS that cannot be reached: one line, exit 2, no other call (every target needs them:
+    roles are assumed with them). STS throttling or a 5xx after the retries is logged and the run goes on."""
+    try:
+        factory.caller_identity()
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        if error.get("Code") in _STS_BUSY or status >= 500:
+            # Not a warning line: what needs the identity reports its own failure (one line each, not two).
+            log.info("pre-flight: sts:GetCallerIdentity failed (%s); going on without it", error_text(exc))
+            return
+        raise _credentials_error(exc) from None
+    except (NoCredentialsError, BotoCoreError) as exc:
+        raise _credentials_error(exc) from None
 
 
 def _organization_accounts(config: Config, factory: SessionFactory) -> list[dict[str, Any]]:
@@ -231,9 +267,7 @@ def resolve_targets(config: Config, factory: SessionFactory, only_accounts: Iter
 
     `only_accounts` and the scope in effect (narrowed()) keep a subset of the config's accounts and regions.
     """
-    # Pre-flight: the base credentials answer (once) before anything fans out; none, expired, an unreachable
-    # STS: one line, exit 2, no other call. Every target needs them (roles are assumed with them).
-    base_identity(factory)
+    preflight(factory)
     accounts = resolve_accounts(config, factory)
     if only_accounts is not None:
         wanted = set(only_accounts)
