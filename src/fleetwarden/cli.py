@@ -678,8 +678,26 @@ def window_status_cmd(ctx: click.Context, window_id: str | None, coverage: bool)
         Console(stderr=True).print(table)
 
 
-def _run_workflow(ctx: click.Context, work: Callable[[Any], RunReport], fail_on: str | None = None) -> None:
-    """Load the config, run one workflow, print and write its outputs, exit with DESIGN.md's code."""
+def severity_option(func: F) -> F:
+    """--severity, as Prowler's: only findings of these severities in what the command prints and writes."""
+    return click.option(
+        "--severity",
+        "severities",
+        multiple=True,
+        type=click.Choice(SEVERITIES, case_sensitive=False),
+        help="Only findings of this severity in the output (console, --json, files); repeatable. Every finding is "
+        "still recorded.",
+    )(func)
+
+
+def _run_workflow(
+    ctx: click.Context,
+    work: Callable[[Any], RunReport],
+    fail_on: str | None = None,
+    severities: tuple[str, ...] = (),
+) -> None:
+    """Load the config, run one workflow, print and write its outputs, exit with DESIGN.md's code. With
+    `severities`, the output (and --fail-on) keeps only findings of those severities: the state store has them all."""
     from .workflows.base import exit_code
 
     opts = _opts(ctx)
@@ -690,6 +708,12 @@ def _run_workflow(ctx: click.Context, work: Callable[[Any], RunReport], fail_on:
         report = work(run)
     finally:
         run.store.close()
+    if severities:
+        from .workflows.findings import summarize
+
+        wanted = {Severity(s.upper()) for s in severities}
+        report.findings = [f for f in report.findings if f.severity in wanted]
+        report.summary = {**summarize(report), "severity_filter": sorted(s.value for s in wanted)}
     written_ok = _emit(opts, report, run.secrets.redact)
     sys.exit(_final_code(exit_code(report, Severity(fail_on.upper()) if fail_on else None), written_ok))
 
@@ -1123,10 +1147,13 @@ def findings() -> None:
     type=click.Choice(SEVERITIES, case_sensitive=False),
     help="Exit 3 if an open finding is at or above this severity.",
 )
+@severity_option
 @global_options
+@aws_options
+@scope_options
 @click.pass_context
 @handle_errors
-def findings_inspector(ctx: click.Context, fail_on: str | None) -> None:
+def findings_inspector(ctx: click.Context, fail_on: str | None, severities: tuple[str, ...]) -> None:
     """List the fleet's Amazon Inspector (v2) findings on EC2 instances, by severity and account.
 
     Reads ListFindings in every account and region of the config (ACTIVE findings on EC2 instances), records
@@ -1135,7 +1162,7 @@ def findings_inspector(ctx: click.Context, fail_on: str | None) -> None:
     """
     from .workflows.findings import run_inspector_findings
 
-    _run_workflow(ctx, run_inspector_findings, fail_on)
+    _run_workflow(ctx, run_inspector_findings, fail_on, severities)
 
 
 @findings.command("exposure")
@@ -1144,12 +1171,13 @@ def findings_inspector(ctx: click.Context, fail_on: str | None) -> None:
     type=click.Choice(SEVERITIES, case_sensitive=False),
     help="Exit 3 if an open finding is at or above this severity.",
 )
+@severity_option
 @global_options
 @aws_options
 @scope_options
 @click.pass_context
 @handle_errors
-def findings_exposure(ctx: click.Context, fail_on: str | None) -> None:
+def findings_exposure(ctx: click.Context, fail_on: str | None, severities: tuple[str, ...]) -> None:
     """List which instances the internet can reach, on which ports, and along which path (check `exposure`).
 
     Reads DescribeInstances, route tables, network ACLs, security groups and prefix-list entries in every account
@@ -1158,7 +1186,7 @@ def findings_exposure(ctx: click.Context, fail_on: str | None) -> None:
     """
     from .workflows.exposure import run_exposure_findings
 
-    _run_workflow(ctx, run_exposure_findings, fail_on)
+    _run_workflow(ctx, run_exposure_findings, fail_on, severities)
 
 
 @main.command()
