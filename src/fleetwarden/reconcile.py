@@ -40,6 +40,10 @@ def reconcile(
         if snooze is not None:
             status = FindingStatus.SUPPRESSED
             details = {**finding.details, "suppressed_by": snooze.id}
+        elif finding.details.get("suppressed_by"):
+            # Suppressed at its source (an Amazon Inspector suppression rule): shown, never counted as open.
+            status = FindingStatus.SUPPRESSED
+            details = finding.details
         else:
             # A finding that was hidden by a snooze comes back as new when the snooze ends.
             status = FindingStatus.ONGOING if prior and prior.status != FindingStatus.SUPPRESSED else FindingStatus.NEW

@@ -51,3 +51,31 @@ def test_severity_filters_the_output_not_the_record(
     assert low.exit_code == 0 and [f["severity"] for f in low.report["findings"]] == ["LOW"]
     bad = cli("--config", config, "findings", "exposure", "--severity", "urgent")
     assert bad.exit_code == 2 and "urgent" in bad.stderr
+
+
+def test_inspector_suppression_rules_show_as_suppressed(
+    aws: EmulatorServer, tmp_path: Path, factory: SessionFactory
+) -> None:
+    (instance,) = launch(factory, A, REGION, {})
+    seed_findings(
+        aws,
+        REGION,
+        [
+            vuln(A, instance, "CVE-2026-0101", "CRITICAL", status="SUPPRESSED"),
+            vuln(A, instance, "CVE-2026-0102", "HIGH"),
+            vuln(A, instance, "CVE-2026-0103", "HIGH", status="CLOSED"),
+        ],
+    )
+    config = str(write_config(tmp_path, aws.url, (A,), [REGION]))
+    result = cli("--config", config, "--json", "findings", "inspector", "--fail-on", "critical")
+    # The suppressed CRITICAL is shown but is not open: --fail-on critical does not fire.
+    assert result.exit_code == 0, result.stderr
+    by_control = {f["control"]: f for f in result.report["findings"]}
+    assert set(by_control) == {"CVE-2026-0101", "CVE-2026-0102"}  # CLOSED is not collected
+    suppressed = by_control["CVE-2026-0101"]
+    assert suppressed["status"] == "suppressed"
+    assert suppressed["details"]["inspectorStatus"] == "SUPPRESSED"
+    assert suppressed["details"]["suppressed_by"] == "an Amazon Inspector suppression rule"
+    assert by_control["CVE-2026-0102"]["status"] == "new"
+    summary = result.report["summary"]
+    assert summary["open_findings"] == 1 and summary["findings_by_status"] == {"suppressed": 1, "new": 1}

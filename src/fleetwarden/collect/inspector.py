@@ -21,6 +21,7 @@ PERMISSIONS = ("inspector2:ListCoverage", "inspector2:ListFindings")
 FILTER_CHUNK = 10
 EC2_RESOURCE = "AWS_EC2_INSTANCE"
 DESCRIPTION_MAX = 500
+SUPPRESSED_BY = "an Amazon Inspector suppression rule"
 PACKAGES_MAX = 10
 
 _SEVERITIES = {
@@ -115,6 +116,10 @@ def _convert(raw: dict[str, Any], account_id: str, region: str, now: datetime) -
         "firstObservedAt": _iso(raw.get("firstObservedAt")),
         "lastObservedAt": _iso(raw.get("lastObservedAt")),
     }
+    if raw.get("status") == "SUPPRESSED":
+        # reconcile() reports a finding its source already suppresses as suppressed, never as open.
+        details["inspectorStatus"] = "SUPPRESSED"
+        details["suppressed_by"] = SUPPRESSED_BY
     findings = []
     for resource in raw.get("resources") or []:
         if resource.get("type") != EC2_RESOURCE or not resource.get("id"):
@@ -158,7 +163,8 @@ def _dedupe(findings: Iterable[Finding]) -> list[Finding]:
 def _base_criteria(account_id: str) -> dict[str, list[dict[str, str]]]:
     return {
         "awsAccountId": _equals([account_id]),
-        "findingStatus": _equals(["ACTIVE"]),
+        # SUPPRESSED: what Inspector's suppression rules hide is still reported, as suppressed (CLOSED resolves).
+        "findingStatus": _equals(["ACTIVE", "SUPPRESSED"]),
         "resourceType": _equals([EC2_RESOURCE]),
     }
 
@@ -166,7 +172,7 @@ def _base_criteria(account_id: str) -> dict[str, list[dict[str, str]]]:
 def instance_findings(
     client: Any, account_id: str, region: str, instance_ids: Sequence[str], now: datetime
 ) -> list[Finding]:
-    """The active Inspector findings of the given instances, as `inspector` findings."""
+    """The active (and suppressed) Inspector findings of the given instances, as `inspector` findings."""
     out: list[Finding] = []
     for chunk in _chunks(sorted(set(instance_ids)), FILTER_CHUNK):
         criteria = {**_base_criteria(account_id), "resourceId": _equals(chunk)}
@@ -176,7 +182,8 @@ def instance_findings(
 
 
 def fleet_findings(client: Any, account_id: str, region: str, now: datetime | None = None) -> Iterator[Finding]:
-    """Every active Inspector finding on the EC2 instances of one account-region."""
+    """Every active or suppressed Inspector finding on the EC2 instances of one account-region (a suppressed one
+    carries `suppressed_by`, and reconcile() reports it as suppressed)."""
     moment = now or datetime.now(UTC)
     yield from _dedupe(
         f for raw in _list(client, _base_criteria(account_id)) for f in _convert(raw, account_id, region, moment)
