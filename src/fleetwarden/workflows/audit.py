@@ -97,6 +97,10 @@ def _audit_target(ctx: RunContext, check: TagCheck, users: PerAccount, target: T
         network = collect_network(ec2)
         for instance, interfaces in addressed:
             result.exposure += exposure.evaluate(instance, interfaces, network, now)
+    if exposure is not None and ctx.config.audit.exposure.compare_inspector:
+        from .exposure import compare_with_inspector
+
+        result.exposure = compare_with_inspector(ctx.factory, target, result.exposure, exposure, now)
     if wanted_canary is None:
         return result
     verdict = judge_canaries(candidates, now, check.grace)

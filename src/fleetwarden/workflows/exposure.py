@@ -7,10 +7,17 @@ RunReport.
 
 from __future__ import annotations
 
+from datetime import datetime
+
+from botocore.exceptions import BotoCoreError, ClientError
+
 from ..aws.fanout import fan_out
-from ..aws.targets import resolve_targets
+from ..aws.session import SessionFactory
+from ..aws.targets import error_text, resolve_targets
 from ..checks.exposure import ExposureCheck
+from ..checks.exposure_compare import compare, unavailable
 from ..collect.ec2 import instance_from_api, iter_raw_instances
+from ..collect.inspector_network import reachability
 from ..collect.network import collect_network, interfaces_from_api
 from ..model import ExceptionSet, Finding, RunReport, Target, TargetResult, TargetStatus
 from ..reconcile import reconcile
@@ -18,6 +25,19 @@ from .base import RunContext
 from .findings import summarize
 
 WORKFLOW = "findings-exposure"
+
+
+def compare_with_inspector(
+    factory: SessionFactory, target: Target, findings: list[Finding], check: ExposureCheck, now: datetime
+) -> list[Finding]:
+    """The target's exposure findings beside Inspector's NETWORK_REACHABILITY findings (one ListFindings walk);
+    Inspector unreadable (not enabled, access denied): the findings are kept, each saying so."""
+    try:
+        client = factory.client("inspector2", region=target.region, account_id=target.account_id)
+        reaches = reachability(client, target.account_id)
+    except (ClientError, BotoCoreError) as exc:
+        return unavailable(findings, f"Amazon Inspector could not be read: {error_text(exc)}")
+    return compare(findings, reaches, check, target.account_id, target.region, now)
 
 
 def run_exposure_findings(ctx: RunContext) -> RunReport:
@@ -37,10 +57,15 @@ def run_exposure_findings(ctx: RunContext) -> RunReport:
             interfaces = interfaces_from_api(raw)
             if any(i.public_ipv4 or i.ipv6 for i in interfaces):
                 addressed.append((instance_from_api(raw, target.account_id, target.region), interfaces))
-        if not addressed:
-            return []
-        network = collect_network(ec2)
-        return [f for instance, interfaces in addressed for f in check.evaluate(instance, interfaces, network, now)]
+        found: list[Finding] = []
+        if addressed:
+            network = collect_network(ec2)
+            found = [
+                f for instance, interfaces in addressed for f in check.evaluate(instance, interfaces, network, now)
+            ]
+        if config.audit.exposure.compare_inspector:
+            found = compare_with_inspector(ctx.factory, target, found, check, now)
+        return found
 
     collected: dict[Target, list[Finding]] = {}
     with ctx.account_leases(WORKFLOW, [a.account_id for a in plan.accounts]):
