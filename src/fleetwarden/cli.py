@@ -387,7 +387,7 @@ def _check_output_dir(opts: Options) -> None:
         ) from None
 
 
-def _emit(opts: Options, report: RunReport, redact: Callable[[str], str] | None = None) -> bool:
+def _emit(opts: Options, report: RunReport, redact: Callable[[str], str] | None = None, context: Any = None) -> bool:
     """Print the report and write its files; False if the files could not be written (the run still counts)."""
     from .output import print_report, write_outputs
 
@@ -396,7 +396,7 @@ def _emit(opts: Options, report: RunReport, redact: Callable[[str], str] | None 
     if opts.output_dir is not None:
         try:
             # Every file passes through the secrets' redaction once more: a last net behind each error's own.
-            written = write_outputs(report, opts.output_dir, redact=redact)
+            written = write_outputs(report, opts.output_dir, redact=redact, context=context)
             opts.console().print("wrote " + ", ".join(str(p) for p in written))
         except OSError as exc:
             written_ok = False
@@ -704,8 +704,13 @@ def _run_workflow(
     config = _load(opts)
     _check_output_dir(opts)
     run = _context(config)
+    context = None
     try:
         report = work(run)
+        if opts.output_dir is not None:
+            from .output import report_context
+
+            context = report_context(report, config, run.store)
     finally:
         run.store.close()
     if severities:
@@ -714,7 +719,7 @@ def _run_workflow(
         wanted = {Severity(s.upper()) for s in severities}
         report.findings = [f for f in report.findings if f.severity in wanted]
         report.summary = {**summarize(report), "severity_filter": sorted(s.value for s in wanted)}
-    written_ok = _emit(opts, report, run.secrets.redact)
+    written_ok = _emit(opts, report, run.secrets.redact, context)
     sys.exit(_final_code(exit_code(report, Severity(fail_on.upper()) if fail_on else None), written_ok))
 
 

@@ -335,7 +335,7 @@ def _list_targets(config: Config, parsed: ParsedEvent) -> dict[str, Any]:
     from .workflows.base import new_run_id
 
     run_id = new_run_id(utcnow())
-    plan = resolve_targets(config, SessionFactory(config.aws, run_id=run_id))
+    plan = resolve_targets(config, SessionFactory(config.aws, run_id=run_id), check_identity=False)
     in_error = [{"account_id": t.account_id, "region": t.region, "error": t.error} for t in plan.errors]
     code = EXIT_PARTIAL if in_error else EXIT_OK
     result: dict[str, Any] = {

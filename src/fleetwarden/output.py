@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import os
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -16,7 +17,7 @@ from rich.text import Text
 
 from .model import Finding, RunReport
 from .report.compliance_map import related_requirements
-from .report.html import render_html
+from .report.html import ReportContext, render_html
 from .report.stats import (
     ACTIVE_STATUSES,
     clean,
@@ -64,6 +65,8 @@ _SEVERITY_STYLE = {
 }
 _STATUS_STYLE = {"new": "bold", "ongoing": "", "suppressed": "dim", "resolved": "green"}
 _OUTCOME_STYLE = {"planned": "cyan", "done": "green", "skipped": "dim", "failed": "bold red", "sent": "green"}
+
+log = logging.getLogger(__name__)
 
 
 # -- files ------------------------------------------------------------------------------------------------
@@ -149,10 +152,16 @@ def _write(path: Path, data: bytes) -> Path:
     return path
 
 
-def write_outputs(report: RunReport, output_dir: Path, redact: Callable[[str], str] | None = None) -> list[Path]:
+def write_outputs(
+    report: RunReport,
+    output_dir: Path,
+    redact: Callable[[str], str] | None = None,
+    context: ReportContext | None = None,
+) -> list[Path]:
     """Write run.json, findings.csv, findings.ocsf.jsonl (OCSF Detection Findings) and report.html into
     `output_dir` (created if needed); return the paths. `redact` (e.g. `SecretResolver.redact`) is applied to
-    each file's whole text before it is written, a last net behind the redaction of each error at its source."""
+    each file's whole text before it is written, a last net behind the redaction of each error at its source.
+    `context` gives the HTML page account names and the state store's history (report_context())."""
     from .report.ocsf import ocsf_lines
 
     def text(data: str) -> bytes:
@@ -168,8 +177,24 @@ def write_outputs(report: RunReport, output_dir: Path, redact: Callable[[str], s
             output_dir / FINDINGS_OCSF,
             text(ocsf_lines(ordered, report.finished_at or report.started_at).decode("utf-8")),
         ),
-        _write(output_dir / REPORT_HTML, text(render_html(report))),
+        _write(output_dir / REPORT_HTML, text(render_html(report, context=context))),
     ]
+
+
+def report_context(report: RunReport, config: Any, store: Any, days: int = 14) -> ReportContext:
+    """Account names from the config, and new/resolved findings per day of the report's checks from the state
+    store (a store that cannot be read gives no trend, never a failed run)."""
+    from .report.charts import trend_days
+
+    names = {a.id: a.name for a in getattr(config, "accounts", []) if getattr(a, "name", None)}
+    checks = sorted({f.check for f in report.findings})
+    try:
+        stored = [f for check in checks for f in store.list_findings(check=check)]
+    except Exception:  # the trend is an extra: the report is written without it
+        log.warning("the state store's history could not be read; the report has no trend chart", exc_info=True)
+        return ReportContext(names, None)
+    today = (report.finished_at or report.started_at).date()
+    return ReportContext(names, trend_days(stored, today, days))
 
 
 # -- plain text (notifications) ---------------------------------------------------------------------------

@@ -90,3 +90,25 @@ def test_options_a_command_does_not_use_are_refused(
     result = cli("--config", config, *args)
     assert result.exit_code == 2 and message in result.stderr, result.stderr
     assert not (Path.cwd() / "out").exists()
+
+
+def test_the_written_report_has_names_and_the_stores_trend(
+    aws: EmulatorServer, tmp_path: Path, factory: SessionFactory
+) -> None:
+    import re
+
+    import yaml
+
+    for _ in range(3):
+        launch(factory, A, REGION, {})
+    path = write_config(tmp_path, aws.url, (A,), [REGION], created_by_must_be_iam_user=False)
+    data = yaml.safe_load(path.read_text())
+    data["accounts"][0]["name"] = "payments-prod"
+    path.write_text(yaml.safe_dump(data))
+    out = tmp_path / "out"
+    result = cli("--config", str(path), "--output-dir", str(out), "audit")
+    assert result.exit_code == 0, result.stderr
+    page = (out / "report.html").read_text()
+    assert f"{A} (payments-prod)" in page
+    days = re.findall(r'<g class="day" data-day="([\d-]+)" data-new="(\d+)" data-resolved="(\d+)"', page)
+    assert len(days) == 14 and sum(int(new) for _, new, _ in days) == 3  # today's three new findings

@@ -262,12 +262,21 @@ def enabled_regions(factory: SessionFactory, account_id: str, home_region: str) 
     return sorted(r["RegionName"] for r in regions if r.get("OptInStatus", "opt-in-not-required") in enabled)
 
 
-def resolve_targets(config: Config, factory: SessionFactory, only_accounts: Iterable[str] | None = None) -> TargetPlan:
+def resolve_targets(
+    config: Config,
+    factory: SessionFactory,
+    only_accounts: Iterable[str] | None = None,
+    *,
+    check_identity: bool = True,
+) -> TargetPlan:
     """All (account, region) targets of the config; an account whose region list fails becomes an error.
 
     `only_accounts` and the scope in effect (narrowed()) keep a subset of the config's accounts and regions.
+    `check_identity=False` skips the pre-flight: for a listing that calls nothing else when the config names its
+    accounts and regions (the Step Functions map's first state; each shard's run does its own pre-flight).
     """
-    preflight(factory)
+    if check_identity:
+        preflight(factory)
     accounts = resolve_accounts(config, factory)
     if only_accounts is not None:
         wanted = set(only_accounts)
