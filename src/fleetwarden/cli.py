@@ -18,7 +18,7 @@ from rich.table import Table
 
 from . import __version__
 from .config import Config, load_config
-from .errors import EXIT_UNEXPECTED, EXIT_USAGE, FleetwardenError
+from .errors import EXIT_UNEXPECTED, EXIT_USAGE, FleetwardenError, UsageError
 from .model import ExceptionKind, ExceptionRule, RunReport, Severity, parse_expiry, utcnow
 from .secrets import RedactingFilter
 
@@ -1146,6 +1146,17 @@ def findings() -> None:
     """Findings from AWS security services across every account and region (read-only on the fleet)."""
 
 
+def _s3_uri(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, str] | None:
+    if value is None:
+        return None
+    from .collect.inspector_export import parse_s3_uri
+
+    try:
+        return parse_s3_uri(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 @findings.command("inspector")
 @click.option(
     "--fail-on",
@@ -1153,21 +1164,85 @@ def findings() -> None:
     help="Exit 3 if an open finding is at or above this severity.",
 )
 @severity_option
+@click.option(
+    "--export",
+    "export_to",
+    metavar="S3URI",
+    callback=_s3_uri,
+    help="Also have Inspector write findings reports to s3://BUCKET/PREFIX (CreateFindingsReport) and wait for "
+    "them. The bucket policy and the KMS key policy must let Inspector write and encrypt.",
+)
+@click.option(
+    "--export-format",
+    type=click.Choice(["csv", "json"], case_sensitive=False),
+    help="The exported reports' format (default: inspector.export.format, csv).",
+)
+@click.option(
+    "--kms-key",
+    metavar="ARN",
+    help="KMS key ARN the exported reports are encrypted with, in the bucket's region (default: "
+    "inspector.export.kms_key_arn; Inspector requires one).",
+)
 @global_options
 @aws_options
 @scope_options
 @click.pass_context
 @handle_errors
-def findings_inspector(ctx: click.Context, fail_on: str | None, severities: tuple[str, ...]) -> None:
+def findings_inspector(
+    ctx: click.Context,
+    fail_on: str | None,
+    severities: tuple[str, ...],
+    export_to: tuple[str, str] | None,
+    export_format: str | None,
+    kms_key: str | None,
+) -> None:
     """List the fleet's Amazon Inspector (v2) findings on EC2 instances, by severity and account.
 
-    Reads ListFindings in every account and region of the config (ACTIVE findings on EC2 instances), records
-    them in the state store as check `inspector` (new / ongoing / resolved; snoozes apply) and prints them;
-    --json prints the RunReport, --output-dir writes run.json, findings.csv and report.html.
+    Reads ListFindings in every account and region of the config (ACTIVE and SUPPRESSED findings on EC2
+    instances), or, when the config names Inspector's delegated administrator (inspector.delegated_admin), per
+    region from it for the accounts it sees; records them in the state store as check `inspector` (new / ongoing /
+    resolved; snoozes apply) and prints them; --json prints the RunReport, --output-dir writes run.json,
+    findings.csv and report.html. With --export, Inspector also writes its own findings reports (CSV or JSON,
+    KMS-encrypted) to S3: one per region from the delegated administrator, else one per account and region;
+    the command waits for them (inspector.export.timeout_seconds) and reports each one's status; a failed one
+    makes the run partial (exit 4).
     """
     from .workflows.findings import run_inspector_findings
 
-    _run_workflow(ctx, run_inspector_findings, fail_on, severities)
+    if (export_format or kms_key) and export_to is None:
+        raise UsageError("--export-format and --kms-key go with --export s3://BUCKET/PREFIX")
+
+    def work(run: Any) -> RunReport:
+        spec = _export_spec(run.config, export_to, export_format, kms_key, severities) if export_to else None
+        return run_inspector_findings(run, spec)
+
+    _run_workflow(ctx, work, fail_on, severities)
+
+
+def _export_spec(
+    config: Config, where: tuple[str, str], fmt: str | None, kms_key: str | None, severities: tuple[str, ...]
+) -> Any:
+    from .collect.inspector_export import ExportSpec
+    from .config.models import KMS_KEY_ARN
+
+    settings = config.inspector.export
+    key = kms_key or settings.kms_key_arn
+    if not key:
+        raise UsageError(
+            "--export needs a KMS key: Inspector encrypts every findings report (give --kms-key ARN or "
+            "inspector.export.kms_key_arn)"
+        )
+    if not KMS_KEY_ARN.fullmatch(key):
+        raise UsageError(f"--kms-key {key!r} is not a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID)")
+    return ExportSpec(
+        bucket=where[0],
+        prefix=where[1],
+        report_format=(fmt or settings.format).upper(),
+        kms_key_arn=key,
+        timeout_seconds=settings.timeout_seconds,
+        poll_seconds=settings.poll_seconds,
+        severities=tuple(s.upper() for s in severities),
+    )
 
 
 @findings.command("exposure")

@@ -31,6 +31,8 @@ DECLARATIONS: dict[str, tuple[str, str]] = {
     "collect.spend": ("fleetwarden.collect.spend", "PERMISSIONS"),
     "collect.compliance": ("fleetwarden.collect.compliance", "PERMISSIONS"),
     "collect.inspector": ("fleetwarden.collect.inspector", "PERMISSIONS"),
+    "collect.inspector.admin": ("fleetwarden.collect.inspector", "ADMIN_PERMISSIONS"),
+    "collect.inspector.export": ("fleetwarden.collect.inspector_export", "PERMISSIONS"),
     "collect.network": ("fleetwarden.collect.network", "PERMISSIONS"),
     "collect.config_aggregator": ("fleetwarden.collect.config_aggregator", "PERMISSIONS"),
     "config_source": ("fleetwarden.config_source", "PERMISSIONS"),
@@ -68,6 +70,8 @@ FEATURES: tuple[str, ...] = (
     "window",
     "window.aggregator",
     "inspector",
+    "inspector.org",
+    "inspector.export",
     "compliance",
 )
 
@@ -196,6 +200,10 @@ def features(config: Config | None) -> set[str]:
             out.add("window.aggregator")
     if "compliance" in explicit:
         out.add("compliance")
+    if config.inspector.delegated_admin is not None:
+        out.update({"inspector", "inspector.org"})
+    if config.inspector.export.kms_key_arn is not None:
+        out.update({"inspector", "inspector.export"})
     return out
 
 
@@ -238,6 +246,10 @@ def _member_actions(enabled: set[str]) -> set[str]:
         out |= _group(ec2, "start") | (_group(ec2, "stop") - _group(ec2, "clear-protection"))
     if "inspector" in enabled:
         out |= _group("collect.inspector")
+    if "inspector.org" in enabled:  # in the delegated administrator account, through the role that reaches it
+        out |= _group("collect.inspector.admin")
+    if "inspector.export" in enabled:
+        out |= _group("collect.inspector.export")
     if "compliance" in enabled:
         out |= _group("collect.compliance")
     return out
@@ -334,6 +346,9 @@ def _hub_resources(config: Config | None) -> dict[str, tuple[str, ...]]:
     billing = config.guard.spend.billing_account if config.guard.spend else None
     if billing is not None and billing.role_arn:
         roles.add(billing.role_arn)
+    admin = config.inspector.delegated_admin
+    if admin is not None and admin.role_arn:
+        roles.add(admin.role_arn)
     if roles:
         resources["sts:AssumeRole"] = tuple(sorted(roles))
     topics = sorted({str(raw["topic_arn"]) for raw in config.sinks.values() if raw.get("type") == "sns"})

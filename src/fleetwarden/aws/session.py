@@ -286,3 +286,15 @@ class SessionFactory:
     def _lock_for_base(self) -> threading.Lock:
         with self._lock:
             return self._session_locks.setdefault("", threading.Lock())
+
+
+def reaching(factory: SessionFactory, wanted: AccountAccess) -> SessionFactory:
+    """A factory that reaches `wanted.account_id` exactly as `wanted` says: `factory` itself when it already does,
+    else a sibling (same base credentials and call counter) with that access registered. Registering it on the
+    shared factory would be ignored once the account's session is cached, or change how the fleet reaches it."""
+    current = factory.access(wanted.account_id)
+    if (current.role_arn, current.external_id) == (wanted.role_arn, wanted.external_id):
+        return factory
+    reader = factory.sibling()
+    reader.register_account(wanted)
+    return reader

@@ -17,8 +17,12 @@ from ..model import Finding, Severity
 
 CHECK = "inspector"
 PERMISSIONS = ("inspector2:ListCoverage", "inspector2:ListFindings")
-# Inspector accepts at most 10 values per filter, so resource ids are asked about 10 at a time.
+# Read in the delegated administrator account when the config names it (inspector.delegated_admin).
+ADMIN_PERMISSIONS = ("inspector2:ListMembers", "inspector2:ListFindings")
+# Inspector accepts at most 10 values per filter, so resource ids (and accounts) are asked about 10 at a time.
 FILTER_CHUNK = 10
+FINDINGS_PAGE = 100  # ListFindings' largest page
+MEMBERS_PAGE = 50  # ListMembers' largest page
 EC2_RESOURCE = "AWS_EC2_INSTANCE"
 DESCRIPTION_MAX = 500
 SUPPRESSED_BY = "an Amazon Inspector suppression rule"
@@ -146,7 +150,10 @@ def _iso(value: Any) -> str | None:
 
 
 def _list(client: Any, criteria: dict[str, list[dict[str, str]]]) -> Iterator[dict[str, Any]]:
-    for page in client.get_paginator("list_findings").paginate(filterCriteria=criteria):
+    pages = client.get_paginator("list_findings").paginate(
+        filterCriteria=criteria, PaginationConfig={"PageSize": FINDINGS_PAGE}
+    )
+    for page in pages:
         yield from page.get("findings", [])
 
 
@@ -160,9 +167,9 @@ def _dedupe(findings: Iterable[Finding]) -> list[Finding]:
     return list(best.values())
 
 
-def _base_criteria(account_id: str) -> dict[str, list[dict[str, str]]]:
+def _base_criteria(*account_ids: str) -> dict[str, list[dict[str, str]]]:
     return {
-        "awsAccountId": _equals([account_id]),
+        "awsAccountId": _equals(account_ids),
         # SUPPRESSED: what Inspector's suppression rules hide is still reported, as suppressed (CLOSED resolves).
         "findingStatus": _equals(["ACTIVE", "SUPPRESSED"]),
         "resourceType": _equals([EC2_RESOURCE]),
@@ -188,3 +195,31 @@ def fleet_findings(client: Any, account_id: str, region: str, now: datetime | No
     yield from _dedupe(
         f for raw in _list(client, _base_criteria(account_id)) for f in _convert(raw, account_id, region, moment)
     )
+
+
+def associated_members(client: Any) -> set[str]:
+    """The accounts whose findings the delegated administrator sees: its ENABLED members (ListMembers, paged)."""
+    members: set[str] = set()
+    pages = client.get_paginator("list_members").paginate(
+        onlyAssociated=True, PaginationConfig={"PageSize": MEMBERS_PAGE}
+    )
+    for page in pages:
+        members.update(m["accountId"] for m in page.get("members", []) if m.get("relationshipStatus") == "ENABLED")
+    return members
+
+
+def organization_findings(
+    client: Any, region: str, account_ids: Sequence[str], now: datetime | None = None
+) -> dict[str, list[Finding]]:
+    """From the delegated administrator (one region): the active or suppressed findings on EC2 instances of the
+    given accounts, by account. Accounts are asked about 10 at a time (Inspector's limit per filter), each query
+    paged at 100; every asked account is in the result, with no findings when it has none."""
+    moment = now or datetime.now(UTC)
+    wanted = sorted(set(account_ids))
+    raw_by_account: dict[str, list[Finding]] = {a: [] for a in wanted}
+    for chunk in _chunks(wanted, FILTER_CHUNK):
+        for raw in _list(client, _base_criteria(*chunk)):
+            account_id = str(raw.get("awsAccountId", ""))
+            if account_id in raw_by_account:
+                raw_by_account[account_id] += _convert(raw, account_id, region, moment)
+    return {a: _dedupe(found) for a, found in raw_by_account.items()}

@@ -432,6 +432,46 @@ class ExceptionEntry(StrictModel):
         return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
+KMS_KEY_ARN = re.compile(r"arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:(key|alias)/[\w/+=,.@-]+", re.ASCII)
+
+
+class InspectorAdmin(StrictModel):
+    """Amazon Inspector's delegated administrator: findings of the whole organization are read from it."""
+
+    account_id: AccountId
+    # How to reach it when it is not one of the fleet's accounts (or through another role than the fleet's).
+    role_arn: RoleArn | None = None
+    external_id: str | None = None
+
+    @model_validator(mode="after")
+    def _role_in_the_account(self) -> InspectorAdmin:
+        match = ROLE_ARN.fullmatch(self.role_arn) if self.role_arn else None
+        if match and match.group(1) != self.account_id:
+            raise ValueError(f"role_arn is in account {match.group(1)}, not in account_id {self.account_id}")
+        return self
+
+
+class InspectorExportConfig(StrictModel):
+    """`findings inspector --export`: CreateFindingsReport's format and KMS key, and how long to wait on it."""
+
+    format: Literal["csv", "json"] = "csv"
+    kms_key_arn: str | None = None
+    timeout_seconds: float = Field(default=900, strict=True, gt=0, le=6 * 3600, allow_inf_nan=False)
+    poll_seconds: float = Field(default=10, strict=True, gt=0, le=600, allow_inf_nan=False)
+
+    @field_validator("kms_key_arn")
+    @classmethod
+    def _kms_arn(cls, value: str | None) -> str | None:
+        if value is not None and not KMS_KEY_ARN.fullmatch(value):
+            raise ValueError("must be a KMS key ARN (arn:aws:kms:REGION:ACCOUNT:key/ID), in the bucket's region")
+        return value
+
+
+class InspectorConfig(StrictModel):
+    delegated_admin: InspectorAdmin | None = None
+    export: InspectorExportConfig = Field(default_factory=InspectorExportConfig)
+
+
 class Config(StrictModel):
     """The whole fleetwarden.yaml."""
 
@@ -447,6 +487,7 @@ class Config(StrictModel):
     guard: GuardConfig = Field(default_factory=GuardConfig)
     window: WindowConfig = Field(default_factory=WindowConfig)
     compliance: ComplianceConfig = Field(default_factory=ComplianceConfig)
+    inspector: InspectorConfig = Field(default_factory=InspectorConfig)
     exceptions: list[ExceptionEntry] = Field(default_factory=list)
 
     @field_validator("state")

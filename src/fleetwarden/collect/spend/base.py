@@ -9,7 +9,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ...aws.session import AccountAccess, SessionFactory
+from ...aws.session import AccountAccess, SessionFactory, reaching
 from ...config import BillingAccount
 from ...errors import EXIT_PARTIAL, FleetwardenError
 
@@ -142,14 +142,7 @@ class BillingClients:
         return self._factory_for(payer, self.billing).client(service, region=region, account_id=payer)
 
     def _factory_for(self, payer: str, billing: BillingAccount) -> SessionFactory:
-        if self._reader is not None:
-            return self._reader
-        wanted = AccountAccess(payer, billing.role_arn, billing.external_id, name="billing")
-        current = self.factory.access(payer)
-        if (current.role_arn, current.external_id) == (wanted.role_arn, wanted.external_id):
-            self._reader = self.factory
-        else:
-            reader = self.factory.sibling()  # billing calls still count with the run's others
-            reader.register_account(wanted)
-            self._reader = reader
+        if self._reader is None:  # billing calls still count with the run's others
+            wanted = AccountAccess(payer, billing.role_arn, billing.external_id, name="billing")
+            self._reader = reaching(self.factory, wanted)
         return self._reader

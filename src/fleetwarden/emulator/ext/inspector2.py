@@ -2,8 +2,22 @@
 `filterCriteria` and returns nothing).
 
 Both are REST-JSON `POST /coverage/list` and `POST /findings/list`, answered in AWS's documented shapes for the
-caller's account (moto's access-key mapping) and the region of the signature. Each account sees only its own
-resources (no delegated-administrator view).
+caller's account (moto's access-key mapping) and the region of the signature. An account sees its own findings,
+and a delegated administrator also those of its ENABLED members: the members moto records when that account calls
+AssociateMember in the region (moto's own EnableDelegatedAdminAccount / AssociateMember / DisassociateMember).
+Findings are listed in a stable order (account, then finding ARN), 100 at most per page, and a filter takes 1 to
+10 values (ValidationException otherwise), as Inspector does.
+
+Also answered here:
+
+- `POST /members/list` (ListMembers), which moto answers without paging: `maxResults` 1-50 with a nextToken, and
+  `onlyAssociated` (true: ENABLED members only);
+- `POST /reporting/create` (CreateFindingsReport) and `POST /reporting/status/get` (GetFindingsReportStatus): a
+  report is IN_PROGRESS for `status_polls` status calls (default 1), then done: FAILED with BUCKET_NOT_FOUND (no
+  such bucket in moto's S3), INCOMPATIBLE_BUCKET_REGION (the bucket is not in the call's region),
+  MALFORMED_KMS_KEY (the key's ARN is not a KMS key of the bucket's region), NO_FINDINGS_FOUND (the filter
+  matches none), or the code set with `fail_with`; else SUCCEEDED, with the report written into moto's S3 as
+  `<keyPrefix>/<reportId>.csv|json` (CSV: one row per finding and resource; JSON: `{"findings": [...]}`).
 
 Seeding, through admin endpoints under `/_fleetwarden/inspector2/`:
 
@@ -20,6 +34,8 @@ Seeding, through admin endpoints under `/_fleetwarden/inspector2/`:
 - `POST findings` with `{"findings": [Finding, ...]}`: findings in AWS's Finding shape; `awsAccountId` and
   `resources[0].id` required, `resources[].region` defaults to the body's `region`; missing arn, status, type,
   times, title and description are filled in.
+- `POST reports` with `{"status_polls"?: N, "fail_with"?: ReportingErrorCode | null}`: how the next reports
+  behave; `GET reports`: every report asked for.
 - `GET coverage` / `GET findings`: what is stored, for debugging.
 """
 
@@ -28,6 +44,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 import threading
 import uuid
 from collections.abc import Callable, Iterable
@@ -39,6 +56,16 @@ from . import Extension, Request, StartResponse, json_error, json_response
 
 COVERAGE_MAX_RESULTS = 200
 FINDINGS_MAX_RESULTS = 100
+MEMBERS_MAX_RESULTS = 50
+REPORT_ERRORS = (
+    "INTERNAL_ERROR",
+    "INVALID_PERMISSIONS",
+    "NO_FINDINGS_FOUND",
+    "BUCKET_NOT_FOUND",
+    "INCOMPATIBLE_BUCKET_REGION",
+    "MALFORMED_KMS_KEY",
+)
+_KMS_ARN = re.compile(r"arn:aws[a-z-]*:kms:([a-z0-9-]+):[0-9]{12}:(key|alias)/.+")
 _EC2 = "AWS_EC2_INSTANCE"
 _LIVE = ("pending", "running", "stopping", "stopped")
 _REST_JSON = "application/json"
@@ -71,6 +98,10 @@ class BadRequest(ValueError):
     """Answered as ValidationException (HTTP 400)."""
 
 
+class NotFound(ValueError):
+    """Answered as ResourceNotFoundException (HTTP 404)."""
+
+
 class AdminBadRequest(ValueError):
     """A bad admin body (HTTP 400 through the middleware's AdminError)."""
 
@@ -99,11 +130,33 @@ class _Tracked:
 
 
 @dataclass
+class _Report:
+    """One CreateFindingsReport: its request, and how many status calls it has answered."""
+
+    report_id: str
+    account_id: str
+    region: str
+    report_format: str
+    destination: dict[str, Any]
+    criteria: dict[str, list[dict[str, str]]]
+    raw_criteria: dict[str, Any]
+    polls_left: int
+    fail_with: str | None
+    status: str = "IN_PROGRESS"
+    error_code: str | None = None
+    error_message: str | None = None
+    polls: int = 0
+
+
+@dataclass
 class _State:
     coverage: dict[tuple[str, str], dict[str, dict[str, Any]]] = field(default_factory=dict)
     tracked: dict[tuple[str, str, str], _Tracked] = field(default_factory=dict)
     findings: dict[tuple[str, str], list[dict[str, Any]]] = field(default_factory=dict)
     rule: ScanRule | None = None
+    reports: dict[str, _Report] = field(default_factory=dict)
+    report_polls: int = 1
+    report_fail_with: str | None = None
 
 
 class Inspector2Extension(Extension):
@@ -122,18 +175,25 @@ class Inspector2Extension(Extension):
 
     # -- AWS requests --------------------------------------------------------------------------------------
     def handle(self, request: Request, start_response: StartResponse) -> Iterable[bytes] | None:
-        if request.service != "inspector2" or request.action not in ("POST /coverage/list", "POST /findings/list"):
+        operations: dict[str, Callable[[str, str, dict[str, Any]], dict[str, Any]]] = {
+            "POST /coverage/list": self._list_coverage,
+            "POST /findings/list": self._list_findings,
+            "POST /members/list": self._list_members,
+            "POST /reporting/create": self._create_report,
+            "POST /reporting/status/get": self._report_status,
+        }
+        operation = operations.get(request.action) if request.service == "inspector2" else None
+        if operation is None:
             return None
         try:
             body = request.json()
             if not isinstance(body, dict):
                 raise BadRequest("the request body must be a JSON object")
-            if request.action == "POST /coverage/list":
-                payload = self._list_coverage(request.account_id, request.region, body)
-            else:
-                payload = self._list_findings(request.account_id, request.region, body)
+            payload = operation(request.account_id, request.region, body)
         except (BadRequest, json.JSONDecodeError) as exc:
             return json_error(start_response, 400, "ValidationException", str(exc), rest=True)
+        except NotFound as exc:
+            return json_error(start_response, 404, "ResourceNotFoundException", str(exc), rest=True)
         return json_response(start_response, payload, content_type=_REST_JSON)
 
     def _list_coverage(self, account_id: str, region: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -152,11 +212,107 @@ class Inspector2Extension(Extension):
     def _list_findings(self, account_id: str, region: str, body: dict[str, Any]) -> dict[str, Any]:
         criteria = _criteria(body.get("filterCriteria"), _FINDING_FIELDS)
         limit = _max_results(body.get("maxResults"), FINDINGS_MAX_RESULTS)
-        with self._lock:
-            findings = list(self._state.findings.get((account_id, region), []))
-        matching = [f for f in findings if _matches(f, criteria, _FINDING_FIELDS)]
+        matching = self._visible_findings(account_id, region, criteria)
         page, token = _page(matching, body.get("nextToken"), limit)
         return {"findings": page, **({"nextToken": token} if token else {})}
+
+    def _visible_findings(
+        self, account_id: str, region: str, criteria: dict[str, list[dict[str, str]]]
+    ) -> list[dict[str, Any]]:
+        """The caller's findings and, for a delegated administrator, its ENABLED members', in a stable order."""
+        members = _members(account_id, region)
+        accounts = {account_id} | {m["accountId"] for m in members if m["relationshipStatus"] == "ENABLED"}
+        with self._lock:
+            findings = [f for a in sorted(accounts) for f in self._state.findings.get((a, region), [])]
+        matching = [f for f in findings if _matches(f, criteria, _FINDING_FIELDS)]
+        return sorted(matching, key=lambda f: (str(f["awsAccountId"]), str(f["findingArn"])))
+
+    def _list_members(self, account_id: str, region: str, body: dict[str, Any]) -> dict[str, Any]:
+        limit = _max_results(body.get("maxResults"), MEMBERS_MAX_RESULTS)
+        members = _members(account_id, region)
+        if body.get("onlyAssociated"):
+            members = [m for m in members if m["relationshipStatus"] == "ENABLED"]
+        page, token = _page(members, body.get("nextToken"), limit)
+        return {"members": page, **({"nextToken": token} if token else {})}
+
+    # -- findings reports ----------------------------------------------------------------------------------
+    def _create_report(self, account_id: str, region: str, body: dict[str, Any]) -> dict[str, Any]:
+        report_format = body.get("reportFormat")
+        if report_format not in ("CSV", "JSON"):
+            raise BadRequest("reportFormat must be CSV or JSON")
+        destination = body.get("s3Destination")
+        if not isinstance(destination, dict) or not destination.get("bucketName") or not destination.get("kmsKeyArn"):
+            raise BadRequest("s3Destination needs bucketName and kmsKeyArn")
+        raw_criteria = body.get("filterCriteria") or {}
+        criteria = _criteria(raw_criteria, _FINDING_FIELDS)
+        report_id = str(uuid.uuid4())
+        with self._lock:
+            self._state.reports[report_id] = _Report(
+                report_id=report_id,
+                account_id=account_id,
+                region=region,
+                report_format=report_format,
+                destination=dict(destination),
+                criteria=criteria,
+                raw_criteria=raw_criteria,
+                polls_left=self._state.report_polls,
+                fail_with=self._state.report_fail_with,
+            )
+        return {"reportId": report_id}
+
+    def _report_status(self, account_id: str, region: str, body: dict[str, Any]) -> dict[str, Any]:
+        report_id = body.get("reportId")
+        with self._lock:
+            report = self._state.reports.get(str(report_id))
+        if report is None or (report.account_id, report.region) != (account_id, region):
+            raise NotFound(f"no findings report {report_id!r} in this account and region")
+        with self._lock:
+            report.polls += 1
+            due = report.status == "IN_PROGRESS" and report.polls > report.polls_left
+        if due:
+            self._finish(report)
+        answer: dict[str, Any] = {
+            "reportId": report.report_id,
+            "status": report.status,
+            "destination": report.destination,
+            "filterCriteria": report.raw_criteria,
+        }
+        if report.error_code:
+            answer["errorCode"] = report.error_code
+            answer["errorMessage"] = report.error_message
+        return answer
+
+    def _finish(self, report: _Report) -> None:
+        """Decide the report's outcome the way Inspector would, and write it into moto's S3 when it succeeds."""
+        destination = report.destination
+        bucket = _bucket(str(destination["bucketName"]))
+        kms = _KMS_ARN.fullmatch(str(destination["kmsKeyArn"]))
+        findings = self._visible_findings(report.account_id, report.region, report.criteria)
+        failure: tuple[str, str] | None = None
+        if report.fail_with:
+            failure = (report.fail_with, "set through the emulator's admin endpoint")
+        elif bucket is None:
+            failure = ("BUCKET_NOT_FOUND", f"The bucket {destination['bucketName']} does not exist")
+        elif bucket.region_name != report.region:
+            failure = ("INCOMPATIBLE_BUCKET_REGION", f"The bucket is in {bucket.region_name}, not {report.region}")
+        elif kms is None or kms.group(1) != bucket.region_name:
+            failure = ("MALFORMED_KMS_KEY", "The KMS key is not a key of the bucket's region")
+        elif not findings:
+            failure = ("NO_FINDINGS_FOUND", "No findings match the filter criteria")
+        if failure is None:
+            extension = "csv" if report.report_format == "CSV" else "json"
+            prefix = str(destination.get("keyPrefix") or "").strip("/")
+            key = f"{prefix}/{report.report_id}.{extension}" if prefix else f"{report.report_id}.{extension}"
+            if report.report_format == "CSV":
+                body = _report_csv(findings)
+            else:
+                body = json.dumps({"findings": findings}, default=str)
+            _put_object(str(destination["bucketName"]), key, body.encode())
+        with self._lock:
+            if failure is None:
+                report.status = "SUCCEEDED"
+            else:
+                report.status, (report.error_code, report.error_message) = "FAILED", failure
 
     # -- coverage ------------------------------------------------------------------------------------------
     def _poll(self, account_id: str, region: str, criteria: dict[str, list[dict[str, str]]]) -> None:
@@ -200,8 +356,20 @@ class Inspector2Extension(Extension):
                 return self._admin_coverage(body)
             if path == "findings" and method == "POST":
                 return self._admin_findings(body)
+            if path == "reports" and method == "POST":
+                return self._admin_reports(body)
         except AdminBadRequest as exc:
             raise AdminError(f"inspector2/{path}: {exc}") from None
+        if method == "GET" and path == "reports":
+            with self._lock:
+                return {
+                    "reports": [
+                        {"reportId": r.report_id, "accountId": r.account_id, "region": r.region, "status": r.status,
+                         "errorCode": r.error_code, "filterCriteria": r.raw_criteria, "destination": r.destination,
+                         "polls": r.polls}
+                        for r in self._state.reports.values()
+                    ]
+                }  # fmt: skip
         if method == "GET" and path in ("coverage", "findings"):
             with self._lock:
                 store = self._state.coverage if path == "coverage" else self._state.findings
@@ -229,6 +397,19 @@ class Inspector2Extension(Extension):
             result["coveredResources"] = len(parsed)
         return result
 
+    def _admin_reports(self, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict) or set(body) - {"status_polls", "fail_with"}:
+            raise AdminBadRequest('POST {"status_polls"?: N, "fail_with"?: ReportingErrorCode | null}')
+        polls = body.get("status_polls", 1)
+        if not isinstance(polls, int) or isinstance(polls, bool) or polls < 0:
+            raise AdminBadRequest("status_polls must be a non-negative integer")
+        fail_with = body.get("fail_with")
+        if fail_with is not None and fail_with not in REPORT_ERRORS:
+            raise AdminBadRequest(f"fail_with must be one of {', '.join(REPORT_ERRORS)} or null")
+        with self._lock:
+            self._state.report_polls, self._state.report_fail_with = polls, fail_with
+        return {"status_polls": polls, "fail_with": fail_with}
+
     def _admin_findings(self, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict) or not isinstance(body.get("findings"), list):
             raise AdminBadRequest('POST {"region"?, "findings": [Finding, ...]}')
@@ -252,6 +433,55 @@ def _instances(account_id: str, region: str) -> list[Any]:
     if backend is None:
         return []
     return [i for r in list(backend.reservations.values()) for i in r.instances if i.state in _LIVE]
+
+
+def _members(account_id: str, region: str) -> list[dict[str, Any]]:
+    """The members moto records for an administrator account in a region (AssociateMember), by account id."""
+    from moto.inspector2.models import inspector2_backends
+
+    account = dict.get(inspector2_backends, account_id)
+    backend = dict.get(account, region) if account is not None else None
+    if backend is None:
+        return []
+    return sorted((m.to_json() for m in list(backend.members.values())), key=lambda m: str(m["accountId"]))
+
+
+def _bucket(name: str) -> Any:
+    """moto's bucket of that name (in whichever account owns it), or None."""
+    from moto.s3.models import s3_backends
+
+    owner = s3_backends.bucket_accounts.get(name)
+    if owner is None:
+        return None
+    partition, account_id = owner
+    return dict.get(s3_backends[account_id], partition).buckets.get(name)  # type: ignore[union-attr]
+
+
+def _put_object(bucket_name: str, key: str, body: bytes) -> None:
+    from moto.s3.models import s3_backends
+
+    partition, account_id = s3_backends.bucket_accounts[bucket_name]
+    s3_backends[account_id][partition].put_object(bucket_name, key, body)
+
+
+_REPORT_COLUMNS = ("AWS Account Id", "Severity", "Finding Status", "Finding Type", "Title", "Vulnerability Id",
+                   "Resource Type", "Resource Id", "Region", "Finding ARN", "First Seen", "Last Seen")  # fmt: skip
+
+
+def _report_csv(findings: list[dict[str, Any]]) -> str:
+    from ...output import csv_bytes  # the package's one CSV writer
+
+    rows = [
+        [
+            finding.get("awsAccountId"), finding.get("severity"), finding.get("status"), finding.get("type"),
+            finding.get("title"), (finding.get("packageVulnerabilityDetails") or {}).get("vulnerabilityId", ""),
+            resource.get("type"), resource.get("id"), resource.get("region"), finding.get("findingArn"),
+            finding.get("firstObservedAt"), finding.get("lastObservedAt"),
+        ]
+        for finding in findings
+        for resource in finding.get("resources") or []
+    ]  # fmt: skip
+    return csv_bytes(_REPORT_COLUMNS, rows).decode("utf-8")
 
 
 def _auto_record(account_id: str, instance: Any, tracked: _Tracked, never: bool) -> dict[str, Any]:
