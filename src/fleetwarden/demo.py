@@ -245,6 +245,13 @@ def _other_jobs(server: Any, seeded: Any, config_path: Path, output_dir: Path, o
         f"    {csum.get('instances_scanned', 0)} instances scanned, {csum.get('new', 0)} new non-compliant items "
         "(alerted once through the SNS sink)"
     )
+
+    # One page for triage: every open finding the jobs recorded (tags, exposure, Inspector, compliance).
+    everything = run("every open finding, for triage", "all", "report")
+    by_check: dict[str, int] = {}
+    for finding in everything.get("findings", []):
+        by_check[finding.get("check", "?")] = by_check.get(finding.get("check", "?"), 0) + 1
+    lines.append("    " + (", ".join(f"{n} {check}" for check, n in sorted(by_check.items())) or "no open findings"))
     return lines
 
 

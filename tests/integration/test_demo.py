@@ -52,5 +52,11 @@ def test_demo_audits_the_seeded_fleet_and_writes_the_report(aws: EmulatorServer,
     compliance = json.loads((output_dir / "compliance" / "run.json").read_text())
     # per target the demo reports 2 failing items on one running instance and 1 on another: 3 x 9 targets
     assert compliance["summary"]["new"] == 27 and compliance["deliveries"][0]["outcome"] == "sent"
+    # One triage page with every open finding the jobs recorded: tags, exposure, Inspector and compliance.
+    everything = json.loads((output_dir / "all" / "run.json").read_text())
+    checks = {f["check"] for f in everything["findings"]}
+    assert checks == {"tags", "exposure", "inspector", "compliance"}
+    page = (output_dir / "all" / "report.html").read_text()
+    assert 'id="charts"' in page and "targets ok" not in page  # read from the store: no target cards
     # The demo's environment is restored afterwards.
     assert os.environ.get("AWS_ENDPOINT_URL") == endpoint_before
