@@ -28,6 +28,8 @@ DECLARATIONS: dict[str, tuple[str, str]] = {
     "actions.ec2": ("fleetwarden.actions.ec2", "PERMISSIONS"),
     "actions.iam_lockout": ("fleetwarden.actions.iam_lockout", "PERMISSIONS"),
     "actions.asg": ("fleetwarden.actions.asg", "PERMISSIONS"),
+    # Granted in a statement of its own (the notice tag's key only): see _notice_statement().
+    "actions.notice": ("fleetwarden.actions.notice", "PERMISSIONS"),
     "collect.spend": ("fleetwarden.collect.spend", "PERMISSIONS"),
     "collect.compliance": ("fleetwarden.collect.compliance", "PERMISSIONS"),
     "collect.inspector": ("fleetwarden.collect.inspector", "PERMISSIONS"),
@@ -62,6 +64,7 @@ FEATURES: tuple[str, ...] = (
     "audit.terminate",
     "audit.snapshot",
     "audit.exposure",
+    "audit.notice",
     "guard.halt",
     "guard.terminate",
     "lockout.deactivate",
@@ -180,6 +183,8 @@ def features(config: Config | None) -> set[str]:
         out.add("audit.terminate")
         if audit.snapshot_before_terminate:
             out.add("audit.snapshot")
+    if audit.notice_days:
+        out.add("audit.notice")
     if audit.exposure.enabled:
         out.add("audit.exposure")
         if audit.exposure.compare_inspector:
@@ -299,12 +304,31 @@ def policy_documents(config: Config | None = None, tier: Tier = "full") -> dict[
     billing = _billing_actions(config)
     # When the hub's own credentials reach a target (an account without role_arn, or the organization's
     # management account), the hub principal does the member's work there too.
-    hub_actions = hub | member if config is not None and not _uses_roles(config) else hub
-    return {
+    folded = config is not None and not _uses_roles(config)
+    hub_actions = hub | member if folded else hub
+    documents = {
         "hub": _document(hub_actions, _hub_resources(config)),
         "member_role": _document(member, _member_resources(config)),
         "billing_role": _document(billing, {}),
         "operator": _document(operator_actions(), {}),
+    }
+    if "audit.notice" in enabled and tier != "read-only":
+        for name in ("member_role", "hub") if folded else ("member_role",):
+            documents[name]["Statement"].append(_notice_statement(config))
+    return documents
+
+
+def _notice_statement(config: Config | None) -> dict[str, Any]:
+    """The audit's notice mark (actions/notice.py): tags on instances, only the notice tag's key."""
+    from .actions.notice import PERMISSIONS as NOTICE
+    from .config.models import AuditConfig
+
+    key = (config.audit if config is not None else AuditConfig()).notice_tag
+    return {
+        "Effect": "Allow",
+        "Action": list(NOTICE),
+        "Resource": INSTANCE_ARN,
+        "Condition": {"ForAllValues:StringEquals": {"aws:TagKeys": [key]}},
     }
 
 

@@ -255,6 +255,24 @@ class AuditConfig(StrictModel):
     canary: CanaryConfig | None = None
     notify: list[str] = Field(default_factory=list)
     exposure: ExposureConfig = Field(default_factory=ExposureConfig)
+    # Notice before action: the first run marks a violator; the action applies only after this many days.
+    notice_days: float = Field(default=0, strict=False, ge=0, le=365, allow_inf_nan=False)
+    notice_tag: str = "fleetwarden:action-after"
+
+    @field_validator("notice_tag")
+    @classmethod
+    def _tag_key(cls, key: str) -> str:
+        if not key.strip() or len(key) > 128 or key.lower().startswith("aws:"):
+            raise ValueError("must be a tag key of 1 to 128 characters, not starting with aws:")
+        return key
+
+    @model_validator(mode="after")
+    def _notice_needs_an_action(self) -> AuditConfig:
+        if self.notice_days and self.action == "report":
+            raise ValueError("notice_days gives notice before an action: set audit.action to stop or terminate")
+        if self.notice_tag in self.required_tags:
+            raise ValueError(f"notice_tag {self.notice_tag!r} is also a required tag")
+        return self
 
     @field_validator("required_tags")
     @classmethod

@@ -273,6 +273,12 @@ def run_audit(ctx: RunContext, options: AuditOptions) -> RunReport:
                 findings += reconcile(previous, audit.exposure, now, exceptions)
 
         plan, skipped, by_exception = _plan(ctx, audits, findings, exceptions)
+        notice = None
+        if config.audit.notice_days:
+            from .notice import decide
+
+            notice = decide(ctx, audits, plan, now)
+            plan = notice.act
         broad = _broad_exceptions(exceptions, config.audit.action)
         planned = sum(len(v) for v in plan.values())
         limit = config.audit.max_actions
@@ -289,6 +295,10 @@ def run_audit(ctx: RunContext, options: AuditOptions) -> RunReport:
         ctx.store.save_findings(findings)
         report.findings = findings
         report.actions = skipped
+        if notice is not None:
+            from .notice import carry_out
+
+            report.actions += carry_out(ctx, notice, apply=options.apply)
         if options.apply and plan:
             report.actions += _execute(ctx, plan)
         else:
@@ -308,6 +318,9 @@ def run_audit(ctx: RunContext, options: AuditOptions) -> RunReport:
     report.summary = _summary(report, audits, over_limit, limit)
     report.summary.update(_exception_summary(report, by_exception, broad))
     report.summary["required_tags"] = list(config.audit.required_tags)
+    if notice is not None:
+        report.summary["notice"] = {"days": config.audit.notice_days, **{k: notice.counts[k] for k in
+                                    ("marked", "waiting", "due", "cleared")}}  # fmt: skip
     if config.audit.exposure.enabled:
         report.summary["exposed_ports"] = sum(
             1
