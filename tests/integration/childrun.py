@@ -32,6 +32,8 @@ MUTATIONS = [
     "DeleteRolePolicy",
     "DeleteAccessKey",
     "DeleteLoginProfile",
+    "CreateTags",
+    "DeleteTags",
 ]
 # The child waits for a line on stdin before it starts, so the kill point is armed with its pid first.
 LAUNCHER = (

@@ -337,3 +337,40 @@ def test_audit_terminate_killed_after_each_mutation_converges(
     points = kill_each_mutation(aws, config, args, prepare=prepare, converged=converged, finished=finished)
     # Per region: a snapshot per violator, then the terminate (the protected one: refused, cleared, retried).
     assert points >= 7
+
+
+def test_audit_notice_killed_after_each_mark_converges(
+    aws: EmulatorServer, factory: SessionFactory, tmp_path: Path
+) -> None:
+    """audit.notice_days: a run killed after any CreateTags leaves every violator marked by the next run, none
+    stopped (the notice is never shortened by a crash), the compliant ones untouched."""
+    audit = {"required_tags": ["created_by", "department", "project"], "action": "stop", "notice_days": 3}
+    config = base_config(tmp_path, aws.url, audit=audit)
+    fleets: list[AuditFleet] = []
+    args = ("audit", "--apply")
+
+    def prepare() -> None:
+        fleets.append(AuditFleet(aws, factory))
+        fresh_state(config)
+
+    def marked(why: str) -> None:
+        fleet = fleets[-1]
+        assert fleet.states(fleet.violators) == {"running"} and fleet.states(fleet.compliant) == {"running"}, why
+        for region, ids in fleet.violators.items():
+            ec2 = fleet.factory.client("ec2", region=region, account_id=ACCOUNT)
+            for reservation in ec2.describe_instances(InstanceIds=ids)["Reservations"]:
+                for instance in reservation["Instances"]:
+                    tags = {t["Key"]: t["Value"] for t in instance.get("Tags", [])}
+                    assert tags.get("fleetwarden:action-after", "").startswith("stop@"), why
+        records = store(config).list_records("audit-notice")
+        assert len(records) == 4 and all(data["tagged"] for _key, data, _v in records), why
+
+    def converged(n: int) -> None:
+        code, out = cli_child(aws, config, *args)
+        assert code == 0, f"audit killed after mark {n}: {out}"
+        marked(f"audit killed after mark {n}")
+
+    points = kill_each_mutation(
+        aws, config, args, prepare=prepare, converged=converged, finished=lambda: marked("an uninterrupted audit")
+    )
+    assert points == 4  # one CreateTags per violator
