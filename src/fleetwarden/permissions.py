@@ -30,6 +30,7 @@ DECLARATIONS: dict[str, tuple[str, str]] = {
     "actions.asg": ("fleetwarden.actions.asg", "PERMISSIONS"),
     # Granted in a statement of its own (the notice tag's key only): see _notice_statement().
     "actions.notice": ("fleetwarden.actions.notice", "PERMISSIONS"),
+    "actions.quarantine": ("fleetwarden.actions.quarantine", "PERMISSIONS"),
     "collect.spend": ("fleetwarden.collect.spend", "PERMISSIONS"),
     "collect.compliance": ("fleetwarden.collect.compliance", "PERMISSIONS"),
     "collect.inspector": ("fleetwarden.collect.inspector", "PERMISSIONS"),
@@ -67,6 +68,7 @@ FEATURES: tuple[str, ...] = (
     "audit.notice",
     "guard.halt",
     "guard.terminate",
+    "guard.quarantine",
     "lockout.deactivate",
     "lockout.delete",
     "lockout.revoke-roles",
@@ -193,6 +195,8 @@ def features(config: Config | None) -> set[str]:
         out.add("guard.halt")
         if config.guard.on_unstoppable == "terminate":
             out.add("guard.terminate")
+        if config.guard.quarantine.enabled:
+            out.add("guard.quarantine")
         lockout = config.guard.lockout
         if lockout.mode != "off":
             out.add(f"lockout.{lockout.mode}")
@@ -235,7 +239,8 @@ def _member_actions(enabled: set[str]) -> set[str]:
         out |= _group("collect.network")
     if "guard.halt" in enabled:
         # The halt overrides stop protection (and restores it on release); release can start the instances again.
-        out |= _group(ec2, "stop") | _group(ec2, "start") | _group("actions.asg")
+        # A tripped account is halted in every region it has enabled, listed in the config or not.
+        out |= _group(ec2, "stop") | _group(ec2, "start") | _group("actions.asg") | _group("targets.regions")
     if "guard.terminate" in enabled:
         out |= _group(ec2, "terminate") | snapshot
     lockout = "actions.iam_lockout"
@@ -293,6 +298,10 @@ def policy_documents(config: Config | None = None, tier: Tier = "full") -> dict[
         hub |= _group("state.dynamodb")
     if "window.aggregator" in enabled:
         hub |= _group("collect.config_aggregator")
+    if "guard.quarantine" in enabled:
+        # In the management account (or Organizations' delegated administrator): the hub's own credentials, or the
+        # role guard.quarantine.role_arn names, which then needs these actions (docs/guard.md "Containment").
+        hub |= _group("actions.quarantine")
     if config is None:
         # Organization-scale runs (list-shards, shard fragments, aggregate) on the org-run's bucket: not a config
         # setting (the bucket comes with the state machine's events), so only in the full policy for now.
@@ -373,6 +382,8 @@ def _hub_resources(config: Config | None) -> dict[str, tuple[str, ...]]:
     admin = config.inspector.delegated_admin
     if admin is not None and admin.role_arn:
         roles.add(admin.role_arn)
+    if config.guard.quarantine.enabled and config.guard.quarantine.role_arn:
+        roles.add(config.guard.quarantine.role_arn)
     if roles:
         resources["sts:AssumeRole"] = tuple(sorted(roles))
     topics = sorted({str(raw["topic_arn"]) for raw in config.sinks.values() if raw.get("type") == "sns"})

@@ -66,6 +66,17 @@ def known_regions() -> frozenset[str]:
     )
 
 
+def partition_regions(region: str) -> frozenset[str]:
+    """The regions of the partition `region` belongs to (aws, aws-cn, aws-us-gov, ...); empty if none knows it."""
+    import botocore.loaders
+
+    data = botocore.loaders.create_loader().load_data("partitions")
+    for partition in data["partitions"]:
+        if region in partition["regions"]:
+            return frozenset(name for name in partition["regions"] if not name.endswith("-global"))
+    return frozenset()
+
+
 def _region(value: str) -> str:
     if value in known_regions():
         return value
@@ -333,6 +344,37 @@ class HeartbeatConfig(StrictModel):
     top: int = Field(default=10, strict=True, ge=1, le=100)
 
 
+POLICY_NAME = re.compile(r"[\w+=,.@-]{1,128}", re.ASCII)
+PRINCIPAL_ARN = re.compile(r"arn:aws[a-z-]*:(iam|sts)::([0-9]{12}|\*):[\w+=,.@/*-]+", re.ASCII)
+
+
+class QuarantineConfig(StrictModel):
+    """The guard's quarantine SCP (docs/guard.md "Containment"): off unless enabled."""
+
+    enabled: bool = False
+    policy_name: str = "fleetwarden-quarantine"
+    # The management account's (or Organizations' delegated administrator's) role; None: the current credentials.
+    role_arn: RoleArn | None = None
+    external_id: str | None = None
+    # Break-glass principals the policy never denies (IAM role or user ARNs; `*` allowed as in aws:PrincipalArn).
+    exempt_principals: list[str] = Field(default_factory=list)
+
+    @field_validator("policy_name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not POLICY_NAME.fullmatch(value):
+            raise ValueError("must be 1 to 128 of letters, digits and +=,.@_-")
+        return value
+
+    @field_validator("exempt_principals")
+    @classmethod
+    def _principals(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not PRINCIPAL_ARN.fullmatch(value):
+                raise ValueError(f"{value!r} is not an IAM principal ARN (arn:aws:iam::ACCOUNT:role/NAME)")
+        return values
+
+
 class GuardConfig(StrictModel):
     max_running_instances: int | None = Field(default=None, strict=True, ge=0, le=MAX_INSTANCES)
     max_running_instances_org: int | None = Field(default=None, strict=True, ge=0, le=MAX_INSTANCES)
@@ -341,6 +383,7 @@ class GuardConfig(StrictModel):
     on_unstoppable: Literal["leave", "terminate"] = "leave"
     notify: list[str] = Field(default_factory=list)
     heartbeat: HeartbeatConfig = Field(default_factory=HeartbeatConfig)
+    quarantine: QuarantineConfig = Field(default_factory=QuarantineConfig)
 
     @model_validator(mode="after")
     def _heartbeat_has_a_sink(self) -> GuardConfig:

@@ -86,9 +86,13 @@ class Halter:
     # -- work --------------------------------------------------------------------------------------------
     def submit_lockout(self, account_id: str, lockout: Callable[[], list[ActionResult]]) -> None:
         """Lock an account's principals out, on the pool beside its stops."""
+        self.submit_account(account_id, "lockout", lockout)
+
+    def submit_account(self, account_id: str, action: str, work: Callable[[], list[ActionResult]]) -> None:
+        """Account-wide work (the lockout, the quarantine), on the pool beside the account's stops."""
         with self._lock:
-            job = _Job(Target(account_id, "global"), "lockout", [])
-            self._jobs.append((job, self._pool.submit(lockout)))
+            job = _Job(Target(account_id, "global"), action, [])
+            self._jobs.append((job, self._pool.submit(work)))
 
     def submit(self, target: Target, instances: list[Instance]) -> None:
         """Halt one region of a claimed account: stop its instances and (once) suspend its ASG processes: at once
@@ -126,7 +130,7 @@ class Halter:
                 message = error_text(exc)
                 log.warning("%s: %s failed: %s", job.target, job.action, message)
                 ids = job.instance_ids or [
-                    job.target.account_id if job.action == "lockout" else f"asg:{job.target.region}"
+                    job.target.account_id if job.target.region == "global" else f"asg:{job.target.region}"
                 ]
                 results += [
                     ActionResult(

@@ -102,6 +102,10 @@ def _restore(
         iam, account_id=account_id, run_id=ctx.run_id, workflow=WORKFLOW, journal=ctx.store.journal, clock=ctx.clock
     )
     results += lockout.release(entries) if apply else lockout.plan_release(entries)
+    from .contain import release_quarantine
+
+    # Before the stops are undone: the account leaves quarantine exactly as the journal says it entered it.
+    results += release_quarantine(ctx, account_id, entries, apply=apply)
     by_region: dict[str, list[JournalEntry]] = defaultdict(list)
     for entry in entries:
         by_region[entry.region].append(entry)

@@ -16,6 +16,7 @@ from typing import Literal
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ...actions.iam_lockout import IamLockout
+from ...actions.quarantine import KINDS as QUARANTINE_KINDS
 from ...aws.fanout import fan_out
 from ...aws.targets import error_text, resolve_targets
 from ...checks.runaway import Evaluation, RunawayCheck, Trigger, count_trigger, org_trigger, spend_triggers
@@ -117,6 +118,10 @@ def run_guard(ctx: RunContext, options: GuardOptions) -> RunReport:
         if state is None or not state.tripped or not state.lockout_done:
             lockouts.add(account_id)
             halter.submit_lockout(account_id, lambda: _lockout(ctx, account_id, exceptions, apply=options.apply))
+        if config.guard.quarantine.enabled:
+            from .contain import quarantine
+
+            halter.submit_account(account_id, "quarantine", lambda: quarantine(ctx, account_id, apply=options.apply))
         for target, instances in inventory.items():
             if target.account_id == account_id:
                 halter.submit(target, instances)
@@ -166,6 +171,18 @@ def run_guard(ctx: RunContext, options: GuardOptions) -> RunReport:
                     evaluation.add(account_id, due)
         for account_id in sorted(evaluation.tripped | latched):
             start_halt(account_id, evaluation.triggers.get(account_id, []))
+        unlisted: dict[str, dict[str, int]] = {}
+        if halting:
+            from .contain import sweep_unlisted_regions
+
+            # An attacker's favourite: the regions the config does not list. A tripped account is halted in every
+            # region it has enabled.
+            listed: dict[str, set[str]] = defaultdict(set)
+            for target in [*plan.targets, *(Target(t.account_id, t.region) for t in plan.errors)]:
+                listed[target.account_id].add(target.region)
+            claimed = sorted(a for a in halting if a in halter.claimed)
+            unlisted, sweep_errors = sweep_unlisted_regions(ctx, halter, claimed, listed)
+            report.targets += sweep_errors
         report.actions += halter.wait()
         for account_id, why in halter.refused.items():
             report.targets.append(
@@ -184,6 +201,10 @@ def run_guard(ctx: RunContext, options: GuardOptions) -> RunReport:
         halter.release_leases()
 
     report.summary = _summary(report, evaluation, latched, newly, exceptions)
+    if unlisted:
+        report.summary["unlisted_regions"] = {
+            a: {r: n for r, n in sorted(regions.items())} for a, regions in sorted(unlisted.items())
+        }
     if options.apply and config.guard.notify and _worth_telling(report, newly, latched):
         from .notify import guard_notification
 
@@ -384,7 +405,10 @@ def _record(
             changed = True
         if account_id in lockouts and not state.lockout_done:
             failed = any(
-                a.account_id == account_id and a.region == "global" and a.outcome == ActionOutcome.FAILED
+                a.account_id == account_id
+                and a.region == "global"
+                and a.action not in QUARANTINE_KINDS
+                and a.outcome == ActionOutcome.FAILED
                 for a in report.actions
             )
             if not failed:
