@@ -173,7 +173,7 @@ def test_read_only_tier_has_only_reads_whatever_the_config() -> None:
     cfg = config(audit={"action": "terminate"}, guard={"max_running_instances": 1, "lockout": {"mode": "delete"}})
     for which in (cfg, None):
         granted = member(which, "read-only")
-        assert granted and all(a.partition(":")[2].startswith(("Describe", "List", "Get")) for a in granted)
+        assert granted and all(a.partition(":")[2].startswith(("Describe", "List", "Get", "Lookup")) for a in granted)
         assert "ec2:DescribeInstances" in granted
     with pytest.raises(ValueError, match="tier"):
         policy_documents(cfg, "admin")  # type: ignore[arg-type]
