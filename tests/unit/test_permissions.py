@@ -230,3 +230,14 @@ def test_secrets_manager_only_for_the_secrets_the_sinks_name() -> None:
     assert "secretsmanager:GetSecretValue" not in actions(by_ssm["hub"])
     assert "ssm:GetParameter" in actions(by_ssm["hub"])
     assert "secretsmanager:GetSecretValue" in actions(policy_documents()["hub"])  # no config: every sink
+
+
+def test_owner_lookup_and_contacts_appear_only_as_configured() -> None:
+    default = member(config())
+    assert "cloudtrail:LookupEvents" in default and "iam:ListUserTags" not in default
+    assert "cloudtrail:LookupEvents" not in member(config(audit={"owners": {"enabled": False}}))
+    assert "cloudtrail:LookupEvents" not in member(config(audit={"owners": {"cloudtrail": False}}))
+    sinks = {"mail": {"type": "email", "host": "smtp.example.com", "from": "fw@example.com", "to": ["a@example.com"]}}
+    notify = {"email_sink": "mail", "contact_tag": "email"}
+    assert "iam:ListUserTags" in member(config(sinks=sinks, audit={"owners": {"notify": notify}}))
+    assert "cloudtrail:LookupEvents" in member(config(), "read-only")
