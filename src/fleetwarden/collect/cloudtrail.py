@@ -19,6 +19,9 @@ from typing import Any
 PERMISSIONS = ("cloudtrail:LookupEvents",)
 HISTORY = timedelta(days=90)  # CloudTrail's event history window
 PAGE_SIZE = 50  # LookupEvents' maximum
+# LookupEvents allows 2 requests per second per account and region: a target's calls are paced to that, so a
+# burst of lookups is not throttled (botocore's retries remain for calls made by others at the same time).
+MIN_INTERVAL_SECONDS = 0.5
 # A RunInstances event is recorded when the call is made, a moment before the instance's LaunchTime.
 LAUNCH_SLACK = timedelta(minutes=15)
 
@@ -113,13 +116,16 @@ class BudgetSpent(Exception):
 
 @dataclass
 class Budget:
-    """How many LookupEvents calls, and how much time, one target may spend."""
+    """How many LookupEvents calls, and how much time, one target may spend; paces the calls to the API's rate."""
 
     max_calls: int
     max_seconds: float
     clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+    min_interval: float = MIN_INTERVAL_SECONDS
     calls: int = 0
     started: float | None = None
+    last: float | None = None
 
     def spend(self) -> None:
         now = self.clock()
@@ -127,8 +133,12 @@ class Budget:
             self.started = now
         if self.calls >= self.max_calls:
             raise BudgetSpent(f"the budget of {self.max_calls} LookupEvents call(s) for this target is spent")
-        if now - self.started > self.max_seconds:
+        wait = 0.0 if self.last is None else max(0.0, self.last + self.min_interval - now)
+        if now + wait - self.started > self.max_seconds:
             raise BudgetSpent(f"the budget of {self.max_seconds:g} s of LookupEvents for this target is spent")
+        if wait:
+            self.sleep(wait)
+        self.last = self.clock()
         self.calls += 1
 
 
