@@ -25,6 +25,8 @@ DECLARATIONS: dict[str, tuple[str, str]] = {
     "targets.regions": ("fleetwarden.aws.targets", "REGION_PERMISSIONS"),
     "collect.ec2": ("fleetwarden.collect.ec2", "PERMISSIONS"),
     "collect.iam": ("fleetwarden.collect.iam", "PERMISSIONS"),
+    "collect.cloudtrail": ("fleetwarden.collect.cloudtrail", "PERMISSIONS"),
+    "owners.notify": ("fleetwarden.owners.notify", "PERMISSIONS"),
     "actions.ec2": ("fleetwarden.actions.ec2", "PERMISSIONS"),
     "actions.iam_lockout": ("fleetwarden.actions.iam_lockout", "PERMISSIONS"),
     "actions.asg": ("fleetwarden.actions.asg", "PERMISSIONS"),
@@ -66,6 +68,8 @@ FEATURES: tuple[str, ...] = (
     "audit.snapshot",
     "audit.exposure",
     "audit.notice",
+    "audit.owners",
+    "audit.owner-contacts",
     "guard.halt",
     "guard.terminate",
     "guard.quarantine",
@@ -81,7 +85,7 @@ FEATURES: tuple[str, ...] = (
 )
 
 # The actions of the IAM read-only tier: what only looks.
-READ_PREFIXES = ("Describe", "List", "Get", "BatchGet", "Select")
+READ_PREFIXES = ("Describe", "List", "Get", "BatchGet", "Select", "Lookup")
 
 # Resource ARNs for actions IAM authorizes per resource. `ec2:ResourceTag` conditions are deliberately not used:
 # a runaway instance or a violator is exactly the one whose tags cannot be trusted.
@@ -191,6 +195,10 @@ def features(config: Config | None) -> set[str]:
         out.add("audit.exposure")
         if audit.exposure.compare_inspector:
             out.add("inspector")
+    if audit.owners.enabled and audit.owners.cloudtrail:
+        out.add("audit.owners")
+    if audit.owners.notify is not None and audit.owners.notify.contact_tag:
+        out.add("audit.owner-contacts")
     if guard_limited(config):
         out.add("guard.halt")
         if config.guard.on_unstoppable == "terminate":
@@ -237,6 +245,10 @@ def _member_actions(enabled: set[str]) -> set[str]:
         out |= snapshot
     if "audit.exposure" in enabled:
         out |= _group("collect.network")
+    if "audit.owners" in enabled:
+        out |= _group("collect.cloudtrail")
+    if "audit.owner-contacts" in enabled:
+        out |= _group("owners.notify")
     if "guard.halt" in enabled:
         # The halt overrides stop protection (and restores it on release); release can start the instances again.
         # A tripped account is halted in every region it has enabled, listed in the config or not.

@@ -1,5 +1,6 @@
-"""A loopback Slack Web API for tests: the three methods the Slack sink uses (chat.postMessage,
-files.getUploadURLExternal, files.completeUploadExternal) plus the upload URLs it hands out. The `slack`
+"""A loopback Slack Web API for tests: the methods the Slack sink uses (chat.postMessage,
+files.getUploadURLExternal, files.completeUploadExternal, and conversations.open for direct messages) plus the
+upload URLs it hands out. The `slack`
 fixture (tests/integration/conftest.py) serves one on 127.0.0.1 per test."""
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from urllib.parse import parse_qsl, urlsplit
 TOKEN = "xoxb-1111-2222-loopback-secret"
 CHANNEL = "C0123ABCD9"
 POSTED_TS = "1772620200.000100"
-API_METHODS = ("chat.postMessage", "files.getUploadURLExternal", "files.completeUploadExternal")
+API_METHODS = ("chat.postMessage", "files.getUploadURLExternal", "files.completeUploadExternal", "conversations.open")
 
 
 @dataclass
@@ -83,6 +84,9 @@ class FakeSlack:
             return 429, {"ok": False, "error": "ratelimited"}
         if method in self.fail:
             return 200, {"ok": False, "error": self.fail[method]}
+        if method == "conversations.open":
+            # A direct-message channel per user, as Slack answers for a bot opening a DM (im:write).
+            return 200, {"ok": True, "channel": {"id": "D" + str(params["users"]).split(",")[0][1:]}}
         if method == "chat.postMessage":
             return 200, {"ok": True, "channel": params["channel"], "ts": POSTED_TS, "message": {"text": "x"}}
         if method == "files.getUploadURLExternal":

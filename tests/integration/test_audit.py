@@ -245,8 +245,9 @@ def test_unknown_config_key_makes_no_aws_call(aws: EmulatorServer, tmp_path: Pat
     assert result.stderr == (
         f"error: invalid config {config}: "
         "audit.required_tag: unknown key (expected one of: action, canary, created_by_must_be_iam_user, "
-        "created_by_tag, exposure, grace_minutes, max_actions, notify, override_stop_protection, required_tags, "
-        "severity, snapshot_before_terminate, tag_values)\n"
+        "created_by_tag, exposure, grace_minutes, max_actions, notice_days, notice_tag, notify, "
+        "override_stop_protection, owners, "
+        "required_tags, severity, snapshot_before_terminate, tag_values)\n"
     )
 
 

@@ -168,3 +168,20 @@ def test_a_bad_aws_endpoint_url_is_a_config_error_result_in_lambda(
     assert result["status"] == "error" and result["exit_code"] == 2, result
     assert result["error"].startswith(f"invalid config {ref}: AWS_ENDPOINT_URL: "), result["error"]
     assert "http:// or https://" in result["error"] and len(result["error"].splitlines()) == 1
+
+
+def test_owner_notify_config_is_checked() -> None:
+    import yaml
+
+    sinks = {"ops": {"type": "sns", "topic_arn": "arn:aws:sns:us-east-1:123456789012:t"}}
+    for owners, message in (
+        ({"notify": {"email_sink": "ops"}}, "not of type email"),
+        ({"notify": {"fallback": ["nope"]}}, "names sink 'nope'"),
+        ({"notify": {"address_rule": "{name}@example.com"}}, "address_rule needs {user}"),
+        ({"notify": {"contacts": {"bob": "#general"}}}, "neither an email address nor a Slack user id"),
+        ({"max_calls": 0}, "max_calls"),
+    ):
+        raw = yaml.safe_dump({"sinks": sinks, "audit": {"owners": owners}})
+        with pytest.raises(ConfigError) as raised:
+            parse_config(raw, "x.yaml")
+        assert message in str(raised.value), str(raised.value)

@@ -173,7 +173,7 @@ def test_read_only_tier_has_only_reads_whatever_the_config() -> None:
     cfg = config(audit={"action": "terminate"}, guard={"max_running_instances": 1, "lockout": {"mode": "delete"}})
     for which in (cfg, None):
         granted = member(which, "read-only")
-        assert granted and all(a.partition(":")[2].startswith(("Describe", "List", "Get")) for a in granted)
+        assert granted and all(a.partition(":")[2].startswith(("Describe", "List", "Get", "Lookup")) for a in granted)
         assert "ec2:DescribeInstances" in granted
     with pytest.raises(ValueError, match="tier"):
         policy_documents(cfg, "admin")  # type: ignore[arg-type]
@@ -230,3 +230,14 @@ def test_secrets_manager_only_for_the_secrets_the_sinks_name() -> None:
     assert "secretsmanager:GetSecretValue" not in actions(by_ssm["hub"])
     assert "ssm:GetParameter" in actions(by_ssm["hub"])
     assert "secretsmanager:GetSecretValue" in actions(policy_documents()["hub"])  # no config: every sink
+
+
+def test_owner_lookup_and_contacts_appear_only_as_configured() -> None:
+    default = member(config())
+    assert "cloudtrail:LookupEvents" in default and "iam:ListUserTags" not in default
+    assert "cloudtrail:LookupEvents" not in member(config(audit={"owners": {"enabled": False}}))
+    assert "cloudtrail:LookupEvents" not in member(config(audit={"owners": {"cloudtrail": False}}))
+    sinks = {"mail": {"type": "email", "host": "smtp.example.com", "from": "fw@example.com", "to": ["a@example.com"]}}
+    notify = {"email_sink": "mail", "contact_tag": "email"}
+    assert "iam:ListUserTags" in member(config(sinks=sinks, audit={"owners": {"notify": notify}}))
+    assert "cloudtrail:LookupEvents" in member(config(), "read-only")

@@ -250,6 +250,73 @@ class ExposureConfig(StrictModel):
     compare_inspector: bool = False
 
 
+EMAIL = re.compile(r"[^@\s,<>]+@[^@\s,<>]+\.[^@\s,<>.]+", re.ASCII)
+SLACK_USER = re.compile(r"(slack:)?([UW][A-Z0-9]{8,})", re.ASCII)
+RULE_FIELDS = frozenset({"user", "role"})
+
+
+def contact_kind(value: str) -> Literal["email", "slack"] | None:
+    """What a contact is: an email address, a Slack user id (`U0123ABCD`, or `slack:U0123ABCD`), or neither."""
+    if SLACK_USER.fullmatch(value):
+        return "slack"
+    if EMAIL.fullmatch(value):
+        return "email"
+    return None
+
+
+class OwnerNotifyConfig(StrictModel):
+    """Owner notifications: one digest per owner per day, to the owner's contact (email or Slack direct message)."""
+
+    # An `email` sink (its relay and sender; the owner's address replaces `to`) and a `slack` sink (its token and
+    # api_url; a direct message replaces the channel). A contact of a kind without its sink goes to the fallback.
+    email_sink: str | None = None
+    slack_sink: str | None = None
+    # Sinks that receive the digest of the owners without a contact (unknown owners included).
+    fallback: list[str] = Field(default_factory=list)
+    # Where a contact comes from, first match wins: `contacts` (owner, or an assumed role's role -> contact), the
+    # IAM user's tag `contact_tag` (iam:ListUserTags), then `address_rule` (`{user}@example.com`).
+    contacts: dict[str, str] = Field(default_factory=dict)
+    contact_tag: str | None = Field(default=None, min_length=1, max_length=128)
+    address_rule: str | None = None
+    # A directory whose templates (owner_digest.txt.j2, owner_digest_subject.txt.j2) replace the shipped ones.
+    templates_dir: str | None = None
+
+    @field_validator("contacts")
+    @classmethod
+    def _contacts(cls, value: dict[str, str]) -> dict[str, str]:
+        for owner, contact in value.items():
+            if contact_kind(contact) is None:
+                raise ValueError(
+                    f"contacts.{owner}: {shown(contact)} is neither an email address nor a Slack user id (U0123ABCD)"
+                )
+        return value
+
+    @field_validator("address_rule")
+    @classmethod
+    def _rule(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        fields = set(re.findall(r"\{([^{}]*)\}", value))
+        if "user" not in fields or fields - RULE_FIELDS:
+            raise ValueError(f"address_rule needs {{user}} and knows only {{user}} and {{role}}, got {shown(value)}")
+        if contact_kind(value.replace("{user}", "alice").replace("{role}", "role")) != "email":
+            raise ValueError(f"address_rule must make an email address, as in {{user}}@example.com, got {shown(value)}")
+        return value
+
+
+class OwnersConfig(StrictModel):
+    """Owner attribution of tag findings: the created_by tag naming an IAM user, else CloudTrail's RunInstances."""
+
+    enabled: bool = True
+    cloudtrail: bool = True  # look up the RunInstances event when the tag names no IAM user
+    # Per target: LookupEvents allows 2 requests per second per account and region; past these, owners are unknown.
+    max_calls: int = Field(default=10, strict=True, ge=1, le=1000)
+    max_seconds: float = Field(default=20.0, strict=True, gt=0, le=900, allow_inf_nan=False)
+    # Up to this many instances to look up in a target: one ResourceName lookup each; more: one RunInstances walk.
+    walk_over: int = Field(default=3, strict=True, ge=0, le=1000)
+    notify: OwnerNotifyConfig | None = None
+
+
 class AuditConfig(StrictModel):
     """The tag audit (`check: tags`) and what to do with violators."""
 
@@ -284,6 +351,8 @@ class AuditConfig(StrictModel):
         if self.notice_tag in self.required_tags:
             raise ValueError(f"notice_tag {self.notice_tag!r} is also a required tag")
         return self
+
+    owners: OwnersConfig = Field(default_factory=OwnersConfig)
 
     @field_validator("required_tags")
     @classmethod
@@ -607,12 +676,27 @@ class Config(StrictModel):
             ("guard.heartbeat.sinks", self.guard.heartbeat.sinks or []),
             ("compliance.notify", self.compliance.notify),
             ("compliance.report_sink", [self.compliance.report_sink] if self.compliance.report_sink else []),
+            *self._owner_sinks(),
         ):
             for name in names:
                 if name not in self.sinks:
                     known = ", ".join(sorted(self.sinks)) or "none defined"
                     raise ValueError(f"{section} names sink {name!r}, which is not under `sinks` ({known})")
         return self
+
+    def _owner_sinks(self) -> list[tuple[str, list[str]]]:
+        notify = self.audit.owners.notify
+        if notify is None:
+            return []
+        for key, kind in (("email_sink", "email"), ("slack_sink", "slack")):
+            name = getattr(notify, key)
+            if name is not None and name in self.sinks and self.sinks[name].get("type") != kind:
+                raise ValueError(f"audit.owners.notify.{key} names sink {name!r}, which is not of type {kind}")
+        return [
+            ("audit.owners.notify.email_sink", [notify.email_sink] if notify.email_sink else []),
+            ("audit.owners.notify.slack_sink", [notify.slack_sink] if notify.slack_sink else []),
+            ("audit.owners.notify.fallback", list(notify.fallback)),
+        ]
 
     def account(self, account_id: str) -> AccountConfig | None:
         return next((a for a in self.accounts if a.id == account_id), None)

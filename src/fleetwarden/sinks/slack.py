@@ -224,14 +224,40 @@ class SlackSink(Sink):
         )
 
     def send(self, notification: Notification, report: RunReport) -> None:
+        self._send(self.settings.channel, notification, report)
+
+    def send_direct(self, user_id: str, notification: Notification, report: RunReport) -> None:
+        """Send the notification as a direct message to one Slack user (owner digests): `conversations.open` with
+        the user id gives the direct-message channel, then the same message (and files) as `send`. Needs the
+        bot scope `im:write` besides `chat:write`."""
+        from slack_sdk.errors import SlackApiError, SlackClientError
+
+        client = self._client()
+        try:
+            opened = client.conversations_open(users=user_id)
+        except SlackApiError as exc:
+            raise self._api_error(exc, "conversations.open") from None
+        except SlackClientError as exc:
+            raise SlackError("conversations.open", "client_error", self.context.secrets.redact(str(exc))) from None
+        except OSError as exc:
+            detail = self.context.secrets.redact(f"{type(exc).__name__}: {exc}")
+            raise SlackError("conversations.open", "connection_error", detail) from None
+        channel = (opened.get("channel") or {}).get("id")
+        if not channel:
+            raise SlackError("conversations.open", "no_channel", "the answer named no direct-message channel")
+        self._send(str(channel), notification, report, client)
+
+    def _send(
+        self, channel: str, notification: Notification, report: RunReport, client: WebClient | None = None
+    ) -> None:
         from slack_sdk.errors import SlackApiError, SlackClientError
 
         cfg = self.settings
-        client = self._client()
+        client = client or self._client()
         method = "chat.postMessage"
         try:
             posted = client.chat_postMessage(
-                channel=cfg.channel,
+                channel=channel,
                 text=fallback_text(notification),
                 blocks=message_blocks(notification, report),
                 unfurl_links=False,
@@ -246,7 +272,7 @@ class SlackSink(Sink):
                         {"content": a.content, "filename": a.filename, "title": a.filename}
                         for a in notification.attachments
                     ],
-                    channel=cfg.channel,
+                    channel=channel,
                     thread_ts=posted.get("ts") if cfg.files_in_thread else None,
                 )
         except SlackApiError as exc:

@@ -8,13 +8,16 @@ collect (per target, streamed) -> evaluate (TagCheck, canary identity) -> reconc
 from __future__ import annotations
 
 import logging
+import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from botocore.exceptions import BotoCoreError, ClientError
+
 from ..actions.ec2 import Ec2Actions
 from ..aws.fanout import fan_out
-from ..aws.targets import resolve_targets
+from ..aws.targets import error_text, resolve_targets
 from ..checks.exposure import ExposureCheck
 from ..checks.tags import CONTROL, TagCheck, canary_tags, has_canary_tags, judge_canaries
 from ..collect.ec2 import instance_from_api, iter_raw_instances
@@ -34,6 +37,7 @@ from ..model import (
     TargetResult,
     TargetStatus,
 )
+from ..owners import OwnerResolver, OwnerStats
 from ..reconcile import reconcile
 from ..sinks import Notification, deliver
 from .base import RunContext
@@ -66,6 +70,8 @@ class TargetAudit:
     canaries: set[str] = field(default_factory=set)  # the region's one canary (empty without one)
     instances_seen: int = 0
     exposure: list[Finding] = field(default_factory=list)  # report-only: never planned for an action
+    # Every instance a finding is about (violators and canary candidates), for owner attribution.
+    subjects: dict[str, Instance] = field(default_factory=dict)
 
 
 def _audit_target(ctx: RunContext, check: TagCheck, users: PerAccount, target: Target) -> TargetAudit:
@@ -88,10 +94,12 @@ def _audit_target(ctx: RunContext, check: TagCheck, users: PerAccount, target: T
                 addressed.append((instance, interfaces))
         if has_canary_tags(instance, wanted_canary):
             candidates.append(instance)
+            result.subjects[instance.id] = instance
         finding = check.evaluate(instance, names, now)
         if finding is not None:
             result.findings.append(finding)
             result.violators[instance.id] = instance
+            result.subjects[instance.id] = instance
     if exposure is not None and addressed:
         # Only instances with an internet-routable address can be reached; without any, no network call is made.
         network = collect_network(ec2)
@@ -122,6 +130,27 @@ def _audit_target(ctx: RunContext, check: TagCheck, users: PerAccount, target: T
         log.warning("%s: %d stopped instances carry the canary tags; none is exempt", target, len(verdict.stopped))
     result.findings += verdict.findings
     return result
+
+
+def _attribute(
+    ctx: RunContext, resolver: OwnerResolver, users: PerAccount, audit: TargetAudit, stats: OwnerStats
+) -> TargetAudit:
+    """Give each instance finding of the target its owner (never fails the target: see owners/resolve.py)."""
+    if not audit.findings:
+        return audit
+    names: set[str] | None = None
+    users_error: str | None = None
+    try:
+        names = {u.name for u in users.get(audit.target.account_id)}
+    except (ClientError, BotoCoreError) as exc:
+        users_error = error_text(exc)
+    found = resolver.annotate(audit.target, audit.findings, audit.subjects, names, ctx.clock(), users_error)
+    with _STATS_LOCK:
+        stats.add(found)
+    return audit
+
+
+_STATS_LOCK = threading.Lock()
 
 
 def _plan(
@@ -236,12 +265,28 @@ def run_audit(ctx: RunContext, options: AuditOptions) -> RunReport:
     report.targets += target_plan.errors
     iam_region = config.aws.sts_region
     users = PerAccount(lambda acct: list_users(ctx.factory.client("iam", region=iam_region, account_id=acct), acct))
+    owners = config.audit.owners
+    resolver = (
+        OwnerResolver(
+            owners,
+            config.audit.created_by_tag,
+            ctx.store,
+            lambda t: ctx.factory.client("cloudtrail", region=t.region, account_id=t.account_id),
+        )
+        if owners.enabled
+        else None
+    )
+    owner_stats = OwnerStats()
+
+    def audit_one(target: Target) -> TargetAudit:
+        audit = _audit_target(ctx, check, users, target)
+        return audit if resolver is None else _attribute(ctx, resolver, users, audit, owner_stats)
 
     with ctx.account_leases(WORKFLOW, [a.account_id for a in target_plan.accounts]):
         audits: list[TargetAudit] = []
         for outcome in fan_out(
             target_plan.targets,
-            lambda t: _audit_target(ctx, check, users, t),
+            audit_one,
             max_concurrency=config.aws.max_concurrency,
             label="auditing",
         ):
@@ -321,6 +366,12 @@ def run_audit(ctx: RunContext, options: AuditOptions) -> RunReport:
     if notice is not None:
         report.summary["notice"] = {"days": config.audit.notice_days, **{k: notice.counts[k] for k in
                                     ("marked", "waiting", "due", "cleared")}}  # fmt: skip
+    if resolver is not None:
+        report.summary["owners"] = {
+            "by_source": dict(sorted(owner_stats.by_source.items())),
+            "cloudtrail_calls": owner_stats.lookup_calls,
+            "cached": owner_stats.cache_hits,
+        }
     if config.audit.exposure.enabled:
         report.summary["exposed_ports"] = sum(
             1
@@ -336,6 +387,10 @@ def run_audit(ctx: RunContext, options: AuditOptions) -> RunReport:
             data={"required_tags": list(config.audit.required_tags)},
         )
         report.deliveries = deliver(config.audit.notify, config.sinks, notification, report, ctx.sink_context)
+    if resolver is not None and config.audit.owners.notify is not None:
+        from ..owners.notify import notify_owners
+
+        report.deliveries += notify_owners(ctx, report, apply=options.apply)
     report.finished_at = ctx.clock()
     return report
 
