@@ -1045,8 +1045,9 @@ def deploy_group() -> None:
 @click.option(
     "--kind",
     required=True,
-    type=click.Choice(["member", "hub", "billing"]),
-    help="member: the StackSet role; hub: the hub stack; billing: the payer account's role for spend sources.",
+    type=click.Choice(["member", "member-events", "hub", "billing"]),
+    help="member: the StackSet role; member-events: the launch forwarder (a StackSet to every region, for "
+    "event-driven guard trips); hub: the hub stack; billing: the payer account's role for spend sources.",
 )
 @click.option(
     "--state-machine",

@@ -33,7 +33,7 @@ from .state.dynamodb import TTL_ATTRIBUTE
 if TYPE_CHECKING:
     from .config import Config
 
-Kind = Literal["member", "hub", "billing"]
+Kind = Literal["member", "member-events", "hub", "billing"]
 KINDS: tuple[str, ...] = get_args(Kind)
 Template = dict[str, Any]
 
@@ -69,10 +69,13 @@ GUARD_SILENT_PERIODS = 3  # of 5 minutes: the guard runs every 5 minutes, so 15 
 ALARM_PERIOD_SECONDS = 300
 TEMPLATE_FILES: dict[str, Path] = {
     "member": Path("deploy/templates/member-role.yaml"),
+    "member-events": Path("deploy/templates/member-events.yaml"),
     "hub": Path("deploy/templates/hub.yaml"),
     "billing": Path("deploy/templates/billing-role.yaml"),
 }
 REGENERATE = "fleetwarden deploy render --kind {kind} > {path}"
+HAS_ORGANIZATION = "HasOrganization"
+LAUNCH_BUS_NAME = "${FunctionName}-launches"
 # Actions of the hub policy on "*" that the hub template grants on narrower resources instead (see
 # _function_stack_statements): the org-run's bucket, the config object, the hub account's parameters, KMS via
 # the services that decrypt for fleetwarden.
@@ -141,6 +144,60 @@ def member_role_template(role_name: str = "FleetWarden", config: Config | None =
         "and scan this account's EC2 fleet. Generated from the code's permission declarations: do not edit.",
         policy_documents(config, tier)["member_role"],
     )
+
+
+# Event-driven trips (docs/guard.md): launches in a member account, as CloudTrail records them, go to the hub's bus.
+LAUNCH_PATTERN: dict[str, Any] = {
+    "source": ["aws.ec2"],
+    "detail-type": ["AWS API Call via CloudTrail"],
+    "detail": {"eventSource": ["ec2.amazonaws.com"], "eventName": ["RunInstances", "StartInstances"]},
+}
+
+
+def member_events_template() -> Template:
+    """The member account's launch forwarder, deployed as a StackSet to every region of every member account
+    (EventBridge rules are regional, CloudTrail delivers each launch in its own region): a rule on the default
+    bus that sends RunInstances / StartInstances calls to the hub's launch bus."""
+    return {
+        "AWSTemplateFormatVersion": "2010-09-09",
+        "Description": (
+            "fleetwarden member-account launch forwarder: RunInstances and StartInstances calls (CloudTrail management "
+            "events) go to the hub's event bus, so the guard evaluates this account within seconds. Deploy to every "
+            "region. Generated from the code: do not edit."
+        ),
+        "Parameters": {
+            "HubEventBusArn": {
+                "Type": "String",
+                "AllowedPattern": r"^arn:aws[a-z-]*:events:[a-z0-9-]+:\d{12}:event-bus/[\w.-]+$",
+                "ConstraintDescription": "the hub stack's LaunchEventBusArn output",
+                "Description": "The hub's launch event bus (the hub stack's LaunchEventBusArn output).",
+            },
+        },
+        "Resources": {
+            "ForwardRole": {
+                "Type": "AWS::IAM::Role",
+                "Properties": {
+                    "Description": "fleetwarden: EventBridge forwards launches to the hub's bus",
+                    "AssumeRolePolicyDocument": _trust({"Service": "events.amazonaws.com"}),
+                    "Policies": [
+                        _policy("fleetwarden-forward-launches", [_allow(["events:PutEvents"], _ref("HubEventBusArn"))])
+                    ],
+                },
+            },
+            "LaunchForwardRule": {
+                "Type": "AWS::Events::Rule",
+                "Properties": {
+                    "Description": "fleetwarden: RunInstances / StartInstances -> the hub's launch bus",
+                    "EventPattern": LAUNCH_PATTERN,
+                    "State": "ENABLED",
+                    "Targets": [
+                        {"Id": "fleetwarden-hub", "Arn": _ref("HubEventBusArn"), "RoleArn": _att("ForwardRole")}
+                    ],
+                },
+            },
+        },
+        "Outputs": {"RuleArn": {"Description": "The launch forwarder's rule", "Value": _att("LaunchForwardRule")}},
+    }
 
 
 def billing_role_template(role_name: str = "FleetWardenBilling", config: Config | None = None) -> Template:
@@ -257,6 +314,13 @@ def _hub_parameters() -> dict[str, Any]:
             "MinValue": 0,
             "Description": "FLEETWARDEN_SHARD_ABOVE: over this many accounts, a scheduled audit, guard or compliance "
             "sync is handed off to the org-run state machine (0: never; docs/deploy-templates.md, Hand-off).",
+        },
+        "OrganizationId": {
+            "Type": "String",
+            "Default": "",
+            "AllowedPattern": r"^(o-[a-z0-9]{10,32})?$",
+            "Description": "The organization's id (o-...): its member accounts may send launches to the hub's launch "
+            "bus (event-driven trips, docs/guard.md). Empty: no account may.",
         },
         "RunRetentionDays": {
             "Type": "Number",
@@ -430,6 +494,7 @@ def hub_template(
         },
     }
     resources["ComplianceSyncRulePermission"] = _invoke_permission("Function", "ComplianceSyncRule")
+    resources.update(_launch_bus_resources())
     resources.update(_scan_window_resources(state_machine_definition))
     resources.update(_run_bucket_resources())
     resources.update(_org_run_resources(org_run))
@@ -445,10 +510,49 @@ def hub_template(
         "Parameters": _hub_parameters(),
         "Conditions": {
             # ConfigReference is s3://BUCKET/KEY (else ssm:/NAME): its first ':'-separated part is "s3".
-            CONFIG_IN_S3: {"Fn::Equals": [{"Fn::Select": [0, {"Fn::Split": [":", _ref("ConfigReference")]}]}, "s3"]}
+            CONFIG_IN_S3: {"Fn::Equals": [{"Fn::Select": [0, {"Fn::Split": [":", _ref("ConfigReference")]}]}, "s3"]},
+            HAS_ORGANIZATION: {"Fn::Not": [{"Fn::Equals": [_ref("OrganizationId"), ""]}]},
         },
         "Resources": resources,
         "Outputs": _hub_outputs(),
+    }
+
+
+def _launch_bus_resources() -> dict[str, Any]:
+    """The bus the member accounts' forwarders send launches to, open to the organization's accounts only, and
+    its rule to the worker function (not the guard's: its reserved concurrency of 1 would queue an event behind a
+    scheduled run; the guard's per-account lease keeps the two from acting on one account at once)."""
+    return {
+        "LaunchEventBus": {"Type": "AWS::Events::EventBus", "Properties": {"Name": _sub(LAUNCH_BUS_NAME)}},
+        "LaunchEventBusPolicy": {
+            "Type": "AWS::Events::EventBusPolicy",
+            "Condition": HAS_ORGANIZATION,
+            "Properties": {
+                "EventBusName": _sub(LAUNCH_BUS_NAME),
+                "StatementId": "fleetwarden-organization-launches",
+                "Statement": {
+                    "Sid": "fleetwarden-organization-launches",
+                    "Effect": "Allow",
+                    "Principal": "*",
+                    "Action": "events:PutEvents",
+                    "Resource": _att("LaunchEventBus"),
+                    "Condition": {"StringEquals": {"aws:PrincipalOrgID": _ref("OrganizationId")}},
+                },
+            },
+        },
+        "LaunchRule": {
+            "Type": "AWS::Events::Rule",
+            # The bus by name (what Ref gives), written out: moto's CloudFormation passes a Ref'd bus as an object.
+            "DependsOn": ["LaunchEventBus"],
+            "Properties": {
+                "Description": "fleetwarden: a member account's RunInstances / StartInstances -> the guard, at once",
+                "EventBusName": _sub(LAUNCH_BUS_NAME),
+                "EventPattern": LAUNCH_PATTERN,
+                "State": _ref("RulesState"),
+                "Targets": [{"Id": "fleetwarden", "Arn": _att("Function")}],
+            },
+        },
+        "LaunchRulePermission": _invoke_permission("Function", "LaunchRule"),
     }
 
 
@@ -847,6 +951,10 @@ def _hub_outputs() -> dict[str, Any]:
         "AlertsTopicArn": {"Description": "For a sink {type: sns, topic_arn: ...}", "Value": _ref("AlertsTopic")},
         "FunctionArn": {"Value": _att("Function")},
         "GuardFunctionArn": {"Value": _att("GuardFunction")},
+        "LaunchEventBusArn": {
+            "Description": "The member-events stacks' HubEventBusArn (event-driven trips)",
+            "Value": _att("LaunchEventBus"),
+        },
         "FunctionRoleArn": {
             "Description": "The principal that assumes the member-account roles",
             "Value": _att("FunctionRole"),
@@ -899,6 +1007,8 @@ def template(
     what that config enables (docs/permissions.md); `tier` ("full" | "read-only") applies to the member role."""
     if kind == "member":
         return member_role_template(config=config, tier=tier)
+    if kind == "member-events":
+        return member_events_template()
     if kind == "hub":
         return hub_template(load_state_machine(state_machine), config=config, org_run_definition=None)
     if kind == "billing":

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from pydantic import (
     AfterValidator,
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -44,11 +45,13 @@ Action = Literal[
 ]
 ACTIONS: tuple[str, ...] = get_args(Action)
 M = TypeVar("M", bound=BaseModel)
-Trigger = Literal["invoke", "schedule", "alarm", "ssm-association"]
+Trigger = Literal["invoke", "schedule", "alarm", "ssm-association", "launch"]
 
 SCHEDULED = "Scheduled Event"
 ALARM_CHANGE = "CloudWatch Alarm State Change"
 SSM_ASSOCIATION_CHANGE = "EC2 State Manager Association State Change"
+CLOUDTRAIL_CALL = "AWS API Call via CloudTrail"
+LAUNCH_CALLS = ("RunInstances", "StartInstances")
 # Matched whole (fullmatch) and ASCII only: `\d` accepts other scripts' digits and `$` a trailing newline.
 _ACCOUNT_ID = re.compile(r"[0-9]{12}")
 _WINDOW_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
@@ -390,6 +393,28 @@ class AssociationEvent(AwsEvent):
     detail: AssociationDetail
 
 
+class LaunchDetail(BaseModel):
+    """The CloudTrail record of a RunInstances / StartInstances call (the fields the guard reads)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    eventSource: Literal["ec2.amazonaws.com"]
+    eventName: str
+    eventTime: AwareDatetime
+    awsRegion: RegionName
+    recipientAccountId: AccountId | None = None
+    errorCode: str | None = None
+
+
+class LaunchEvent(AwsEvent):
+    """A RunInstances or StartInstances call, forwarded by the member account's EventBridge rule to the hub's bus
+    (docs/guard.md "Event-driven trips"): the guard evaluates that account at once."""
+
+    detail_type: Literal["AWS API Call via CloudTrail"] = Field(alias="detail-type")
+    source: Literal["aws.ec2"]
+    detail: LaunchDetail
+
+
 # -- parsing -------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ParsedEvent:
@@ -469,9 +494,33 @@ def _parse_eventbridge(event: Mapping[str, Any]) -> ParsedEvent:
             trigger="ssm-association",
             reason=f"SSM association {_plain(detail.association_id)} ({_plain(detail.document_name)}) changed state",
         )
+    if kind == CLOUDTRAIL_CALL:
+        return _from_launch(_validate(LaunchEvent, event, "CloudTrail launch event"))
     raise EventError(
-        f"unsupported EventBridge event detail-type {_shown(kind)}; expected {SCHEDULED!r}, {ALARM_CHANGE!r} "
-        f"or {SSM_ASSOCIATION_CHANGE!r}"
+        f"unsupported EventBridge event detail-type {_shown(kind)}; expected {SCHEDULED!r}, {ALARM_CHANGE!r}, "
+        f"{SSM_ASSOCIATION_CHANGE!r} or {CLOUDTRAIL_CALL!r}"
+    )
+
+
+def _from_launch(event: LaunchEvent) -> ParsedEvent:
+    """The guard on the launching account only, now (its per-account triggers; the poll keeps the rest)."""
+    detail = event.detail
+    account = detail.recipientAccountId or event.account
+    if account is None or not _ACCOUNT_ID.fullmatch(account):
+        raise EventError(f"malformed CloudTrail launch event: no account id (account {_shown(event.account)})")
+    name = detail.eventName
+    if name not in LAUNCH_CALLS or detail.errorCode:
+        why = f"a failed {name} ({_plain(detail.errorCode)})" if detail.errorCode else f"{_plain(name)}"
+        return ParsedEvent(
+            action="pass", trigger="launch", reason=f"CloudTrail event {why} in {account}: nothing to evaluate"
+        )
+    params = {"event_time": detail.eventTime.isoformat(), "event_name": name, "event_region": detail.awsRegion}
+    return ParsedEvent(
+        action="guard",
+        trigger="launch",
+        params=params,
+        shard={"accounts": [account]},
+        reason=f"{name} in {account} {detail.awsRegion} at {detail.eventTime.isoformat()}",
     )
 
 

@@ -111,6 +111,8 @@ def _handle(parsed: ParsedEvent, context: Any, raw: dict[str, Any]) -> dict[str,
             return _aggregate(config, parsed)
         if parsed.action == "guard-org-check":
             return _guard_org_check(config, parsed)
+        if parsed.trigger == "launch":
+            return _launch(config, parsed, apply, apply_from)
         config = _shard_config(config, parsed, apply)
         with narrowed(_scope(parsed)), org_listing(_org_listing(config, parsed)):
             if parsed.action == "list-targets":
@@ -125,6 +127,48 @@ def _handle(parsed: ParsedEvent, context: Any, raw: dict[str, Any]) -> dict[str,
         if exc.exit_code == EXIT_REFUSED:
             result["status"] = "refused"
         return _shard_out(config, parsed, result, None)
+
+
+def _launch(config: Config, parsed: ParsedEvent, apply: bool, apply_from: str) -> dict[str, Any]:
+    """A RunInstances / StartInstances event: the guard on that account only, now, coalesced with the others of a
+    burst (workflows/guard/launch.py). Its per-account triggers only: the organization-wide limit, the findings and
+    the heartbeat stay with the scheduled run."""
+    from datetime import datetime
+
+    from .aws.session import SessionFactory
+    from .aws.targets import Scope, narrowed
+    from .state import open_store
+    from .workflows.base import new_run_id
+    from .workflows.guard import GuardOptions, run_guard
+    from .workflows.guard.launch import MAX_ROUNDS, claim, finish
+
+    account_id = str(parsed.shard["accounts"][0])
+    if config.organization is None and config.account(account_id) is None and config.accounts:
+        return _noop(f"{parsed.reason}: not one of the config's accounts, nothing to evaluate", parsed)
+    event_time = datetime.fromisoformat(str(parsed.params["event_time"]))
+    store = open_store(config.state, SessionFactory(config.aws, run_id=new_run_id(utcnow())))
+    try:
+        why = claim(store, account_id, event_time, utcnow())
+        if why is not None:
+            log.info("launch in %s coalesced: %s", account_id, why)
+            return {**_noop(f"{parsed.reason}: {why}", parsed), "coalesced": True}
+        result: dict[str, Any] = {}
+        for rounds in range(1, MAX_ROUNDS + 1):
+            with narrowed(Scope(accounts=frozenset([account_id]), regions=None)):
+                result = _run(
+                    config,
+                    parsed,
+                    apply,
+                    apply_from,
+                    lambda run: run_guard(run, GuardOptions(apply=apply, phase="count")),
+                    with_report=False,
+                )
+            if not finish(store, account_id, utcnow()) or rounds == MAX_ROUNDS:
+                break
+        result["evaluations"] = rounds
+        return result
+    finally:
+        store.close()
 
 
 def _hand_off(raw: dict[str, Any], config: Config) -> dict[str, Any] | None:

@@ -46,6 +46,8 @@ EXPECTED_ACTION: dict[str, str | None] = {
     "alarm_ok": "pass",
     "ssm_association_matching": "compliance-sync",
     "ssm_association_other": "compliance-sync",
+    "cloudtrail_run_instances": "guard",  # the launching account only, at once (test_guard_launch_events.py)
+    "cloudtrail_start_instances_denied": "pass",  # a failed call launched nothing
     "malformed": None,
     "unknown_action": None,
 }

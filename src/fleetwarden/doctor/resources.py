@@ -47,9 +47,23 @@ def _sns_topic(doctor: Doctor, logical: str, physical: str) -> Outcome:
     return "ok", f"topic {physical}"
 
 
+def _rule_bus(doctor: Doctor, logical: str, physical: str) -> tuple[str, str | None]:
+    """(rule name, its event bus or None for the default one). CloudFormation names a rule of a custom bus
+    `BUS|NAME`; where it does not (moto), the hub's launch rule is on `<FunctionName>-launches`."""
+    bus, _, name = physical.rpartition("|")
+    if bus:
+        return name, bus
+    if logical == "LaunchRule":
+        function = doctor.stack.parameters.get("FunctionName", "fleetwarden") if doctor.stack else "fleetwarden"
+        return name, f"{function}-launches"
+    return name, None
+
+
 def _events_rule(doctor: Doctor, logical: str, physical: str) -> Outcome:
     events = doctor.factory.client("events", region=doctor.region)
-    rule = events.describe_rule(Name=physical)
+    physical, bus = _rule_bus(doctor, logical, physical)
+    on_bus: dict[str, str] = {"EventBusName": bus} if bus else {}
+    rule = events.describe_rule(Name=physical, **on_bus)
     state = rule.get("State", "?")
     what = rule.get("ScheduleExpression") or "event pattern"
     wanted = doctor.stack.parameters.get("RulesState", "ENABLED") if doctor.stack else "ENABLED"
@@ -59,7 +73,7 @@ def _events_rule(doctor: Doctor, logical: str, physical: str) -> Outcome:
             f"rule {physical} ({what}) is {state} while the stack's RulesState is ENABLED: it does not fire",
             f"aws events enable-rule --name {physical}",
         )
-    wiring = _rule_targets(doctor, physical, str(rule.get("Arn", "")))
+    wiring = _rule_targets(doctor, physical, str(rule.get("Arn", "")), bus)
     if wiring is not None:
         return "problem", wiring[0], wiring[1]
     if wanted == "DISABLED":
@@ -68,10 +82,11 @@ def _events_rule(doctor: Doctor, logical: str, physical: str) -> Outcome:
     return "ok", f"rule {physical} ({what}) ENABLED"
 
 
-def _rule_targets(doctor: Doctor, name: str, arn: str) -> tuple[str, str] | None:
+def _rule_targets(doctor: Doctor, name: str, arn: str, bus: str | None = None) -> tuple[str, str] | None:
     """What keeps a rule from reaching its targets: it has none, or a function's resource policy does not let
     EventBridge invoke it for this rule (the stack's AWS::Lambda::Permission was removed)."""
-    targets = doctor.factory.client("events", region=doctor.region).list_targets_by_rule(Rule=name)["Targets"]
+    events = doctor.factory.client("events", region=doctor.region)
+    targets = events.list_targets_by_rule(Rule=name, **({"EventBusName": bus} if bus else {}))["Targets"]
     if not targets:
         return f"rule {name} has no target: it fires into nothing", update_fix()
     for target in targets:
