@@ -130,7 +130,7 @@ def test_owner_from_tag_cloudtrail_and_unknown(aws: EmulatorServer, tmp_path: Pa
     assert details[by_federated]["owner_type"] == "FederatedUser"
     assert "no created_by tag" in details[nobody]["owner_reason"]
     assert "no RunInstances event" in details[nobody]["owner_reason"]
-    # Five instances need CloudTrail (over walk_over=3): one RunInstances walk, one page.
+    # Five instances need CloudTrail (over walk_over=1): one RunInstances walk, one page.
     assert report["summary"]["owners"] == {
         "by_source": {"cloudtrail": 4, "tag": 1, "unknown": 1},
         "cloudtrail_calls": 1,
@@ -154,7 +154,9 @@ def test_second_run_uses_the_cache(aws: EmulatorServer, tmp_path: Path, factory:
     top: dict[str, Any] = {}
     if backend == "dynamodb":
         top["state"] = "dynamodb://fleetwarden-owners?region=us-east-1"
-    config = write_config(tmp_path, aws.url, (A,), [REGION], top=top, created_by_must_be_iam_user=False)
+    config = write_config(
+        tmp_path, aws.url, (A,), [REGION], top=top, created_by_must_be_iam_user=False, owners={"walk_over": 3}
+    )
     if backend == "dynamodb":
         assert cli("--config", str(config), "state", "init").exit_code == 0
     first = audit(config)

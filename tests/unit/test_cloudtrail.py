@@ -1,5 +1,5 @@
-"""The LookupEvents budget of one target (collect/cloudtrail.py): paced to 2 calls per second, bounded in calls
-and seconds, with an injected clock."""
+"""The LookupEvents budget of one target (collect/cloudtrail.py): at most 2 calls in any second (two at once, then
+wait), bounded in calls and seconds, with an injected clock."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ def test_calls_are_paced_and_bounded() -> None:
     budget = Budget(max_calls=3, max_seconds=60, clock=clock, sleep=clock.sleep)
     for _ in range(3):
         budget.spend()
-    assert clock.slept == [0.5, 0.5]
+    assert clock.slept == [1.0]  # two at once (the API's burst), the third a second after the first
     with pytest.raises(BudgetSpent, match="3 LookupEvents call"):
         budget.spend()
 
@@ -37,6 +37,7 @@ def test_time_budget_stops_before_waiting_past_it() -> None:
     budget.spend()
     budget.spend()
     budget.spend()  # at 1.0 s
+    budget.spend()  # at 1.0 s too: only one call in the second before it
     with pytest.raises(BudgetSpent, match=r"1\.2 s"):
-        budget.spend()  # would start at 1.5 s
-    assert budget.calls == 3
+        budget.spend()  # would start at 2.0 s
+    assert budget.calls == 4

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -22,6 +22,7 @@ PAGE_SIZE = 50  # LookupEvents' maximum
 # LookupEvents allows 2 requests per second per account and region: a target's calls are paced to that, so a
 # burst of lookups is not throttled (botocore's retries remain for calls made by others at the same time).
 MIN_INTERVAL_SECONDS = 0.5
+BURST = 2
 # A RunInstances event is recorded when the call is made, a moment before the instance's LaunchTime.
 LAUNCH_SLACK = timedelta(minutes=15)
 
@@ -116,16 +117,18 @@ class BudgetSpent(Exception):
 
 @dataclass
 class Budget:
-    """How many LookupEvents calls, and how much time, one target may spend; paces the calls to the API's rate."""
+    """How many LookupEvents calls, and how much time, one target may spend; keeps its calls within the API's rate
+    (2 per second per account and region, as a bucket of 2: two calls at once, then one every 0.5 s)."""
 
     max_calls: int
     max_seconds: float
     clock: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
     min_interval: float = MIN_INTERVAL_SECONDS
+    burst: int = BURST
     calls: int = 0
     started: float | None = None
-    last: float | None = None
+    recent: list[float] = field(default_factory=list)
 
     def spend(self) -> None:
         now = self.clock()
@@ -133,12 +136,14 @@ class Budget:
             self.started = now
         if self.calls >= self.max_calls:
             raise BudgetSpent(f"the budget of {self.max_calls} LookupEvents call(s) for this target is spent")
-        wait = 0.0 if self.last is None else max(0.0, self.last + self.min_interval - now)
+        window = self.min_interval * self.burst  # the bucket refills `burst` calls in this long
+        recent = [t for t in self.recent if t > now - window]
+        wait = 0.0 if len(recent) < self.burst else max(0.0, recent[-self.burst] + window - now)
         if now + wait - self.started > self.max_seconds:
             raise BudgetSpent(f"the budget of {self.max_seconds:g} s of LookupEvents for this target is spent")
         if wait:
             self.sleep(wait)
-        self.last = self.clock()
+        self.recent = [*recent[-(self.burst - 1) :], self.clock()] if self.burst > 1 else [self.clock()]
         self.calls += 1
 
 

@@ -313,7 +313,7 @@ class OwnersConfig(StrictModel):
     max_calls: int = Field(default=10, strict=True, ge=1, le=1000)
     max_seconds: float = Field(default=20.0, strict=True, gt=0, le=900, allow_inf_nan=False)
     # Up to this many instances to look up in a target: one ResourceName lookup each; more: one RunInstances walk.
-    walk_over: int = Field(default=3, strict=True, ge=0, le=1000)
+    walk_over: int = Field(default=1, strict=True, ge=0, le=1000)
     notify: OwnerNotifyConfig | None = None
 
 
