@@ -1270,6 +1270,85 @@ def findings_exposure(ctx: click.Context, fail_on: str | None, severities: tuple
     _run_workflow(ctx, run_exposure_findings, fail_on, severities)
 
 
+@main.group()
+def spend() -> None:
+    """Spend across the fleet's accounts, from the payer account's billing data (docs/spend.md)."""
+
+
+@spend.command("report")
+@click.option(
+    "--apply",
+    is_flag=True,
+    help="Send the report to spend_report.notify. Default: print it and say what it would send.",
+)
+@click.option(
+    "--as-of",
+    "as_of",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    metavar="YYYY-MM-DD",
+    help="Report the month up to the day before this date (UTC). Default: today, i.e. the month so far to yesterday.",
+)
+@click.option("--resend", is_flag=True, help="With --apply: send again to sinks that already got this day's report.")
+@global_options
+@aws_options
+@click.pass_context
+@handle_errors
+def spend_report(ctx: click.Context, apply: bool, as_of: Any, resend: bool) -> None:
+    """Cost by day and by service per account for the month so far, its annualised run rate, and the largest
+    changes against the same days of the previous month.
+
+    Reads Cost Explorer (GetCostAndUsage, DAILY UnblendedCost grouped by linked account and service) in the payer
+    account, through spend_report.billing_account (else guard.spend.billing_account, else the current
+    credentials): one query of a few pages, $0.01 each. Covers the accounts the config lists, or every linked
+    account when it names an organization. On the 1st of a month it reports the whole previous month.
+    --output-dir writes spend-DATE.csv, spend-DATE.html and run.json; --json prints the RunReport, whose
+    summary.spend is the report (schema fleetwarden.spend-report/v1). With --apply the text goes to each sink of
+    spend_report.notify with the CSV and HTML attached, once a day per sink (--resend to send again).
+    """
+    from datetime import timedelta
+
+    from .errors import EXIT_PARTIAL
+    from .output import RUN_JSON, write_file
+    from .outputs import SpendReportOutput
+    from .report.spend import print_outcome, print_spend
+    from .workflows.base import exit_code
+    from .workflows.spend_report import SpendReportOptions, run_spend_report
+
+    if resend and not apply:
+        raise UsageError("--resend goes with --apply (a dry run sends nothing)")
+    day = as_of.date() if as_of is not None else None
+    if day is not None and day > utcnow().date() + timedelta(days=1):
+        raise UsageError(f"--as-of {day}: a date in the future has no cost data yet")
+    opts = _opts(ctx)
+    config = _load(opts)
+    _check_output_dir(opts)
+    run = _context(config)
+    try:
+        options = SpendReportOptions(apply=apply, as_of=day, resend=resend, output_dir=opts.output_dir)
+        report = run_spend_report(run, options)
+    finally:
+        run.store.close()
+    console = opts.console()
+    spend_data = report.summary.get("spend")
+    spend_model = SpendReportOutput.model_validate(spend_data) if spend_data is not None else None
+    if spend_model is not None:
+        print_spend(spend_model, console)
+    print_outcome(report, console)
+    written_ok = True
+    if opts.output_dir is not None:
+        try:
+            written = [opts.output_dir / str(name) for name in report.summary.get("files", [])]
+            written.append(write_file(opts.output_dir / RUN_JSON, run.secrets.redact(report.to_json()).encode("utf-8")))
+            console.print("wrote " + ", ".join(str(p) for p in written))
+        except OSError as exc:
+            written_ok = False
+            click.echo(f"error: could not write the outputs to {opts.output_dir}: {exc.strerror or exc}", err=True)
+    if opts.json:
+        click.echo(report.to_json())
+    code = exit_code(report)
+    sys.exit(EXIT_PARTIAL if not written_ok and code == 0 else code)
+
+
 @main.command()
 @click.option("--stack-name", default="fleetwarden-hub", show_default=True, help="The hub stack's name.")
 @click.option("--region", help="The hub stack's region (default: the config's DynamoDB state region, else AWS_REGION).")

@@ -144,7 +144,7 @@ def findings_csv(findings: Iterable[Finding]) -> bytes:
     )
 
 
-def _write(path: Path, data: bytes) -> Path:
+def write_file(path: Path, data: bytes) -> Path:
     # Write beside the target and rename, so a reader never sees half a file.
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_bytes(data)
@@ -171,13 +171,13 @@ def write_outputs(
     output_dir.mkdir(parents=True, exist_ok=True)
     ordered = sort_findings(report.findings)
     return [
-        _write(output_dir / RUN_JSON, text(report.to_json())),
-        _write(output_dir / FINDINGS_CSV, text(findings_csv(ordered).decode("utf-8"))),
-        _write(
+        write_file(output_dir / RUN_JSON, text(report.to_json())),
+        write_file(output_dir / FINDINGS_CSV, text(findings_csv(ordered).decode("utf-8"))),
+        write_file(
             output_dir / FINDINGS_OCSF,
             text(ocsf_lines(ordered, report.finished_at or report.started_at).decode("utf-8")),
         ),
-        _write(output_dir / REPORT_HTML, text(render_html(report, context=context))),
+        write_file(output_dir / REPORT_HTML, text(render_html(report, context=context))),
     ]
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Callable
-from datetime import datetime
+from datetime import date, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any, Literal
 
@@ -176,6 +177,90 @@ class DoctorOutput(_Output):
     checks: list[DoctorCheckOutput]
 
 
+class SpendPeriodOutput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    start: date
+    end: date = Field(description="exclusive, as Cost Explorer's End")
+    days: int
+
+
+class SpendServiceOutput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    service: str
+    usd: Decimal
+    previous_usd: Decimal
+
+
+class SpendDayOutput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    day: date
+    usd: Decimal
+
+
+class SpendAccountOutput(BaseModel):
+    """One account's month so far."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    account_id: str
+    name: str | None = None
+    usd: Decimal
+    previous_usd: Decimal
+    change_usd: Decimal
+    run_rate_usd: Decimal = Field(description="annualised: usd / period days x 365")
+    recorded: bool = Field(description="false when the cost data has no line for this account")
+    by_service: list[SpendServiceOutput]
+    by_day: list[SpendDayOutput]
+
+
+class SpendChangeOutput(BaseModel):
+    """One account and service whose cost moved most against the previous period."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    account_id: str
+    name: str | None = None
+    service: str
+    usd: Decimal
+    previous_usd: Decimal
+    change_usd: Decimal
+    change_pct: Decimal | None = Field(None, description="null when the previous period had no cost (new)")
+
+
+class SpendOtherOutput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    accounts: int
+    usd: Decimal
+    previous_usd: Decimal
+
+
+class SpendReportOutput(_Output):
+    """The spend report: `summary` of a `spend-report` run (`fleetwarden spend report --json` prints the RunReport)."""
+
+    schema_id: Literal["fleetwarden.spend-report/v1"] = Field("fleetwarden.spend-report/v1", alias="schema")
+    as_of: date = Field(description="the report covers the days before this one (UTC)")
+    source: str
+    currency: Literal["USD"] = "USD"
+    period: SpendPeriodOutput
+    previous_period: SpendPeriodOutput
+    total_usd: Decimal
+    previous_total_usd: Decimal
+    change_usd: Decimal
+    run_rate_usd: Decimal = Field(description="annualised: total_usd / period days x 365")
+    accounts: list[SpendAccountOutput]
+    changes: list[SpendChangeOutput] = Field(description="largest changes first, at most spend_report.top_changes")
+    other_accounts: SpendOtherOutput | None = Field(
+        None, description="linked accounts in the cost data that the config does not cover"
+    )
+    estimated_days: list[date] = Field(description="days Cost Explorer marks as estimated (not final)")
+    requests: int = Field(description="GetCostAndUsage requests made ($0.01 each)")
+    notes: list[str] = Field(default_factory=list)
+
+
 def exception_output(rule: Any, now: datetime) -> ExceptionOutput:
     """An ExceptionRule as the commands show it."""
     return ExceptionOutput(
@@ -208,6 +293,10 @@ SCHEMAS: dict[str, tuple[str, Callable[[], dict[str, Any]]]] = {
         lambda: ExceptionAddedOutput.model_json_schema(by_alias=True),
     ),
     "fleetwarden.doctor/v1": ("doctor", lambda: DoctorOutput.model_json_schema(by_alias=True)),
+    "fleetwarden.spend-report/v1": (
+        "spend report (the RunReport's `summary.spend`)",
+        lambda: SpendReportOutput.model_json_schema(by_alias=True),
+    ),
 }
 
 

@@ -394,6 +394,18 @@ class SpendConfig(StrictModel):
     billing_account: BillingAccount | None = None
 
 
+class SpendReportConfig(StrictModel):
+    """`fleetwarden spend report` (docs/spend.md "Spend report"): cost by day and service per account for the month
+    so far, its annualised run rate and the largest changes against the same days of the previous month."""
+
+    source: Literal["cost-explorer"] = "cost-explorer"
+    notify: list[str] = Field(default_factory=list)
+    # The payer account's billing role; default: guard.spend.billing_account, else the current credentials.
+    billing_account: BillingAccount | None = None
+    top_changes: int = Field(default=10, strict=True, ge=1, le=100)
+    min_change_usd: float = Field(default=1.0, strict=False, ge=0, le=MAX_USD, allow_inf_nan=False)
+
+
 class LockoutConfig(StrictModel):
     mode: Literal["deactivate", "delete", "off"] = "deactivate"
     exempt_users: list[str] = Field(default_factory=list)
@@ -618,6 +630,7 @@ class Config(StrictModel):
     window: WindowConfig = Field(default_factory=WindowConfig)
     compliance: ComplianceConfig = Field(default_factory=ComplianceConfig)
     inspector: InspectorConfig = Field(default_factory=InspectorConfig)
+    spend_report: SpendReportConfig = Field(default_factory=SpendReportConfig)
     exceptions: list[ExceptionEntry] = Field(default_factory=list)
 
     @field_validator("state")
@@ -654,6 +667,13 @@ class Config(StrictModel):
             seen[ident] = index
         return entries
 
+    @property
+    def spend_report_billing(self) -> BillingAccount | None:
+        """The billing role the spend report reads Cost Explorer through (its own, else the guard's)."""
+        if self.spend_report.billing_account is not None:
+            return self.spend_report.billing_account
+        return self.guard.spend.billing_account if self.guard.spend else None
+
     def exception_rules(self, loaded_at: datetime) -> list[ExceptionRule]:
         """The config's exceptions as rules, each marked with where it is written."""
         return [entry.rule(loaded_at, f"config exceptions[{i}]") for i, entry in enumerate(self.exceptions)]
@@ -676,6 +696,7 @@ class Config(StrictModel):
             ("guard.heartbeat.sinks", self.guard.heartbeat.sinks or []),
             ("compliance.notify", self.compliance.notify),
             ("compliance.report_sink", [self.compliance.report_sink] if self.compliance.report_sink else []),
+            ("spend_report.notify", self.spend_report.notify),
             *self._owner_sinks(),
         ):
             for name in names:
