@@ -95,6 +95,7 @@ SCHEDULES: tuple[tuple[str, str, str, dict[str, Any], str], ...] = (
         {"action": "compliance-report"},
         "Function",
     ),
+    ("SpendReportScheduleRule", "SpendReportSchedule", "cron(0 8 * * ? *)", {"action": "spend-report"}, "Function"),
 )
 SCAN_WINDOW_SCHEDULE = "cron(0 2 ? * SUN *)"
 # SSM State Manager association state changes: the handler keeps only the configured associations.

@@ -12,6 +12,7 @@ import re
 import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from pydantic import (
@@ -23,6 +24,7 @@ from pydantic import (
     StrictBool,
     StrictInt,
     ValidationError,
+    field_validator,
     model_validator,
 )
 
@@ -37,6 +39,7 @@ Action = Literal[
     "window-close",
     "compliance-sync",
     "compliance-report",
+    "spend-report",
     "list-targets",
     "list-shards",
     "guard-org-check",
@@ -257,6 +260,22 @@ class ComplianceEvent(ShardableEvent):
     action: Literal["compliance-sync", "compliance-report"]
 
 
+class SpendReportEvent(ActionEvent):
+    """The daily spend summary (`fleetwarden spend report`): `as_of` (YYYY-MM-DD, default today UTC) and `resend`
+    as the command's options; `apply` delivers it to spend_report.notify."""
+
+    action: Literal["spend-report"]
+    as_of: date | None = None
+    resend: StrictBool = False
+
+    @field_validator("as_of", mode="before")
+    @classmethod
+    def _iso_day(cls, value: Any) -> Any:
+        if value is not None and not (isinstance(value, str) and re.fullmatch(r"\d{4}-\d{2}-\d{2}", value)):
+            raise ValueError("as_of must be a date as YYYY-MM-DD")
+        return value
+
+
 class ListTargetsEvent(ShardableEvent):
     """List the (account, region) targets the config resolves to; changes nothing."""
 
@@ -313,6 +332,7 @@ ACTION_MODELS: dict[str, type[ActionEvent]] = {
     "window-close": WindowCloseEvent,
     "compliance-sync": ComplianceEvent,
     "compliance-report": ComplianceEvent,
+    "spend-report": SpendReportEvent,
     "list-targets": ListTargetsEvent,
     "list-shards": ListShardsEvent,
     "guard-org-check": GuardOrgCheckEvent,

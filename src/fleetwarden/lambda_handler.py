@@ -264,6 +264,18 @@ def _workflow(parsed: ParsedEvent, apply: bool) -> Workflow:
 
         report_options = ReportOptions(apply=apply)
         return lambda run: run_compliance_report(run, report_options)
+    if parsed.action == "spend-report":
+        from datetime import date
+
+        from .workflows.spend_report import SpendReportOptions, run_spend_report
+
+        as_of = parsed.params.get("as_of")
+        spend_options = SpendReportOptions(
+            apply=apply,
+            as_of=date.fromisoformat(str(as_of)) if as_of is not None else None,
+            resend=bool(parsed.params.get("resend", False)),
+        )
+        return lambda run: run_spend_report(run, spend_options)
     raise Unavailable(parsed.action)
 
 

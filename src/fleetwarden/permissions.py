@@ -354,16 +354,21 @@ def _notice_statement(config: Config | None) -> dict[str, Any]:
 
 
 def _billing_actions(config: Config | None) -> set[str]:
-    """The billing sources' actions: those the config's spend sources use (all of them without one)."""
+    """The billing sources' actions: those the config's spend sources and spend report use (all of them without
+    either)."""
     from .collect.spend import normalize_source
 
     declared_sources: dict[str, tuple[str, ...]] = getattr(
         importlib.import_module(DECLARATIONS["collect.spend"][0]), DECLARATIONS["collect.spend"][1]
     )
     everything = {a for actions in declared_sources.values() for a in actions if not a.startswith("ec2:")}
-    if config is None or config.guard.spend is None:
+    if config is None:
         return everything
-    chosen = {a for s in config.guard.spend.sources for a in declared_sources[normalize_source(s).type]}
+    chosen: set[str] = set()
+    if config.guard.spend is not None:
+        chosen = {a for s in config.guard.spend.sources for a in declared_sources[normalize_source(s).type]}
+    if "spend_report" in config.model_fields_set:  # `fleetwarden spend report` reads Cost Explorer there too
+        chosen |= set(declared_sources[config.spend_report.source])
     chosen = {a for a in chosen if not a.startswith("ec2:")}
     # A policy needs at least one action: with burn-rate alone the billing role is not used; keep it whole.
     return chosen or everything
@@ -388,9 +393,9 @@ def _hub_resources(config: Config | None) -> dict[str, tuple[str, ...]]:
     roles = {a.role_arn for a in config.accounts if a.role_arn}
     if config.organization is not None:
         roles.add(f"arn:aws:iam::*:role/{config.organization.role_name}")
-    billing = config.guard.spend.billing_account if config.guard.spend else None
-    if billing is not None and billing.role_arn:
-        roles.add(billing.role_arn)
+    for billing in (config.guard.spend.billing_account if config.guard.spend else None, config.spend_report_billing):
+        if billing is not None and billing.role_arn:
+            roles.add(billing.role_arn)
     admin = config.inspector.delegated_admin
     if admin is not None and admin.role_arn:
         roles.add(admin.role_arn)

@@ -48,6 +48,7 @@ EXPECTED_ACTION: dict[str, str | None] = {
     "ssm_association_other": "compliance-sync",
     "cloudtrail_run_instances": "guard",  # the launching account only, at once (test_guard_launch_events.py)
     "cloudtrail_start_instances_denied": "pass",  # a failed call launched nothing
+    "spend_report": "spend-report",
     "malformed": None,
     "unknown_action": None,
 }

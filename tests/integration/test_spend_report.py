@@ -17,6 +17,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fleet import ACCOUNTS, cli, drain, register, role, sns_inbox, write_config
 from test_owner_notify import Mailbox, smtp  # noqa: F401 - the loopback SMTP server fixture
 
@@ -238,3 +239,67 @@ def test_first_of_the_month_reports_the_whole_previous_month(
         (Decimal(x["usd"]) for x in lines if x["date"].startswith("2026-10") and x["account"] in (A, B)), Decimal(0)
     )
     assert spend.total_usd == _cents(october)
+
+
+def test_lambda_event_delivers_the_daily_summary(
+    aws: EmulatorServer, factory: SessionFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hub's daily schedule sends {"action": "spend-report"}; the config's `apply` decides delivery."""
+    from fleetwarden.lambda_handler import handler
+
+    register(factory, A, B, PAYER)
+    seed_costs(aws, PAYER, _lines())
+    inbox = sns_inbox(factory, "spend")
+    config = _config(tmp_path, aws, notify=["topic"], sinks={"topic": {"type": "sns", "topic_arn": inbox[0]}})
+    monkeypatch.setenv("FLEETWARDEN_CONFIG", str(config))
+    sample = json.loads((Path(__file__).parents[1] / "events" / "spend_report.json").read_text())
+    result = handler(sample, None)
+    assert result["status"] == "ok" and result["workflow"] == "spend-report" and result["dry_run"] is False, result
+    spend = SpendReportOutput.model_validate(result["summary"]["spend"])
+    assert spend.as_of == AS_OF and spend.total_usd == _cents(_expected(_lines(), {A, B})["total"])
+    [message] = drain(inbox)
+    assert f"${spend.total_usd:,.2f}" in message
+    # A retry of the same day's event (Lambda retries a failed async invocation) does not send it twice.
+    again = handler(sample, None)
+    assert again["status"] == "ok" and drain(inbox) == []
+    bad = handler({"action": "spend-report", "as_of": "16/11/2026"}, None)
+    assert bad["status"] == "error" and "as_of" in bad["error"]
+
+
+def test_emulated_get_cost_and_usage_validates_and_pages_as_aws(aws: EmulatorServer, factory: SessionFactory) -> None:
+    from botocore.exceptions import ClientError
+
+    seed_costs(aws, "123456789012", _lines(), page_size=5)
+    ce = factory.client("ce", region="us-east-1")
+    request: dict[str, Any] = {
+        "TimePeriod": {"Start": "2026-11-01", "End": "2026-11-03"},
+        "Granularity": "DAILY",
+        "Metrics": ["UnblendedCost"],
+        "GroupBy": [{"Type": "DIMENSION", "Key": "LINKED_ACCOUNT"}, {"Type": "DIMENSION", "Key": "SERVICE"}],
+    }
+    pages = []
+    token = None
+    while True:
+        page = ce.get_cost_and_usage(**request, **({"NextPageToken": token} if token else {}))
+        pages.append(page)
+        token = page.get("NextPageToken")
+        if not token:
+            break
+    groups = [g for p in pages for r in p["ResultsByTime"] for g in r["Groups"]]
+    assert len(pages) == 2 and len(groups) == 10  # 2 days x 5 (account, service) pairs, 5 per page
+    assert {tuple(g["Keys"]) for g in groups} == {(A, EC2), (A, S3), (B, EC2), (B, RDS), (STRANGER, EC2)}
+    filtered = ce.get_cost_and_usage(
+        **{**request, "GroupBy": [], "Filter": {"Dimensions": {"Key": "LINKED_ACCOUNT", "Values": [B]}}}
+    )
+    assert [r["Total"]["UnblendedCost"]["Amount"] for r in filtered["ResultsByTime"]] == ["32.3333333333"] * 2
+    for bad, code in (
+        ({"TimePeriod": {"Start": "2026-11-03", "End": "2026-11-03"}}, "ValidationException"),
+        (
+            {"GroupBy": [{"Type": "DIMENSION", "Key": k} for k in ("LINKED_ACCOUNT", "SERVICE", "REGION")]},
+            "ValidationException",
+        ),
+        ({"NextPageToken": "bm9wZQ=="}, "InvalidNextTokenException"),
+    ):
+        with pytest.raises(ClientError) as caught:
+            ce.get_cost_and_usage(**{**request, **bad})
+        assert caught.value.response["Error"]["Code"] == code

@@ -192,6 +192,7 @@ def test_rules_deliver_events_the_handler_accepts(hub: dict[str, Any]) -> None:
         "GuardScheduleRule": ("guard", True, "GuardFunction"),
         "AuditScheduleRule": ("audit", None, "Function"),
         "ComplianceReportScheduleRule": ("compliance-report", None, "Function"),
+        "SpendReportScheduleRule": ("spend-report", None, "Function"),
     }
     assert rules["GuardScheduleRule"]["Properties"]["ScheduleExpression"] == {"Ref": "GuardSchedule"}
     assert hub["Parameters"]["GuardSchedule"]["Default"] == "rate(5 minutes)"

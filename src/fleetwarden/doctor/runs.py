@@ -23,6 +23,7 @@ DEFAULT_MAX_AGE: dict[str, timedelta] = {
     "guard": timedelta(minutes=15),  # every 5 minutes
     "audit": timedelta(hours=26),  # daily
     "compliance-report": timedelta(days=32),  # monthly
+    "spend-report": timedelta(hours=26),  # daily
 }
 
 
