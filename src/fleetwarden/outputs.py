@@ -257,7 +257,7 @@ class SpendReportOutput(_Output):
         None, description="linked accounts in the cost data that the config does not cover"
     )
     estimated_days: list[date] = Field(description="days Cost Explorer marks as estimated (not final)")
-    requests: int = Field(description="GetCostAndUsage requests made ($0.01 each)")
+    requests: int = Field(description="GetCostAndUsage requests made ($0.01 each); 0 for a cur source")
     notes: list[str] = Field(default_factory=list)
 
 

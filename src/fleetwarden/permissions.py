@@ -368,7 +368,7 @@ def _billing_actions(config: Config | None) -> set[str]:
     if config.guard.spend is not None:
         chosen = {a for s in config.guard.spend.sources for a in declared_sources[normalize_source(s).type]}
     if "spend_report" in config.model_fields_set:  # `fleetwarden spend report` reads Cost Explorer there too
-        chosen |= set(declared_sources[config.spend_report.source])
+        chosen |= set(declared_sources[config.spend_report.source_spec.type])
     chosen = {a for a in chosen if not a.startswith("ec2:")}
     # A policy needs at least one action: with burn-rate alone the billing role is not used; keep it whole.
     return chosen or everything

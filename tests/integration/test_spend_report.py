@@ -303,3 +303,63 @@ def test_emulated_get_cost_and_usage_validates_and_pages_as_aws(aws: EmulatorSer
         with pytest.raises(ClientError) as caught:
             ce.get_cost_and_usage(**{**request, **bad})
         assert caught.value.response["Error"]["Code"] == code
+
+
+CUR_HEADER = [
+    "bill_payer_account_id",
+    "line_item_usage_account_id",
+    "line_item_usage_account_name",
+    "line_item_usage_start_date",
+    "line_item_product_code",
+    "line_item_unblended_cost",
+]
+
+
+def _cur_export(s3: Any, bucket: str, lines: list[dict[str, Any]]) -> None:
+    """A CUR 2.0 export (gzip CSV, one manifest per billing period) holding the lines, each day's cost split over
+    two hourly rows (00:00 and 23:00 UTC) so that a day is the sum of its hours."""
+    import gzip
+
+    by_period: dict[str, list[list[str]]] = defaultdict(list)
+    for line in lines:
+        half = Decimal(line["usd"]) / 2
+        for hour in ("00", "23"):
+            name = "billing-b" if line["account"] == B else ""
+            start = f"{line['date']}T{hour}:00:00.000Z"
+            by_period[line["date"][:7]].append([PAYER, line["account"], name, start, line["service"], str(half)])
+    for period, rows in by_period.items():
+        text = io.StringIO()
+        writer = csv.writer(text)
+        writer.writerows([CUR_HEADER, *rows])
+        key = f"cur/fleet/data/BILLING_PERIOD={period}/fleet-00001.csv.gz"
+        s3.put_object(Bucket=bucket, Key=key, Body=gzip.compress(text.getvalue().encode()))
+        manifest = {"exportName": "fleet", "dataFiles": [f"s3://{bucket}/{key}"]}
+        s3.put_object(
+            Bucket=bucket,
+            Key=f"cur/fleet/metadata/BILLING_PERIOD={period}/fleet-Manifest.json",
+            Body=json.dumps(manifest).encode(),
+        )
+
+
+def test_cur_source_gives_the_same_figures(aws: EmulatorServer, factory: SessionFactory, tmp_path: Path) -> None:
+    register(factory, A, B, PAYER)
+    s3 = factory.client("s3", region="us-east-1", account_id=PAYER)
+    s3.create_bucket(Bucket="billing-exports")
+    lines = _lines()
+    _cur_export(s3, "billing-exports", lines)
+    config = _config(tmp_path, aws, source={"type": "cur", "bucket": "billing-exports", "prefix": "cur"})
+    result = cli("spend", "report", "--config", str(config), "--as-of", AS_OF.isoformat(), "--json")
+    assert result.exit_code == 0, result.stderr + result.stdout
+    spend = _spend(result)
+    want = _expected(lines, {A, B})
+    assert spend.source == "cur" and spend.total_usd == _cents(want["total"])
+    assert spend.run_rate_usd == _cents(want["total"] / 15 * 365)
+    assert spend.other_accounts is not None and spend.other_accounts.usd == Decimal("112.50")
+    b = next(a for a in spend.accounts if a.account_id == B)
+    assert b.name == "billing-b" and all(d.usd == Decimal("32.33") for d in b.by_day)
+    assert spend.changes[0].service == EC2 and spend.changes[0].change_usd == Decimal("-300.00")
+    assert any("2 CUR data file(s)" in note for note in spend.notes)
+    # A config asking for cur without a bucket is refused before any call.
+    bad = _config(tmp_path, aws, source="cur")
+    refused = cli("spend", "report", "--config", str(bad))
+    assert refused.exit_code == 2 and "spend_report.source" in refused.stderr and "bucket" in refused.stderr

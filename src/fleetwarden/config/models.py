@@ -394,16 +394,47 @@ class SpendConfig(StrictModel):
     billing_account: BillingAccount | None = None
 
 
+class SpendReportSource(StrictModel):
+    """Where the spend report reads daily cost: Cost Explorer, or a CUR 2.0 data export (gzip CSV) in S3."""
+
+    type: Literal["cost-explorer", "cur"]
+    bucket: str | None = None
+    prefix: str | None = None
+
+    @model_validator(mode="after")
+    def _cur_needs_a_bucket(self) -> SpendReportSource:
+        if self.type == "cur" and not self.bucket:
+            raise ValueError("a cur source needs `bucket:` (and `prefix:`) of the CUR 2.0 data export")
+        if self.type == "cost-explorer" and (self.bucket or self.prefix):
+            raise ValueError("bucket and prefix go with type: cur")
+        return self
+
+
 class SpendReportConfig(StrictModel):
     """`fleetwarden spend report` (docs/spend.md "Spend report"): cost by day and service per account for the month
     so far, its annualised run rate and the largest changes against the same days of the previous month."""
 
-    source: Literal["cost-explorer"] = "cost-explorer"
+    source: SpendReportSource | Literal["cost-explorer", "cur"] = "cost-explorer"
     notify: list[str] = Field(default_factory=list)
     # The payer account's billing role; default: guard.spend.billing_account, else the current credentials.
     billing_account: BillingAccount | None = None
     top_changes: int = Field(default=10, strict=True, ge=1, le=100)
     min_change_usd: float = Field(default=1.0, strict=False, ge=0, le=MAX_USD, allow_inf_nan=False)
+
+    @property
+    def source_spec(self) -> SpendReportSource:
+        if isinstance(self.source, SpendReportSource):
+            return self.source
+        if self.source == "cur":
+            raise ValueError("a cur source needs `bucket:` (and `prefix:`): write source: {type: cur, bucket: B}")
+        return SpendReportSource(type=self.source)
+
+    @field_validator("source")
+    @classmethod
+    def _cur_as_a_mapping(cls, value: Any) -> Any:
+        if value == "cur":
+            raise ValueError("a cur source needs `bucket:` (and `prefix:`): write source: {type: cur, bucket: B}")
+        return value
 
 
 class LockoutConfig(StrictModel):

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..collect.spend.base import BillingClients, SpendSourceError
-from ..collect.spend.daily import SOURCE, DailyCosts, read_daily_costs
+from ..collect.spend.daily import DailyCosts, read_daily_costs, read_daily_costs_cur
 from ..model import Delivery, RunReport, TargetResult, TargetStatus
 from ..outputs import (
     SpendAccountOutput,
@@ -92,6 +92,8 @@ def build_report(
     names: dict[str, str],
     top_changes: int,
     min_change: Decimal,
+    *,
+    source: str = "cost-explorer",
 ) -> SpendReportOutput:
     """The figures, from the cost lines alone (no AWS call): what the tests check against the seeded data."""
     current: dict[str, dict[str, Decimal]] = defaultdict(lambda: defaultdict(Decimal))
@@ -168,6 +170,8 @@ def build_report(
             f"the previous month has only {(when.previous_end - when.previous_start).days} days to set against "
             f"{when.days}: its figures cover fewer days"
         )
+    if data.files:
+        notes.append(f"read {len(data.files)} CUR data file(s); services are CUR product codes (AmazonEC2, ...)")
     estimated = sorted(d for d in data.estimated_days if when.start <= d < when.end)
     if estimated:
         notes.append(
@@ -176,7 +180,7 @@ def build_report(
         )
     return SpendReportOutput(
         as_of=as_of,
-        source=SOURCE,
+        source=source,
         period=SpendPeriodOutput(start=when.start, end=when.end, days=when.days),
         previous_period=SpendPeriodOutput(
             start=when.previous_start, end=when.previous_end, days=(when.previous_end - when.previous_start).days
@@ -228,8 +232,12 @@ def run_spend_report(ctx: RunContext, options: SpendReportOptions) -> RunReport:
     clients = BillingClients(ctx.factory, config.spend_report_billing)
     target = TargetResult(account_id=clients.account_id or "payer (current credentials)", region="us-east-1")
     report.targets = [target]
+    source = settings.source_spec
     try:
-        data = read_daily_costs(clients, when.previous_start, when.end)
+        if source.type == "cur":
+            data = read_daily_costs_cur(clients, str(source.bucket), source.prefix, when.previous_start, when.end)
+        else:
+            data = read_daily_costs(clients, when.previous_start, when.end)
     except SpendSourceError as exc:
         target.status, target.error = TargetStatus.ERROR, ctx.secrets.redact(exc.reason)
         report.summary = {"as_of": as_of.isoformat(), "error": target.error, "delivered": "nothing (no cost data)"}
@@ -237,7 +245,14 @@ def run_spend_report(ctx: RunContext, options: SpendReportOptions) -> RunReport:
         return report
     names = {a.id: a.name for a in config.accounts if a.name}
     spend = build_report(
-        data, when, as_of, covered_accounts(ctx), names, settings.top_changes, Decimal(str(settings.min_change_usd))
+        data,
+        when,
+        as_of,
+        covered_accounts(ctx),
+        names,
+        settings.top_changes,
+        Decimal(str(settings.min_change_usd)),
+        source=source.type,
     )
     files = spend_files(spend, cost_rows(data, when, covered_accounts(ctx)))
     report.summary = {"spend": spend.model_dump(mode="json", by_alias=True), "files": sorted(files)}

@@ -13,14 +13,15 @@ import csv
 import gzip
 import io
 import json
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from .base import AWS_ERRORS, BILLING_REGION, BillingClients, SpendReading, SpendSourceError, Window, aws_error_text
 
 SOURCE = "cur"
+T = TypeVar("T")
 ACCOUNT, START, COST = "line_item_usage_account_id", "line_item_usage_start_date", "line_item_unblended_cost"
 MANIFEST_SUFFIX = "-Manifest.json"
 LATENCY = "CUR 2.0 exports are refreshed up to three times a day and run up to 24 h or more late"
@@ -149,37 +150,67 @@ def _data_files(manifest: dict[str, Any], bucket: str, manifest_key: str) -> Ite
 
 def _sum_file(s3: Any, bucket: str, key: str, window: Window, tally: _Tally) -> None:
     """Stream one gzip CSV file and add the window's rows of the wanted accounts to the tally."""
+    starts: dict[str, datetime] = {}  # usage start dates repeat (hourly lines): parse each text once
+
+    def add(values: list[str]) -> None:
+        account, start, cost = values
+        if account not in tally.usd:
+            return
+        when = starts.get(start) or starts.setdefault(start, _timestamp(start))
+        if when in window:
+            tally.usd[account] += float(cost) if cost else 0.0
+            tally.rows[account] += 1
+
+    for _ in read_rows(s3, bucket, key, (ACCOUNT, START, COST), parse=add):
+        pass
+
+
+def read_rows(
+    s3: Any,
+    bucket: str,
+    key: str,
+    columns: Sequence[str],
+    optional: Sequence[str] = (),
+    *,
+    parse: Callable[[list[str]], T],
+) -> Iterator[T]:
+    """Stream one gzip CSV data file: `parse` of each row's values of `columns` then of `optional` ("" where the
+    header lacks an optional column). Raises SpendSourceError for a missing column or a malformed file, naming
+    the file and the line; a value `parse` cannot read (ValueError, decimal.InvalidOperation) likewise."""
     where = f"s3://{bucket}/{key}"
     body = s3.get_object(Bucket=bucket, Key=key)["Body"]
-    starts: dict[str, datetime] = {}  # usage start dates repeat (hourly lines): parse each text once
     line = 1
     try:
         with gzip.GzipFile(fileobj=body, mode="rb") as raw, io.TextIOWrapper(raw, encoding="utf-8", newline="") as text:
             reader = csv.reader(text)
             header = next(reader, None)
-            missing = [c for c in (ACCOUNT, START, COST) if header is None or c not in header]
+            missing = [c for c in columns if header is None or c not in header]
             if header is None or missing:
                 raise SpendSourceError(SOURCE, f"malformed CSV {where}: no column {', '.join(missing)} in the header")
-            i_account, i_start, i_cost = (header.index(c) for c in (ACCOUNT, START, COST))
-            width = max(i_account, i_start, i_cost)
+            indexes = [header.index(c) for c in columns] + [header.index(c) if c in header else -1 for c in optional]
+            width = max(indexes)
             for row in reader:
                 line = reader.line_num
                 if not row:
                     continue
                 if len(row) <= width:
                     raise SpendSourceError(SOURCE, f"malformed CSV {where} line {line}: {len(row)} fields")
-                account = row[i_account]
-                if account not in tally.usd:
-                    continue
-                when = starts.get(row[i_start]) or starts.setdefault(row[i_start], _timestamp(row[i_start]))
-                if when in window:
-                    cost = row[i_cost].strip()
-                    tally.usd[account] += float(cost) if cost else 0.0
-                    tally.rows[account] += 1
-    except (OSError, EOFError, csv.Error, UnicodeDecodeError, ValueError) as exc:
+                yield parse([row[i] if i >= 0 else "" for i in indexes])
+    except (OSError, EOFError, csv.Error, UnicodeDecodeError, ValueError, ArithmeticError) as exc:
         raise SpendSourceError(SOURCE, f"malformed CSV {where} (near line {line}): {exc}") from None
     finally:
         body.close()
+
+
+def data_files_for(
+    s3: Any, bucket: str, prefix: str | None, months: Sequence[tuple[int, int]]
+) -> Iterator[tuple[str, str]]:
+    """The current data files of each billing period, as the periods' manifests list them."""
+    base = (prefix or "").strip("/")
+    finder = _ManifestFinder(s3, bucket, base)
+    for year, month in months:
+        key = finder.find(f"{year:04d}-{month:02d}")
+        yield from _data_files(_read_json(s3, bucket, key), bucket, key)
 
 
 def _timestamp(text: str) -> datetime:

@@ -1,4 +1,5 @@
-"""Daily cost by linked account and service from Cost Explorer, for the spend report (docs/spend.md "Spend report").
+"""Daily cost by linked account and service from Cost Explorer or a CUR 2.0 export, for the spend report
+(docs/spend.md "Spend report").
 
 One GetCostAndUsage query (DAILY, UnblendedCost, grouped by LINKED_ACCOUNT and SERVICE) covers both the month so
 far and the previous month's same days; every page is read (NextPageToken). A day's groups may continue on the
@@ -15,6 +16,7 @@ from typing import Any
 from .base import AWS_ERRORS, BILLING_REGION, BillingClients, SpendSourceError, aws_error_text
 
 SOURCE = "cost-explorer"
+CUR_SERVICE, CUR_ACCOUNT_NAME = "line_item_product_code", "line_item_usage_account_name"
 METRIC = "UnblendedCost"
 # Each GetCostAndUsage request costs $0.01; a query this size is a few pages.
 MAX_PAGES = 200
@@ -29,7 +31,8 @@ class DailyCosts:
     costs: dict[tuple[date, str, str], Decimal] = field(default_factory=dict)
     names: dict[str, str] = field(default_factory=dict)  # linked account -> name (DimensionValueAttributes)
     estimated_days: set[date] = field(default_factory=set)
-    requests: int = 0
+    requests: int = 0  # GetCostAndUsage requests
+    files: list[str] = field(default_factory=list)  # CUR data files read
 
     def add(self, day: date, account: str, service: str, usd: Decimal) -> None:
         key = (day, account, service)
@@ -93,3 +96,40 @@ def _amount(group: dict[str, Any], keys: list[str]) -> Decimal:
     if not amount.is_finite():
         raise SpendSourceError(SOURCE, f"{METRIC} for {' / '.join(keys)} is not a finite amount: {metric!r}")
     return amount
+
+
+def read_daily_costs_cur(
+    clients: BillingClients, bucket: str, prefix: str | None, start: date, end: date
+) -> DailyCosts:
+    """Every day in [start, end) by usage account and product code, summed from the CUR 2.0 rows whose
+    `line_item_usage_start_date` falls on that UTC day, from the billing periods' current data files."""
+    from datetime import UTC, datetime, time
+
+    from . import cur
+    from .base import Window
+
+    data = DailyCosts(start, end)
+    window = Window(datetime.combine(start, time(0), tzinfo=UTC), datetime.combine(end, time(0), tzinfo=UTC))
+    days: dict[str, date] = {}  # hourly rows repeat their start: parse each text once
+
+    def add(values: list[str]) -> None:
+        account, started, cost, service, name = values
+        day = days.get(started) or days.setdefault(started, cur._timestamp(started).date())
+        if start <= day < end and cost.strip():
+            data.add(day, account, service or "(no product code)", Decimal(cost.strip()))
+            if name:
+                data.names[account] = name
+
+    try:
+        s3 = clients.client("s3", BILLING_REGION)
+        for data_bucket, key in cur.data_files_for(s3, bucket, prefix, window.months()):
+            columns = (cur.ACCOUNT, cur.START, cur.COST, CUR_SERVICE)
+            for _ in cur.read_rows(s3, data_bucket, key, columns, (CUR_ACCOUNT_NAME,), parse=add):
+                pass
+            data.files.append(f"s3://{data_bucket}/{key}")
+    except AWS_ERRORS as exc:
+        where = f"s3://{bucket}/{(prefix or '').strip('/')}"
+        raise SpendSourceError(
+            cur.SOURCE, f"reading the CUR 2.0 export at {where} {clients.via}: {aws_error_text(exc)}"
+        ) from None
+    return data
