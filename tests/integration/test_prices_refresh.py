@@ -14,7 +14,9 @@ from fleet import ACCOUNTS, cli, ec2, role
 
 from fleetwarden.aws.session import SessionFactory
 from fleetwarden.collect.pricelist import filters
+from fleetwarden.config import load_config
 from fleetwarden.emulator.server import EmulatorServer
+from fleetwarden.permissions import policy_documents
 from fleetwarden.state import open_store
 
 A, B, _ = ACCOUNTS
@@ -174,3 +176,23 @@ def test_guard_falls_back_to_the_shipped_table_and_says_how_old(
     report = cli("--config", str(path), "--json", "guard", "run").report
     assert report["summary"]["spend_by_account"][A]["burn-rate"] == pytest.approx(2 * 0.096 * 6, abs=0.01)
     assert report["summary"]["price_table"]["source"] == "shipped"
+
+
+def test_the_configs_policy_allows_every_call_of_a_refresh_and_a_guard_run(
+    aws: EmulatorServer, tmp_path: Path, factory: SessionFactory
+) -> None:
+    path = config(tmp_path, aws.url, ["us-east-1"], spend={"max_usd": 1000, "sources": ["burn-rate"]})
+    _run_m5(factory, 1)
+    aws.client.reset_calls()
+    assert cli("--config", str(path), "prices", "refresh", "--apply").exit_code == 0
+    assert cli("--config", str(path), "guard", "run").exit_code == 0
+    made = {f"{c['service']}:{c['action']}" for c in aws.client.calls()["calls"]} - {"sts:GetCallerIdentity"}
+    docs = policy_documents(load_config(path))
+    allowed = {a for d in ("hub", "member_role") for s in docs[d]["Statement"] for a in s["Action"]}
+    assert "pricing:GetProducts" in made and made <= allowed, sorted(made - allowed)
+    hub = {a for s in docs["hub"]["Statement"] for a in s["Action"]}
+    assert "pricing:GetProducts" in hub
+    # without burn-rate, nothing reads the Price List: the hub does not get it
+    other = config(tmp_path, aws.url, ["us-east-1"], spend={"max_usd": 1000, "sources": ["cost-explorer"]})
+    docs = policy_documents(load_config(other))
+    assert all("pricing:GetProducts" not in s["Action"] for d in docs.values() for s in d["Statement"])
