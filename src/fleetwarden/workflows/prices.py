@@ -183,9 +183,11 @@ def run_prices_refresh(ctx: RunContext, options: PricesOptions) -> RunReport:
             entry["error"] = target_error
         per_region[region] = entry
         verb = "stored" if entry["stored"] else ("not stored" if target_error else "would store")
+        # Types the shipped table has and the Price List did not return stay priced from the shipped table.
+        gone = "only in the shipped table" if region not in stored else "no longer listed"
         text = (
             f"{verb} {len(parsed.prices)} types from {parsed.products} products; against {old_name}: "
-            f"{counts['changed']} changed, {counts['new']} new, {counts['removed']} removed"
+            f"{counts['changed']} changed, {counts['new']} new, {counts['removed']} {gone}"
         )
         if largest:
             text += "; largest: " + ", ".join(largest[:3])
