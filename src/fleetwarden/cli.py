@@ -1349,6 +1349,38 @@ def spend_report(ctx: click.Context, apply: bool, as_of: Any, resend: bool) -> N
     sys.exit(EXIT_PARTIAL if not written_ok and code == 0 else code)
 
 
+@main.group()
+def prices() -> None:
+    """The on-demand price table behind the guard's burn-rate spend source (docs/spend.md)."""
+
+
+@prices.command("refresh")
+@click.option("--apply", is_flag=True, help="Store the new tables in the state store. Default: show what changed.")
+@click.option(
+    "--regions",
+    multiple=True,
+    callback=_set,
+    expose_value=False,
+    help="Only these of the config's regions (comma-separated or repeated); narrows, never widens.",
+)
+@global_options
+@aws_options
+@click.pass_context
+@handle_errors
+def prices_refresh(ctx: click.Context, apply: bool) -> None:
+    """Rebuild burn-rate's price table from the AWS Price List API (pricing:GetProducts, us-east-1).
+
+    One query per region of the config (with `regions: all`, every region the shipped table knows, China's left
+    out): Linux, shared tenancy, on-demand, no pre-installed software. Prints per region how many types it found
+    and what changed against the stored table (else the shipped one); with --apply, stores each region's table in
+    the state store, where the guard's burn-rate reads it. A region that fails or finds no products keeps its
+    previous table and makes the run partial (exit 4).
+    """
+    from .workflows.prices import PricesOptions, run_prices_refresh
+
+    _run_workflow(ctx, lambda run: run_prices_refresh(run, PricesOptions(apply=apply)))
+
+
 @main.command()
 @click.option("--stack-name", default="fleetwarden-hub", show_default=True, help="The hub stack's name.")
 @click.option("--region", help="The hub stack's region (default: the config's DynamoDB state region, else AWS_REGION).")

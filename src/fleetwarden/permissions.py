@@ -34,6 +34,8 @@ DECLARATIONS: dict[str, tuple[str, str]] = {
     "actions.notice": ("fleetwarden.actions.notice", "PERMISSIONS"),
     "actions.quarantine": ("fleetwarden.actions.quarantine", "PERMISSIONS"),
     "collect.spend": ("fleetwarden.collect.spend", "PERMISSIONS"),
+    # `fleetwarden prices refresh`: the AWS Price List, read by the hub (or the operator) for burn-rate's table.
+    "collect.pricelist": ("fleetwarden.collect.pricelist", "PERMISSIONS"),
     "collect.compliance": ("fleetwarden.collect.compliance", "PERMISSIONS"),
     "collect.inspector": ("fleetwarden.collect.inspector", "PERMISSIONS"),
     "collect.inspector.admin": ("fleetwarden.collect.inspector", "ADMIN_PERMISSIONS"),
@@ -52,7 +54,15 @@ OPERATOR_DECLARATIONS: dict[str, tuple[str, str]] = {
     "targets.ou": ("fleetwarden.aws.targets", "OPERATOR_PERMISSIONS"),
 }
 # Parts that run with the hub's own credentials rather than the member-account role.
-HUB_PARTS = {"targets", "state.dynamodb", "config_source", "collect.config_aggregator", "workflows.shards", "handoff"}
+HUB_PARTS = {
+    "targets",
+    "state.dynamodb",
+    "config_source",
+    "collect.config_aggregator",
+    "collect.pricelist",
+    "workflows.shards",
+    "handoff",
+}
 # Sinks that act inside each member account through the assumed role (Security Hub imports per account).
 MEMBER_SINKS = {"sinks.securityhub"}
 # Billing sources read through the payer account's billing role (`guard.spend.billing_account`).
@@ -310,6 +320,8 @@ def policy_documents(config: Config | None = None, tier: Tier = "full") -> dict[
         hub |= _group("state.dynamodb")
     if "window.aggregator" in enabled:
         hub |= _group("collect.config_aggregator")
+    if _prices_burn_rate(config):
+        hub |= _group("collect.pricelist")
     if "guard.quarantine" in enabled:
         # In the management account (or Organizations' delegated administrator): the hub's own credentials, or the
         # role guard.quarantine.role_arn names, which then needs these actions (docs/guard.md "Containment").
@@ -351,6 +363,16 @@ def _notice_statement(config: Config | None) -> dict[str, Any]:
         "Resource": INSTANCE_ARN,
         "Condition": {"ForAllValues:StringEquals": {"aws:TagKeys": [key]}},
     }
+
+
+def _prices_burn_rate(config: Config | None) -> bool:
+    """True when burn-rate prices the guard's spend (or without a config): `prices refresh` keeps its table."""
+    if config is None:
+        return True
+    from .collect.spend import normalize_source
+
+    spend = config.guard.spend
+    return spend is not None and any(normalize_source(s).type == "burn-rate" for s in spend.sources)
 
 
 def _billing_actions(config: Config | None) -> set[str]:

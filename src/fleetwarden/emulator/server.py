@@ -96,6 +96,18 @@ class EmulatorAdmin:
         result: dict[str, Any] = self._json("/_fleetwarden/kill", method="GET")
         return result
 
+    def set_price_products(self, products: Sequence[Mapping[str, Any]], *, replace: bool = False) -> dict[str, Any]:
+        """Add Price List products (AWS's item shape or the `{"region", "instance_type", "usd"}` shorthand);
+        `replace` drops the catalogue, defaults included, first."""
+        body = {"products": [dict(p) for p in products], "replace": replace}
+        result: dict[str, Any] = self._json("/_fleetwarden/pricing/products", body)
+        return result
+
+    def set_price_faults(self, rules: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+        """Fail GetProducts queries for chosen region codes (`{"region_code", "code", "status", "message"}`)."""
+        result: dict[str, Any] = self._json("/_fleetwarden/pricing/faults", {"rules": [dict(r) for r in rules]})
+        return result
+
     def reset(self) -> None:
         """Reset moto's backends and the middleware settings; keep Lambda off Docker."""
         self.request("/moto-api/reset")

@@ -23,6 +23,7 @@ from ...errors import ConfigError, ConfigProblem
 from ...model import Instance
 from . import burn_rate, cloudwatch, cost_explorer, cur
 from .base import BillingClients, SpendReading, SpendSourceError, Window
+from .prices import RegionTable
 
 __all__ = ["PERMISSIONS", "SOURCES", "SpendReading", "SpendSourceError", "measure_spend", "normalize_source"]
 
@@ -60,18 +61,24 @@ def measure_spend(
     now: datetime,
     instances: Mapping[str, Sequence[Instance]],
     billing: BillingAccount | None,
+    price_tables: Mapping[str, RegionTable] | None = None,
+    price_tables_problem: str | None = None,
 ) -> dict[str, SpendReading]:
     """One reading per requested account over [now - window_hours, now).
 
     `instances` (running and pending, per account) feeds burn-rate; an account missing from it has none.
     The billing sources read through `billing.role_arn` (the payer account) when given, else the current
-    credentials. Raises SpendSourceError when the source, or any requested account in it, cannot be read;
-    the error carries the readings that did succeed (`.readings`) and the reason per failed account (`.failed`).
+    credentials. burn-rate prices from `price_tables` (the stored AWS Price List tables by region) over the shipped
+    table; `price_tables_problem` says why none could be read. Raises SpendSourceError when the source, or any
+    requested account in it, cannot be read; the error carries the readings that did succeed (`.readings`) and
+    the reason per failed account (`.failed`).
     """
     window = Window.ending(now, window_hours)
     accounts = list(dict.fromkeys(account_ids))
     if source.type == "burn-rate":
-        return burn_rate.measure(accounts, window, instances, source.price_file)
+        return burn_rate.measure(
+            accounts, window, instances, source.price_file, price_tables, stored_problem=price_tables_problem
+        )
     clients = BillingClients(factory, billing)
     if source.type == "cloudwatch":
         readings, failed = cloudwatch.measure(clients, accounts, window)

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 
 from ...model import Instance
 from .base import SpendReading, SpendSourceError, Window
-from .prices import Price, PriceTable, PriceTableError, load_prices
+from .prices import Price, PriceTable, PriceTableError, RegionTable, load_prices
 
 SOURCE = "burn-rate"
 COUNTED_STATES = ("pending", "running")
@@ -23,10 +23,15 @@ def measure(
     window: Window,
     instances: Mapping[str, Sequence[Instance]],
     price_file: str | None,
+    stored: Mapping[str, RegionTable] | None = None,
+    stored_problem: str | None = None,
 ) -> dict[str, SpendReading]:
-    """One reading per account; an account missing from `instances` has no running or pending instance."""
+    """One reading per account; an account missing from `instances` has no running or pending instance.
+
+    `stored`: the Price List tables `prices refresh` stored, by region (exact prices over the shipped table);
+    `stored_problem`: why they could not be read (the shipped table is used, and the detail says so)."""
     try:
-        table = load_prices(price_file)
+        table = load_prices(price_file, stored or {}, now=window.end, problem=stored_problem)
     except PriceTableError as exc:
         raise SpendSourceError(SOURCE, str(exc)) from None
     return {

@@ -22,6 +22,7 @@ from ...aws.targets import error_text, resolve_targets
 from ...checks.runaway import Evaluation, RunawayCheck, Trigger, count_trigger, org_trigger, spend_triggers
 from ...collect.ec2 import iter_instances
 from ...collect.spend import SpendSourceError, measure_spend, normalize_source
+from ...collect.spend.prices import RegionTable, TableInfo, describe_tables
 from ...model import (
     ActionOutcome,
     ActionResult,
@@ -128,6 +129,7 @@ def run_guard(ctx: RunContext, options: GuardOptions) -> RunReport:
 
     evaluation = Evaluation()
     newly: list[str] = []
+    price_info: TableInfo | None = None
     try:
         # Each region is halted as soon as its inventory arrives once its account is known to be tripped:
         # latched from an earlier run, or already over its count limit with the regions seen so far.
@@ -165,7 +167,10 @@ def run_guard(ctx: RunContext, options: GuardOptions) -> RunReport:
             for account_id in accounts:
                 evaluation.add(account_id, org_due.get(account_id) or options.org_trip)
         else:
-            evaluation = _evaluate(ctx, report, accounts, inventory, running, org=options.phase == "all")
+            prices = _price_tables(ctx)
+            evaluation = _evaluate(ctx, report, accounts, inventory, running, org=options.phase == "all", prices=prices)
+            if prices is not None:
+                price_info = describe_tables(prices[0], now, problem=prices[1], price_file=prices[2])
             for account_id, due in sorted(org_due.items()):
                 if not any(t.kind == "org-count" for t in evaluation.triggers.get(account_id, [])):
                     evaluation.add(account_id, due)
@@ -201,6 +206,10 @@ def run_guard(ctx: RunContext, options: GuardOptions) -> RunReport:
         halter.release_leases()
 
     report.summary = _summary(report, evaluation, latched, newly, exceptions)
+    if price_info is not None:
+        # Which price table burn-rate used and how old it is (docs/guard.md "Output"): printed as `prices: ...`.
+        report.summary["price_table"] = price_info.as_dict()
+        report.summary["prices"] = price_info.line
     if unlisted:
         report.summary["unlisted_regions"] = {
             a: {r: n for r, n in sorted(regions.items())} for a, regions in sorted(unlisted.items())
@@ -266,6 +275,7 @@ def _evaluate(
     running: dict[str, int],
     *,
     org: bool = True,
+    prices: PriceTables | None = None,
 ) -> Evaluation:
     """The triggers of each account; `org=False` (an org-run's count phase): the organization-wide limit is not
     evaluated here, where only a shard's accounts are counted."""
@@ -295,6 +305,8 @@ def _evaluate(
                 now=ctx.clock(),
                 instances=by_account,
                 billing=spend.billing_account,
+                price_tables=prices[0] if prices else None,
+                price_tables_problem=prices[1] if prices else None,
             )
         except SpendSourceError as exc:
             # A source that cannot be read is reported (exit 4), never taken as zero spend.
@@ -308,6 +320,25 @@ def _evaluate(
         for trigger in spend_triggers(config, account_id, figures):
             evaluation.add(account_id, trigger)
     return evaluation
+
+
+# The stored Price List tables by region, why some could not be read, and the burn-rate source's price_file.
+PriceTables = tuple[dict[str, RegionTable], str | None, str | None]
+
+
+def _price_tables(ctx: RunContext) -> PriceTables | None:
+    """The Price List tables `prices refresh --apply` stored, when a burn-rate source will price the inventory.
+    A store that cannot be read gives none and a reason: burn-rate then prices from the shipped table."""
+    spend = ctx.config.guard.spend
+    if spend is None:
+        return None
+    burn = [s for s in map(normalize_source, spend.sources) if s.type == "burn-rate"]
+    if not burn:
+        return None
+    from ..prices import stored_tables
+
+    tables, problem = stored_tables(ctx.store)
+    return tables, problem, burn[0].price_file
 
 
 def _lockout(ctx: RunContext, account_id: str, exceptions: ExceptionSet, *, apply: bool) -> list[ActionResult]:
