@@ -79,6 +79,8 @@ def demo_config(output_dir: Path, topic_arn: str, role_name: str = "FleetWarden"
         "guard": {"max_running_instances": 500, "lockout": {"exempt_users": ["alice"]}, "notify": ["ops"]},
         "window": {"settle_minutes": 0, "wait_for_inspector": True, "timeout_minutes": 30},
         "compliance": {"types": ["Custom:InSpec"], "notify": ["ops"]},
+        # The daily spend summary, from the cost data the demo seeds in the emulator's Cost Explorer.
+        "spend_report": {"notify": ["ops"], "top_changes": 5},
     }
 
 
@@ -246,6 +248,27 @@ def _other_jobs(server: Any, seeded: Any, config_path: Path, output_dir: Path, o
         "(alerted once through the SNS sink)"
     )
 
+    _seed_costs(server, [a.id for a in seeded.accounts])
+    print(f"running: fleetwarden --config {config_path} spend report", file=out, flush=True)
+    spend_code = _cli(config_path, output_dir / "spend", "-q", "spend", "report")
+    spend_files = sorted((output_dir / "spend").glob("spend-*.html"))
+    try:
+        spend_run = json.loads((output_dir / "spend" / "run.json").read_text(encoding="utf-8"))
+        spend = spend_run["summary"]["spend"]
+        lines.append(f"  spend report (exit code {spend_code}): {spend_files[0] if spend_files else '-'}")
+        lines.append(
+            f"    ${float(spend['total_usd']):,.2f} month to date over {spend['period']['days']} days, "
+            f"run rate ${float(spend['run_rate_usd']):,.2f} a year; largest change: "
+            + (
+                f"{spend['changes'][0]['service']} in {spend['changes'][0]['account_id']} "
+                f"({float(spend['changes'][0]['change_usd']):+,.2f})"
+                if spend["changes"]
+                else "none"
+            )
+        )
+    except (OSError, KeyError, IndexError, TypeError, ValueError):
+        lines.append(f"  spend report (exit code {spend_code}): see {output_dir / 'spend'}")
+
     # One page for triage: every open finding the jobs recorded (tags, exposure, Inspector, compliance).
     everything = run("every open finding, for triage", "all", "report")
     by_check: dict[str, int] = {}
@@ -256,6 +279,32 @@ def _other_jobs(server: Any, seeded: Any, config_path: Path, output_dir: Path, o
 
 
 DEMO_WEB_PORTS = (22, 443)
+DEMO_PAYER = "123456789012"  # the emulator's account for the demo's own credentials: Cost Explorer is read there
+DEMO_SERVICES = (
+    ("Amazon Elastic Compute Cloud - Compute", 180),
+    ("Amazon Relational Database Service", 60),
+    ("Amazon Simple Storage Service", 12),
+    ("AWS Lambda", 3),
+)
+
+
+def _seed_costs(server: Any, accounts: list[str]) -> None:
+    """Daily cost lines from the first of last month to yesterday (UTC) for each account and a few services;
+    the last account's compute doubles this month, so the report has a change to show."""
+    from datetime import UTC, datetime, timedelta
+
+    today = datetime.now(UTC).date()
+    day = (today.replace(day=1) - timedelta(days=1)).replace(day=1)
+    lines = []
+    while day < today:
+        for n, account_id in enumerate(accounts):
+            for service, base in DEMO_SERVICES:
+                usd = base * (n + 1) / len(accounts) + (day.toordinal() % 5) * base / 50
+                if account_id == accounts[-1] and service.startswith("Amazon Elastic") and day.month == today.month:
+                    usd *= 2
+                lines.append({"date": day.isoformat(), "account": account_id, "service": service, "usd": f"{usd:.4f}"})
+        day += timedelta(days=1)
+    server.client._json("/_fleetwarden/ce/costs", {"account_id": DEMO_PAYER, "lines": lines})
 
 
 def _seed_exposure(server: Any, seeded: Any) -> set[str]:
