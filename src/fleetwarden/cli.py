@@ -1389,7 +1389,7 @@ def prices_refresh(ctx: click.Context, apply: bool) -> None:
     multiple=True,
     metavar="ACTION=DURATION",
     help="How old a scheduled job's last success may be, e.g. guard=20m, audit=30h (defaults: guard=15m, "
-    "audit=26h, compliance-report=32d). Repeatable.",
+    "audit=26h, compliance-report=32d, spend-report=26h, prices-refresh=8d). Repeatable.",
 )
 @global_options
 @click.pass_context

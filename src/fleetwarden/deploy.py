@@ -96,6 +96,14 @@ SCHEDULES: tuple[tuple[str, str, str, dict[str, Any], str], ...] = (
         "Function",
     ),
     ("SpendReportScheduleRule", "SpendReportSchedule", "cron(0 8 * * ? *)", {"action": "spend-report"}, "Function"),
+    # Storing a price table changes nothing in the fleet: the schedule applies whatever the config's `apply`.
+    (
+        "PricesRefreshScheduleRule",
+        "PricesRefreshSchedule",
+        "cron(0 5 ? * MON *)",
+        {"action": "prices-refresh", "apply": True},
+        "Function",
+    ),
 )
 SCAN_WINDOW_SCHEDULE = "cron(0 2 ? * SUN *)"
 # SSM State Manager association state changes: the handler keeps only the configured associations.

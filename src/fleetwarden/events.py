@@ -40,6 +40,7 @@ Action = Literal[
     "compliance-sync",
     "compliance-report",
     "spend-report",
+    "prices-refresh",
     "list-targets",
     "list-shards",
     "guard-org-check",
@@ -276,6 +277,12 @@ class SpendReportEvent(ActionEvent):
         return value
 
 
+class PricesRefreshEvent(ActionEvent):
+    """Rebuild burn-rate's price table from the AWS Price List (`fleetwarden prices refresh`); `apply` stores it."""
+
+    action: Literal["prices-refresh"]
+
+
 class ListTargetsEvent(ShardableEvent):
     """List the (account, region) targets the config resolves to; changes nothing."""
 
@@ -333,6 +340,7 @@ ACTION_MODELS: dict[str, type[ActionEvent]] = {
     "compliance-sync": ComplianceEvent,
     "compliance-report": ComplianceEvent,
     "spend-report": SpendReportEvent,
+    "prices-refresh": PricesRefreshEvent,
     "list-targets": ListTargetsEvent,
     "list-shards": ListShardsEvent,
     "guard-org-check": GuardOrgCheckEvent,

@@ -276,6 +276,15 @@ def _workflow(parsed: ParsedEvent, apply: bool) -> Workflow:
             resend=bool(parsed.params.get("resend", False)),
         )
         return lambda run: run_spend_report(run, spend_options)
+    if parsed.action == "prices-refresh":
+        from .permissions import uses_burn_rate
+        from .workflows.prices import PricesOptions, run_prices_refresh, skipped_refresh
+
+        prices_options = PricesOptions(apply=apply)
+        # The weekly schedule runs in every hub: without a burn-rate source there is no table to keep current.
+        return lambda run: (
+            run_prices_refresh(run, prices_options) if uses_burn_rate(run.config) else skipped_refresh(run, apply)
+        )
     raise Unavailable(parsed.action)
 
 

@@ -320,7 +320,7 @@ def policy_documents(config: Config | None = None, tier: Tier = "full") -> dict[
         hub |= _group("state.dynamodb")
     if "window.aggregator" in enabled:
         hub |= _group("collect.config_aggregator")
-    if _prices_burn_rate(config):
+    if uses_burn_rate(config):
         hub |= _group("collect.pricelist")
     if "guard.quarantine" in enabled:
         # In the management account (or Organizations' delegated administrator): the hub's own credentials, or the
@@ -365,7 +365,7 @@ def _notice_statement(config: Config | None) -> dict[str, Any]:
     }
 
 
-def _prices_burn_rate(config: Config | None) -> bool:
+def uses_burn_rate(config: Config | None) -> bool:
     """True when burn-rate prices the guard's spend (or without a config): `prices refresh` keeps its table."""
     if config is None:
         return True

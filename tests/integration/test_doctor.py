@@ -139,7 +139,7 @@ def _deploy(emulator: EmulatorServer, directory: Path, **parameters: str) -> Dep
 
 def _fresh_runs(deployment: Deployment) -> None:
     now = datetime.now(UTC)
-    for action in ("guard", "audit", "compliance-report", "spend-report"):
+    for action in ("guard", "audit", "compliance-report", "spend-report", "prices-refresh"):
         deployment.record(action, now)
 
 
@@ -230,7 +230,9 @@ def test_a_whole_deployment_is_ok(deployment: Deployment) -> None:
     assert checks["member-roles"].detail.startswith("all 2 account(s) reachable")
     assert checks[f"ssm-association:{ASSOCIATION_ID}"].status == "ok"
     assert checks[f"ssm-association:{DOCUMENT}"].status == "ok"
-    assert {f"last-run:{a}" for a in ("guard", "audit", "compliance-report", "spend-report")} <= set(checks)
+    assert {f"last-run:{a}" for a in ("guard", "audit", "compliance-report", "spend-report", "prices-refresh")} <= set(
+        checks
+    )
 
 
 def test_problem_details(deployment: Deployment) -> None:

@@ -49,6 +49,7 @@ EXPECTED_ACTION: dict[str, str | None] = {
     "cloudtrail_run_instances": "guard",  # the launching account only, at once (test_guard_launch_events.py)
     "cloudtrail_start_instances_denied": "pass",  # a failed call launched nothing
     "spend_report": "spend-report",
+    "prices_refresh": "prices-refresh",
     "malformed": None,
     "unknown_action": None,
 }

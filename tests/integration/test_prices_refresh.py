@@ -196,3 +196,26 @@ def test_the_configs_policy_allows_every_call_of_a_refresh_and_a_guard_run(
     other = config(tmp_path, aws.url, ["us-east-1"], spend={"max_usd": 1000, "sources": ["cost-explorer"]})
     docs = policy_documents(load_config(other))
     assert all("pricing:GetProducts" not in s["Action"] for d in docs.values() for s in d["Statement"])
+
+
+def test_the_weekly_lambda_event_stores_the_table_and_skips_without_burn_rate(
+    aws: EmulatorServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hub's PricesRefreshScheduleRule sends {"action": "prices-refresh", "apply": true}."""
+    import json
+
+    from fleetwarden.lambda_handler import handler
+
+    sample = json.loads((Path(__file__).parents[1] / "events" / "prices_refresh.json").read_text())
+    path = config(tmp_path, aws.url, ["us-east-1"], spend={"max_usd": 100, "sources": ["burn-rate"]})
+    monkeypatch.setenv("FLEETWARDEN_CONFIG", str(path))
+    result = handler(sample, None)
+    assert result["status"] == "ok" and result["workflow"] == "prices-refresh" and result["dry_run"] is False, result
+    assert stored(tmp_path)["us-east-1"][0]["prices"]["m5.large"] == 0.096
+    # Without a burn-rate source nothing reads the table: the run fetches nothing and says so (not a failure).
+    other = tmp_path / "other"
+    other.mkdir()
+    monkeypatch.setenv("FLEETWARDEN_CONFIG", str(config(other, aws.url, ["us-east-1"])))
+    skipped = handler(sample, None)
+    assert skipped["status"] == "ok" and "no burn-rate source" in skipped["summary"]["skipped"], skipped
+    assert stored(other) == {}

@@ -193,6 +193,7 @@ def test_rules_deliver_events_the_handler_accepts(hub: dict[str, Any]) -> None:
         "AuditScheduleRule": ("audit", None, "Function"),
         "ComplianceReportScheduleRule": ("compliance-report", None, "Function"),
         "SpendReportScheduleRule": ("spend-report", None, "Function"),
+        "PricesRefreshScheduleRule": ("prices-refresh", True, "Function"),
     }
     assert rules["GuardScheduleRule"]["Properties"]["ScheduleExpression"] == {"Ref": "GuardSchedule"}
     assert hub["Parameters"]["GuardSchedule"]["Default"] == "rate(5 minutes)"

@@ -24,6 +24,7 @@ DEFAULT_MAX_AGE: dict[str, timedelta] = {
     "audit": timedelta(hours=26),  # daily
     "compliance-report": timedelta(days=32),  # monthly
     "spend-report": timedelta(hours=26),  # daily
+    "prices-refresh": timedelta(days=8),  # weekly
 }
 
 

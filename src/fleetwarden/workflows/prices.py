@@ -207,3 +207,12 @@ def run_prices_refresh(ctx: RunContext, options: PricesOptions) -> RunReport:
     }
     report.finished_at = ctx.clock()
     return report
+
+
+def skipped_refresh(ctx: RunContext, apply: bool) -> RunReport:
+    """The scheduled refresh in a config without a burn-rate source: nothing reads the table, so nothing is fetched
+    (an ok run that says so, not a failure that would raise the PartialRuns alarm every week)."""
+    now = ctx.clock()
+    report = RunReport(run_id=ctx.run_id, workflow=WORKFLOW, dry_run=not apply, started_at=now, finished_at=now)
+    report.summary = {"skipped": "guard.spend has no burn-rate source: no price table to keep current"}
+    return report
