@@ -263,10 +263,13 @@ def test_one_account_trips_alone_and_the_others_are_left_running(
     hot = FLEET[7]
     extra = launch(factory, hot, REGION, {}, 3)
     fleet = {**fleet, hot: fleet[hot] + extra}
-    single = guard_config(tmp_path / "single", aws.url, max_running_instances_org=60)
-    sharded = guard_config(tmp_path / "sharded", aws.url, max_running_instances_org=60)
+    # burn-rate under a limit it never reaches: the summary's price table is the store's, not the shards' added up
+    spend = {"max_usd": 1_000_000, "sources": ["burn-rate"]}
+    single = guard_config(tmp_path / "single", aws.url, max_running_instances_org=60, spend=spend)
+    sharded = guard_config(tmp_path / "sharded", aws.url, max_running_instances_org=60, spend=spend)
     one = one_process(monkeypatch, single, apply=True)
     assert one["summary"]["tripped"] == [hot]
+    assert one["summary"]["price_table"]["source"] == "shipped" and "shipped table" in one["summary"]["prices"]
     restart(factory, fleet)
 
     output = org_run(machine, sharded, monkeypatch, apply=True)

@@ -215,6 +215,10 @@ def aggregate_guard(ctx: RunContext, files: RunFiles, listing: dict[str, Any], r
         newly=sorted(newly),
         latched=latched,
     )
+    if "price_table" in first:
+        from .run import price_summary
+
+        report.summary.update(price_summary(ctx))  # the shards' would be merged key by key (ages added up)
     if phases.org is not None:
         report.summary["org_check"] = {
             k: phases.org.get(k) for k in ("total", "limit", "lower_bound", "tripped", "latched")

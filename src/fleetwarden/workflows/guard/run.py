@@ -341,6 +341,16 @@ def _price_tables(ctx: RunContext) -> PriceTables | None:
     return tables, problem, burn[0].price_file
 
 
+def price_summary(ctx: RunContext) -> dict[str, object]:
+    """`price_table` and `prices` for a summary rebuilt after the run (an org-run's aggregate: the shards' own
+    would be added up), from the same store; empty when no burn-rate source prices the inventory."""
+    prices = _price_tables(ctx)
+    if prices is None:
+        return {}
+    info = describe_tables(prices[0], ctx.clock(), problem=prices[1], price_file=prices[2])
+    return {"price_table": info.as_dict(), "prices": info.line}
+
+
 def _lockout(ctx: RunContext, account_id: str, exceptions: ExceptionSet, *, apply: bool) -> list[ActionResult]:
     lockout_cfg = ctx.config.guard.lockout
     if lockout_cfg.mode == "off":
