@@ -14,6 +14,7 @@ from fleet import ACCOUNTS, Inbox, drain, launch, role, sns_inbox
 from fleetwarden.aws.session import SessionFactory
 from fleetwarden.aws.targets import Scope, narrowed
 from fleetwarden.config import Config
+from fleetwarden.config.models import SpendConfig
 from fleetwarden.emulator.server import EmulatorServer
 from fleetwarden.model import RunReport, utcnow
 from fleetwarden.state import open_store
@@ -91,6 +92,19 @@ def test_a_quiet_run_sends_one_heartbeat_per_period(
     assert received(inbox) == []
     assert heartbeat(cfg, timedelta(hours=24, minutes=1)) is True  # the next period: one again
     assert len(received(inbox)) == 1
+
+
+def test_the_heartbeat_says_which_price_table_burn_rate_used(
+    aws: EmulatorServer, factory: SessionFactory, inbox: tuple[str, Any, str], tmp_path: Any
+) -> None:
+    launch(factory, A, "us-east-1", TAGS, 1)
+    cfg = config(aws, tmp_path, inbox[0])
+    cfg = cfg.model_copy(
+        update={"guard": cfg.guard.model_copy(update={"spend": SpendConfig(max_usd=1000, sources=["burn-rate"])})}
+    )
+    assert heartbeat(cfg) is True
+    [message] = received(inbox)
+    assert "Prices (burn-rate): shipped table (compiled 2024-06-15" in message
 
 
 def test_run_guard_sends_it_itself_once_per_period(

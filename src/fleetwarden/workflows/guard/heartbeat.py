@@ -117,6 +117,8 @@ def heartbeat_notification(ctx: RunContext, report: RunReport) -> Notification:
             )
     else:
         lines.append("Spend: not measured (no guard.spend)" if config.guard.spend is None else "Spend: no reading")
+    if summary.get("prices"):
+        lines.append(f"Prices (burn-rate): {summary['prices']}")  # which table, how old, stale or not
     if failed:
         lines.append(f"NOT CHECKED: {len(failed)} target(s) failed; their accounts may be over a limit unseen:")
         lines += [f"  {t.account_id}/{t.region}: {t.error}" for t in failed[:MAX_LISTED_FAILURES]]
@@ -145,6 +147,7 @@ def heartbeat_notification(ctx: RunContext, report: RunReport) -> Notification:
         "spend_by_account": spend,
         "targets_failed": [{"account_id": t.account_id, "region": t.region, "error": t.error} for t in failed],
         "last_trip": last_trip,
+        "price_table": summary.get("price_table"),
     }
     return Notification(subject=subject[:100], text="\n".join(lines), data=data)
 
