@@ -170,7 +170,8 @@ def test_hub_stack_creates_table_topic_and_functions(hub_stack: dict[str, str], 
     # EventBridge may invoke each function, from its rules only.
     policy = json.loads(lam.get_policy(FunctionName="fleetwarden")["Policy"])
     assert {s["Principal"]["Service"] for s in policy["Statement"]} == {"events.amazonaws.com"}
-    assert len(policy["Statement"]) == 4  # audit, compliance report, SSM association changes, launches
+    # audit, compliance report, spend report, prices refresh, SSM association changes, launches
+    assert len(policy["Statement"]) == 6
 
     iam = factory.client("iam", region=REGION)
     role_name = hub_stack["FunctionRoleArn"].rsplit("/", 1)[1]

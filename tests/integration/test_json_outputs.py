@@ -71,6 +71,12 @@ def test_every_command_output_validates(aws: EmulatorServer, tmp_path: Path, fac
     assert added["exception"]["source"] == "store"
     assert [e["id"] for e in run("exceptions", "list")["exceptions"]] == [added["exception"]["id"]]
     assert run("report")["workflow"] == "report"
+    # The spend report's RunReport carries the report itself in summary.spend, under its own schema.
+    lines = [{"date": "2026-11-02", "account": A, "service": "Amazon Simple Storage Service", "usd": "1.25"}]
+    aws.admin("/_fleetwarden/ce/costs", {"account_id": "123456789012", "lines": lines})
+    spend = run("spend", "report", "--as-of", "2026-11-03")["summary"]["spend"]
+    assert _valid(json.dumps(spend))["total_usd"] == "1.25"
+    seen.add(spend["schema"])
     assert seen == set(SCHEMAS) - {"fleetwarden.doctor/v1"}  # doctor's: tests/integration/test_doctor.py
 
 

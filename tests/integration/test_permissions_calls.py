@@ -223,3 +223,21 @@ def test_window_run_waiting_for_inspector(aws: EmulatorServer, tmp_path: Path, f
     assert report.summary["coverage"]["complete"] is True
     _assert_covered(aws, config, {"ec2:StartInstances", "ec2:StopInstances", "inspector2:ListCoverage"})
     assert set(states(factory, A, "us-east-1", stopped).values()) == {"stopped"}
+
+
+def test_spend_report_reads_cost_explorer_through_the_billing_role(
+    aws: EmulatorServer, tmp_path: Path, factory: SessionFactory
+) -> None:
+    billing_role = "arn:aws:iam::999999999999:role/FleetWardenBilling"
+    lines = [{"date": "2026-11-02", "account": A, "service": "Amazon Elastic Compute Cloud - Compute", "usd": "9.5"}]
+    aws.admin("/_fleetwarden/ce/costs", {"account_id": "999999999999", "lines": lines})
+    config = _config(tmp_path, aws.url, spend_report={"billing_account": {"role_arn": billing_role}})
+    _run(config, ("spend", "report", "--as-of", "2026-11-16"))
+    made = _made(aws)
+    docs = policy_documents(load_config(config))
+    billing = {a for s in docs["billing_role"]["Statement"] for a in s["Action"]}
+    assert "ce:GetCostAndUsage" in made and billing == {"ce:GetCostAndUsage"}
+    assume = [s for s in docs["hub"]["Statement"] if "sts:AssumeRole" in s["Action"]]
+    assert any(billing_role in s["Resource"] for s in assume), assume
+    hub_and_member = {a for d in ("hub", "member_role") for s in docs[d]["Statement"] for a in s["Action"]}
+    assert made - UNGATED - {"ce:GetCostAndUsage"} <= hub_and_member
