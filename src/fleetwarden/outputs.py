@@ -239,7 +239,7 @@ class SpendOtherOutput(BaseModel):
 
 
 class SpendReportOutput(_Output):
-    """The spend report: `summary` of a `spend-report` run (`fleetwarden spend report --json` prints the RunReport)."""
+    """The spend report: `summary.spend` of a `spend-report` run (`fleetwarden spend report --json` prints the RunReport)."""
 
     schema_id: Literal["fleetwarden.spend-report/v1"] = Field("fleetwarden.spend-report/v1", alias="schema")
     as_of: date = Field(description="the report covers the days before this one (UTC)")
