@@ -227,7 +227,9 @@ class SpendChangeOutput(BaseModel):
     usd: Decimal
     previous_usd: Decimal
     change_usd: Decimal
-    change_pct: Decimal | None = Field(None, description="null when the previous period had no cost (new)")
+    change_pct: Decimal | None = Field(
+        None, description="null when the previous period had no cost (new) or a credit (negative)"
+    )
 
 
 class SpendOtherOutput(BaseModel):
@@ -239,7 +241,7 @@ class SpendOtherOutput(BaseModel):
 
 
 class SpendReportOutput(_Output):
-    """The spend report: `summary.spend` of a `spend-report` run (`fleetwarden spend report --json` prints the RunReport)."""
+    """The spend report: `summary.spend` of a `spend-report` run (`spend report --json` prints the RunReport)."""
 
     schema_id: Literal["fleetwarden.spend-report/v1"] = Field("fleetwarden.spend-report/v1", alias="schema")
     as_of: date = Field(description="the report covers the days before this one (UTC)")

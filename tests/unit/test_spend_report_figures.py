@@ -76,6 +76,27 @@ def test_changes_new_gone_and_threshold() -> None:
     text = spend_text(report)
     assert "EC2: $20.00 -> $60.00 (+$40.00, +200%)" in text and "(+$3.00, new)" in text
     assert usd(Decimal("-1234.5")) == "-$1,234.50" and pct(Decimal("-0.4")) == "-0.4%"
+    assert pct(None, Decimal("0")) == "new" and pct(None, Decimal("-5")) == "n/a"
+
+
+def test_credits_count_and_have_no_percentage() -> None:
+    """A refund booked as a negative cost lowers the day and the month; against it a percentage means nothing."""
+    when = periods(date(2026, 5, 3))
+    data = _data(
+        when.previous_start,
+        when.end,
+        {
+            (date(2026, 4, 1), A, "EC2"): "-20",  # last month: a credit
+            (date(2026, 5, 1), A, "EC2"): "30",
+            (date(2026, 5, 2), A, "EC2"): "-5",
+        },
+    )
+    report = build_report(data, when, date(2026, 5, 3), None, {}, 10, Decimal("1"))
+    assert report.total_usd == Decimal("25.00") and report.previous_total_usd == Decimal("-20.00")
+    [change] = report.changes
+    assert change.change_usd == Decimal("45.00") and change.change_pct is None
+    assert "(+$45.00, n/a)" in spend_text(report)
+    assert [d.usd for d in report.accounts[0].by_day] == [Decimal("30.00"), Decimal("-5.00")]
 
 
 def test_a_formula_in_a_service_name_is_inert_in_the_csv() -> None:

@@ -37,9 +37,10 @@ def signed(value: Decimal) -> str:
     return ("+" if value > 0 else "") + usd(value)
 
 
-def pct(value: Decimal | None) -> str:
+def pct(value: Decimal | None, previous: Decimal | None = None) -> str:
+    """+12%, -0.4%; `new` when there was no cost before, `n/a` when the previous figure was a credit (< 0)."""
     if value is None:
-        return "new"
+        return "n/a" if previous is not None and previous < 0 else "new"
     return f"{value:+.1f}%" if abs(value) < 10 else f"{value:+.0f}%"
 
 
@@ -150,7 +151,7 @@ def spend_text(spend: SpendReportOutput) -> str:
     for change in spend.changes[:TEXT_MAX_CHANGES]:
         lines.append(
             f"- {_label(change.account_id, change.name)} {change.service}: {usd(change.previous_usd)} -> "
-            f"{usd(change.usd)} ({signed(change.change_usd)}, {pct(change.change_pct)})"
+            f"{usd(change.usd)} ({signed(change.change_usd)}, {pct(change.change_pct, change.previous_usd)})"
         )
     for note in spend.notes:
         lines.append(f"Note: {note}")
@@ -204,7 +205,7 @@ def print_spend(spend: SpendReportOutput, console: Console) -> None:
                 usd(c.previous_usd),
                 usd(c.usd),
                 signed(c.change_usd),
-                pct(c.change_pct),
+                pct(c.change_pct, c.previous_usd),
             )
         console.print(changes)
     console.print(

@@ -149,7 +149,8 @@ def build_report(
             change = now_usd - before_usd
             if abs(change) < min_change or change == 0:
                 continue
-            pct = money(change / before_usd * 100) if before_usd else None
+            # Against a credit (a negative previous figure) a percentage says nothing: none.
+            pct = money(change / before_usd * 100) if before_usd > 0 else None
             changes.append(
                 SpendChangeOutput(
                     account_id=account,
