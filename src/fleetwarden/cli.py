@@ -1299,7 +1299,8 @@ def spend_report(ctx: click.Context, apply: bool, as_of: Any, resend: bool) -> N
 
     Reads Cost Explorer (GetCostAndUsage, DAILY UnblendedCost grouped by linked account and service) in the payer
     account, through spend_report.billing_account (else guard.spend.billing_account, else the current
-    credentials): one query of a few pages, $0.01 each. Covers the accounts the config lists, or every linked
+    credentials): one query of a few pages, $0.01 each; or, with spend_report.source {type: cur, bucket, prefix},
+    the CUR 2.0 export's files. Covers the accounts the config lists, or every linked
     account when it names an organization. On the 1st of a month it reports the whole previous month.
     --output-dir writes spend-DATE.csv, spend-DATE.html and run.json; --json prints the RunReport, whose
     summary.spend is the report (schema fleetwarden.spend-report/v1). With --apply the text goes to each sink of
