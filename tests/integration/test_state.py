@@ -505,3 +505,34 @@ def test_sqlite_journal_write_waits_out_a_writer_that_holds_the_lock_past_one_bu
         holder.close()
     assert [e.id for e in store.list_journal()] == ["held-1"]
     store.close()
+
+
+def _open_and_write(args: tuple[str, int]) -> str | None:
+    """In a process of its own: open the store, write a record; the error text, if any."""
+    path, n = args
+    store = SqliteStore(path)
+    try:
+        store.put_record("shard", str(n), {"n": n}, expected_version=None)
+        return None
+    except StateError as exc:
+        return str(exc)
+    finally:
+        store.close()
+
+
+def test_many_processes_opening_a_new_sqlite_store_at_once(tmp_path: Path) -> None:
+    """An org-run's shards open one store at the same moment: switching a new file to WAL needs an exclusive lock,
+    for which SQLite does not wait, so opening is retried (without the retry, 20 rounds of 8 failed 3 runs in 3)."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(8) as pool:
+        for round_ in range(20):
+            path = str(tmp_path / f"round-{round_}" / "state.db")
+            errors = [e for e in pool.map(_open_and_write, [(path, n) for n in range(8)]) if e]
+            assert errors == []
+            store = SqliteStore(path)
+            try:
+                assert len(store.list_records("shard")) == 8
+            finally:
+                store.close()

@@ -12,6 +12,7 @@ import json
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -27,6 +28,8 @@ SCHEMA_VERSION = 1
 # up to BUSY_ATTEMPTS times (see _begin).
 BUSY_TIMEOUT_SECONDS = 30.0
 BUSY_ATTEMPTS = 3
+# Opening a store that other processes are opening too: the schema step is retried (backing off up to 1 s).
+SCHEMA_ATTEMPTS = 8
 
 log = logging.getLogger(__name__)
 
@@ -119,15 +122,26 @@ class SqliteStore(StateStore):
         return conn
 
     def _create_schema(self) -> None:
+        """The schema (idempotent), retried while other processes hold the file: switching to WAL needs an
+        exclusive lock, for which SQLite does not always wait (an immediate "database is locked" when several
+        processes, e.g. an org-run's shards, open one store at once)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        conn = self._connect()
-        try:
-            # WAL is a property of the file: set once, every later connection uses it.
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.executescript(_SCHEMA)
-            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
-        finally:
-            conn.close()
+        for attempt in range(1, SCHEMA_ATTEMPTS + 1):
+            conn = self._connect()
+            try:
+                # WAL is a property of the file: set once, every later connection uses it. Asking is lock-free.
+                if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                    conn.execute("PRAGMA journal_mode=WAL")
+                conn.executescript(_SCHEMA)
+                conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+                break
+            except sqlite3.OperationalError as exc:
+                if attempt == SCHEMA_ATTEMPTS or ("locked" not in str(exc) and "busy" not in str(exc)):
+                    raise
+                log.info("SQLite state store %s: %s while creating the schema; trying again", self.path, exc)
+                time.sleep(min(0.05 * 2**attempt, 1.0))
+            finally:
+                conn.close()
         self._ready = True
 
     @contextmanager
