@@ -140,3 +140,15 @@ def test_invariants_over_random_cost_data(as_of: date, lines: list[tuple[int, st
     changes = [abs(c.change_usd) for c in report.changes]
     assert changes == sorted(changes, reverse=True) and len(changes) <= 5
     assert report.run_rate_usd == run_rate(exact, when.days)
+
+
+def test_names_from_aws_and_the_config_are_escaped_in_the_page() -> None:
+    from fleetwarden.report.spend import render_spend_html
+
+    when = periods(date(2026, 5, 3))
+    hostile = '<script>alert("x")</script>'
+    data = _data(when.previous_start, when.end, {(date(2026, 5, 1), A, hostile): "1"})
+    report = build_report(data, when, date(2026, 5, 3), None, {A: "<b>prod</b>"}, 10, Decimal("1"))
+    page = render_spend_html(report)
+    assert hostile not in page and "&lt;script&gt;" in page
+    assert "<b>prod</b>" not in page and "&lt;b&gt;prod&lt;/b&gt;" in page

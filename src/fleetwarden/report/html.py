@@ -43,7 +43,8 @@ class ReportContext:
     history: Sequence[TrendDay] | None = None
 
 
-def _environment() -> Environment:
+def template_environment() -> Environment:
+    """The package's report templates, every value escaped, with the report filters."""
     # autoescape=True, not select_autoescape(): the template's name ends in .j2, which select_autoescape
     # would not recognise as HTML. Every value from AWS (tag values, error messages) is escaped.
     env = Environment(
@@ -148,7 +149,7 @@ def render_html(
     findings = sort_findings(report.findings)
     shown = findings[:max_findings]
     return (
-        _environment()
+        template_environment()
         .get_template(TEMPLATE)
         .render(
             report=report,

@@ -7,7 +7,6 @@ from collections.abc import Iterable
 from datetime import date, timedelta
 from decimal import Decimal
 
-from jinja2 import Environment, PackageLoader, StrictUndefined
 from markupsafe import Markup, escape
 from rich.console import Console
 from rich.table import Table
@@ -16,6 +15,7 @@ from ..model import RunReport
 from ..output import csv_bytes
 from ..outputs import SpendReportOutput
 from ..sinks import Attachment, Notification
+from .html import template_environment
 from .stats import clean
 
 TEMPLATE = "spend.html.j2"
@@ -93,14 +93,7 @@ def _day_chart(spend: SpendReportOutput) -> Markup:
 
 
 def render_spend_html(spend: SpendReportOutput) -> str:
-    # autoescape=True as in report/html.py: service names and account names come from AWS and the config.
-    env = Environment(
-        loader=PackageLoader("fleetwarden", "report/templates"),
-        autoescape=True,
-        undefined=StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-    )
+    env = template_environment()
     env.filters["usd"] = usd
     env.filters["signed"] = signed
     env.filters["pct"] = pct

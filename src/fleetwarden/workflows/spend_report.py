@@ -245,17 +245,18 @@ def run_spend_report(ctx: RunContext, options: SpendReportOptions) -> RunReport:
         report.finished_at = ctx.clock()
         return report
     names = {a.id: a.name for a in config.accounts if a.name}
+    covered = covered_accounts(ctx)
     spend = build_report(
         data,
         when,
         as_of,
-        covered_accounts(ctx),
+        covered,
         names,
         settings.top_changes,
         Decimal(str(settings.min_change_usd)),
         source=source.type,
     )
-    files = spend_files(spend, cost_rows(data, when, covered_accounts(ctx)))
+    files = spend_files(spend, cost_rows(data, when, covered))
     report.summary = {"spend": spend.model_dump(mode="json", by_alias=True), "files": sorted(files)}
     if options.output_dir is not None:
         from ..output import write_file

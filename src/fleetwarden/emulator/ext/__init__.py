@@ -9,6 +9,9 @@ in-process backends (the emulator runs moto in the same process). Admin endpoint
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
 import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -68,6 +71,33 @@ def json_error(
     headers = [("Content-Type", "application/json"), ("Content-Length", str(len(body))), ("x-amzn-ErrorType", code)]
     start_response(f"{status} Error", headers)
     return [body]
+
+
+class BadToken(ValueError):
+    """A page token this query did not hand out (each service answers it with its own error code)."""
+
+
+def query_digest(asked: Any) -> str:
+    """A short digest of what a request asks (everything but its page token): a token is good for that query only."""
+    return hashlib.sha256(json.dumps(asked, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def page_token(query: str, offset: int) -> str:
+    """An opaque page token: where the next page of this query starts."""
+    return base64.urlsafe_b64encode(json.dumps({"offset": offset, "query": query}).encode()).decode()
+
+
+def token_offset(token: Any, query: str) -> int:
+    """Where the page of `token` starts (0 without a token); BadToken for one of another query, or garbage."""
+    if token is None or token == "":
+        return 0
+    try:
+        data = json.loads(base64.urlsafe_b64decode(str(token)))
+        if data["query"] != query:
+            raise ValueError("another query")
+        return int(data["offset"])
+    except (ValueError, KeyError, TypeError, binascii.Error):
+        raise BadToken(str(token)) from None
 
 
 def default_extensions() -> list[Extension]:

@@ -26,9 +26,6 @@ Seeding, through admin endpoints under `/_fleetwarden/cloudtrail/`:
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
 import json
 import threading
 import time
@@ -38,7 +35,17 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from . import Extension, Request, StartResponse, json_error, json_response
+from . import (
+    BadToken,
+    Extension,
+    Request,
+    StartResponse,
+    json_error,
+    json_response,
+    page_token,
+    query_digest,
+    token_offset,
+)
 
 MAX_RESULTS = 50
 HISTORY = timedelta(days=90)
@@ -153,7 +160,7 @@ class CloudTrailExtension(Extension):
             raise _Invalid("InvalidMaxResultsException", f"MaxResults must be between 1 and {MAX_RESULTS}")
         # The same query's pages share the token (defaulted times move on, so the request's own values count).
         asked = [wanted, body.get("StartTime"), body.get("EndTime"), limit]
-        query = hashlib.sha256(json.dumps(asked, default=str).encode()).hexdigest()[:16]
+        query = query_digest(asked)
         offset = _offset(body.get("NextToken"), query)
         with self._lock:
             events = list(self._state.events.get((account_id, region), []))
@@ -166,8 +173,7 @@ class CloudTrailExtension(Extension):
         page = matching[offset : offset + limit]
         result: dict[str, Any] = {"Events": page}
         if offset + limit < len(matching):
-            token = json.dumps({"offset": offset + limit, "query": query}).encode()
-            result["NextToken"] = base64.urlsafe_b64encode(token).decode()
+            result["NextToken"] = page_token(query, offset + limit)
         return result
 
     # -- admin ---------------------------------------------------------------------------------------------
@@ -228,14 +234,9 @@ def _time(value: Any, what: str) -> float | None:
 
 
 def _offset(token: Any, query: str) -> int:
-    if not token:
-        return 0
     try:
-        data = json.loads(base64.urlsafe_b64decode(str(token)))
-        if data["query"] != query:
-            raise ValueError("another query")
-        return int(data["offset"])
-    except (ValueError, KeyError, TypeError, binascii.Error):
+        return token_offset(token, query)
+    except BadToken:
         raise _Invalid("InvalidNextTokenException", "A token that is not valid was provided.") from None
 
 

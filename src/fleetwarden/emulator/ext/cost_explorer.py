@@ -31,9 +31,6 @@ Seeding, through admin endpoints under `/_fleetwarden/ce/`:
 
 from __future__ import annotations
 
-import base64
-import binascii
-import hashlib
 import json
 import threading
 from collections.abc import Iterable
@@ -42,7 +39,17 @@ from datetime import date, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from . import Extension, Request, StartResponse, json_error, json_response
+from . import (
+    BadToken,
+    Extension,
+    Request,
+    StartResponse,
+    json_error,
+    json_response,
+    page_token,
+    query_digest,
+    token_offset,
+)
 
 _TARGET = "GetCostAndUsage"
 COST_METRICS = ("UnblendedCost", "BlendedCost", "AmortizedCost", "NetUnblendedCost", "NetAmortizedCost")
@@ -226,9 +233,7 @@ def _answer(body: dict[str, Any], lines: list[_Line], names: dict[str, str], pag
         if not isinstance(group, dict) or group.get("Type") != "DIMENSION" or group.get("Key") not in DIMENSIONS:
             raise _Invalid("ValidationException", f"GroupBy: unsupported group {group!r}")
         keys.append(DIMENSIONS[group["Key"]])
-    query = hashlib.sha256(
-        json.dumps({k: v for k, v in body.items() if k != "NextPageToken"}, sort_keys=True, default=str).encode()
-    ).hexdigest()[:16]
+    query = query_digest({k: v for k, v in body.items() if k != "NextPageToken"})
     offset = _offset(body.get("NextPageToken"), query)
     chosen = [line for line in lines if start <= line.day < end and _matches(line, body.get("Filter"))]
 
@@ -274,19 +279,12 @@ def _answer(body: dict[str, Any], lines: list[_Line], names: dict[str, str], pag
         ],
     }
     if offset + page_size < len(entries):
-        answer["NextPageToken"] = base64.urlsafe_b64encode(
-            json.dumps({"query": query, "offset": offset + page_size}).encode()
-        ).decode()
+        answer["NextPageToken"] = page_token(query, offset + page_size)
     return answer
 
 
 def _offset(token: Any, query: str) -> int:
-    if not token:
-        return 0
     try:
-        data = json.loads(base64.urlsafe_b64decode(str(token)))
-        if data["query"] != query:
-            raise ValueError("another query")
-        return int(data["offset"])
-    except (ValueError, KeyError, TypeError, binascii.Error):
+        return token_offset(token, query)
+    except BadToken:
         raise _Invalid("InvalidNextTokenException", "The NextPageToken is not valid.") from None

@@ -33,15 +33,23 @@ Admin endpoints under `/_fleetwarden/pricing/`:
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import threading
 from collections.abc import Iterable
 from typing import Any
 
-from . import Extension, Request, StartResponse, json_error, json_response
+from . import (
+    BadToken,
+    Extension,
+    Request,
+    StartResponse,
+    json_error,
+    json_response,
+    page_token,
+    query_digest,
+    token_offset,
+)
 
 _TARGET = "GetProducts"
 MAX_RESULTS = 100
@@ -226,7 +234,7 @@ class PricingExtension(Extension):
         if not isinstance(limit, int) or isinstance(limit, bool) or not 1 <= limit <= MAX_RESULTS:
             raise _Invalid("InvalidParameterException", f"MaxResults must be between 1 and {MAX_RESULTS}")
         asked = [service, sorted(wanted), version, limit]
-        query = hashlib.sha256(json.dumps(asked).encode()).hexdigest()[:16]
+        query = query_digest(asked)
         offset = _offset(body.get("NextToken"), query)
         matching = sorted(
             (p for p in products if p.get("serviceCode") == service and _matches(p, wanted)),
@@ -235,8 +243,7 @@ class PricingExtension(Extension):
         page = matching[offset : offset + limit]
         result: dict[str, Any] = {"FormatVersion": FORMAT_VERSION, "PriceList": [json.dumps(p) for p in page]}
         if offset + limit < len(matching):
-            token = json.dumps({"offset": offset + limit, "query": query}).encode()
-            result["NextToken"] = base64.urlsafe_b64encode(token).decode()
+            result["NextToken"] = page_token(query, offset + limit)
         return result
 
     # -- admin ---------------------------------------------------------------------------------------------
@@ -311,14 +318,9 @@ def _matches(product: dict[str, Any], wanted: list[tuple[str, str]]) -> bool:
 
 
 def _offset(token: Any, query: str) -> int:
-    if token is None or token == "":
-        return 0
     try:
-        data = json.loads(base64.urlsafe_b64decode(str(token)))
-        if data["query"] != query:
-            raise ValueError("another query")
-        return int(data["offset"])
-    except (ValueError, KeyError, TypeError, binascii.Error):
+        return token_offset(token, query)
+    except BadToken:
         raise _Invalid("InvalidNextTokenException", "The nextToken provided is invalid") from None
 
 
